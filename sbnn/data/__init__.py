@@ -1,0 +1,13 @@
+"""Built-in offline datasets as LightningDataModules with time-major batches ``[T, B, N]``.
+
+- :class:`RandmanDataModule` / :func:`make_randman`: Randman-style spike-timing manifolds
+  (the default temporal dataset), generated from a seed.
+- :class:`DigitsDataModule`: scikit-learn's 8x8 digits, rate- or latency-coded.
+- :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
+"""
+
+from sbnn.data._common import time_major_collate
+from sbnn.data.digits import DigitsDataModule
+from sbnn.data.randman import RandmanDataModule, make_randman
+
+__all__ = ["RandmanDataModule", "DigitsDataModule", "make_randman", "time_major_collate"]

@@ -1,0 +1,131 @@
+"""Shared pieces of the built-in DataModules: argument checks, time-major collation, loaders.
+
+Datasets store samples sample-major (``[T, N]`` per item, so a ``TensorDataset`` can index them);
+the collate function turns a list of items into the time-major batches the whole library uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["time_major_collate", "SpikeDataModule"]
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int ``>= minimum``, else raise a ValueError naming ``name``."""
+    # bool is an int subclass; ``n_steps=True`` is a config mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{name} must be an int >= {minimum}, got {value!r}; "
+            f"pass an integer of at least {minimum}."
+        )
+    return value
+
+
+def check_float(
+    name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False
+) -> float:
+    """Return ``float(value)`` if finite and above ``minimum`` (or equal to it, if inclusive)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = value == value and value != float("inf")  # finite (rejects NaN and +inf)
+        ok = ok and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = ">=" if inclusive else ">"
+        raise ValueError(
+            f"{name} must be a finite number {bound} {minimum}, got {value!r}; "
+            f"pass a value {bound} {minimum}."
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def time_major_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Stack sample-major ``(x, y)`` items into one time-major batch.
+
+    Args:
+        batch: items ``(x, y)`` with ``x`` of shape ``[T, N]`` and ``y`` a scalar label.
+
+    Returns:
+        ``(x, y)``: inputs stacked along dim 1 and labels stacked along dim 0.
+
+    Shape:
+        - item x: ``[T, N]`` (any trailing feature shape ``[T, ...]`` works)
+        - output x: ``[T, B, N]``, y: ``[B]``
+
+    Example:
+        >>> import torch
+        >>> items = [(torch.zeros(5, 3), torch.tensor(1)), (torch.ones(5, 3), torch.tensor(0))]
+        >>> x, y = time_major_collate(items)
+        >>> tuple(x.shape), y.tolist()
+        ((5, 2, 3), [1, 0])
+    """
+    if len(batch) == 0:
+        raise ValueError("batch must hold at least one (x, y) item, got an empty sequence.")
+    xs, ys = zip(*batch)
+    # dim=1 puts time first, as snnTorch and every sbnn time loop expect.
+    return torch.stack(xs, dim=1), torch.stack([torch.as_tensor(y) for y in ys])
+
+
+class SpikeDataModule(L.LightningDataModule):
+    """Base for the in-memory spike datasets: three splits, time-major loaders, shared attributes.
+
+    Subclasses set ``num_classes``, ``input_size`` and ``n_steps`` in ``__init__`` and fill
+    ``train_set``/``val_set``/``test_set`` in ``setup``.
+
+    Shape:
+        batches ``(x, y)``: x ``[T, B, input_size]`` float32 spikes in {0,1}, y ``[B]`` int64.
+    """
+
+    num_classes: int
+    input_size: int
+    n_steps: int
+
+    def __init__(self, batch_size: int, seed: int, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        """Nothing to download: the data is generated or ships with a dependency."""
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = getattr(self, f"{split}_set")
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{split}_dataloader() called before setup(); "
+                "call dm.setup() first (the Trainer does this for you)."
+            )
+        shuffle = split == "train"
+        # A seeded generator makes the shuffle order reproducible without global seeding.
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=time_major_collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) time-major loader over the training split."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Unshuffled time-major loader over the validation split."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Unshuffled time-major loader over the test split."""
+        return self._loader("test")

@@ -1,0 +1,393 @@
+r"""Bernoulli-posterior binary layers: ``BernoulliLinear`` and ``BernoulliConv2d``.
+
+Each weight is ``α·w`` with ``w ∈ {−1, +1}`` drawn from a learned mean-field posterior
+``q(w = +1) = σ(2λ)`` (:class:`sbnn.posterior.BernoulliSign`) and ``α > 0`` a per-layer (or
+per-output-channel) scale. A layer is used in one of four modes (``layer.mode``):
+
+=========== ======================================================== =========================
+mode        pre-activation                                           ``moments(x)``
+=========== ======================================================== =========================
+``sample``  LRT sample ``μ + sqrt(v)·ξ`` (training)                   ``(μ, v)``
+``mode``    ``α·sign(λ)`` weights (deterministic, what is deployed)   ``(h, None)``
+``mean``    ``α·tanh(λ)`` weights                                      ``(h, None)``
+``fixed``   ``α·w`` with ``w ~ q`` drawn by :meth:`draw_weights`       ``(h, None)``
+=========== ======================================================== =========================
+
+``forward(x)`` always returns one tensor, so a layer drops into any ``nn.Sequential``, e.g. in
+front of an snnTorch neuron. ``moments(x)`` returns the LRT moments that
+:class:`sbnn.StochasticLIF` turns into posterior noise. In ``mode`` the forward value is exactly
+``sign(λ)`` while the gradient reaches ``λ`` straight through ``tanh`` (used by the mode
+fine-tune, DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ._validation import check_choice, check_in_range, check_input
+from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
+from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
+
+__all__ = ["Moments", "BernoulliLayer", "BernoulliLinear", "BernoulliConv2d", "LAYER_MODES", "BAYESBINN_LAMBDA"]
+
+LAYER_MODES = ("sample", "mode", "mean", "fixed")
+#: magnitude of BayesBiNN's random ±λ initialisation (Meng et al. 2020, arXiv:2002.10778)
+BAYESBINN_LAMBDA = 10.0
+
+
+class Moments(NamedTuple):
+    """Pre-activation moments: ``mean`` and ``var`` (``None`` for a deterministic layer)."""
+
+    mean: Tensor
+    var: Tensor | None
+
+
+class BernoulliLayer(nn.Module):
+    """Shared machinery of Bernoulli-posterior layers (parameters, modes, KL, initialisation).
+
+    Subclasses implement :meth:`_lrt` (moments in ``sample`` mode) and :meth:`_apply_weight`
+    (the layer's linear map with explicit weights), plus input validation.
+
+    Args:
+        weight_shape: shape of ``λ``; dimension 0 is the output channel.
+        bias: learn a float bias.
+        scale: ``"layer"`` (one ``α``) or ``"channel"`` (one per output channel).
+        learn_scale: make ``log α`` a trainable parameter (otherwise a buffer).
+        lam_init: ``"normal"`` (``λ ~ N(0, lam_std²)``, the default: BayesBiNN's ±10 is dead
+            under Adam, DESIGN §7), ``"bayesbinn"`` (``λ = ±10`` with random signs) or ``"zero"``.
+        lam_std: standard deviation of the ``"normal"`` initialisation.
+        prior_lam: natural parameter ``λ0`` of the Bernoulli prior (0: uniform); a float or a
+            tensor broadcastable to the weights.
+        return_moments: make ``forward`` return :class:`Moments` (for a following
+            :class:`sbnn.StochasticLIF` inside an ``nn.Sequential``).
+    """
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        *,
+        bias: bool,
+        scale: Literal["layer", "channel"],
+        learn_scale: bool,
+        lam_init: Literal["normal", "bayesbinn", "zero"],
+        lam_std: float,
+        prior_lam: float | Tensor,
+        return_moments: bool,
+    ) -> None:
+        super().__init__()
+        check_choice("scale", scale, ("layer", "channel"))
+        check_choice("lam_init", lam_init, ("normal", "bayesbinn", "zero"))
+        check_in_range("lam_std", lam_std, 0.0, low_open=True)
+        check_in_range("prior_lam", prior_lam)
+        self.lam = nn.Parameter(torch.empty(weight_shape))
+        fan_in = math.prod(weight_shape[1:])
+        # 1/sqrt(fan_in) is only the value before the data-dependent calibration (DESIGN §1.1).
+        log_scale = torch.full((weight_shape[0] if scale == "channel" else 1,), -0.5 * math.log(fan_in))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
+        self.register_buffer("prior_lam", torch.as_tensor(prior_lam, dtype=torch.float32).clone())
+        self.register_buffer("drawn_weight", torch.zeros(0), persistent=False)
+        self.lam_init, self.lam_std, self.return_moments = lam_init, lam_std, return_moments
+        self._mode = "sample"
+        self.reset_parameters()
+
+    # -- parameters ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-initialise ``λ`` according to ``lam_init`` (the scale and bias are left alone)."""
+        if self.lam_init == "normal":
+            self.lam.normal_(0.0, self.lam_std)
+        elif self.lam_init == "bayesbinn":
+            self.lam.copy_(BAYESBINN_LAMBDA * (2.0 * torch.randint_like(self.lam, 2) - 1.0))
+        else:
+            self.lam.zero_()
+
+    @property
+    def scale(self) -> Tensor:
+        """``α = exp(log α)``, shape ``[1]`` or ``[C_out]``."""
+        return self.log_scale.exp()
+
+    @property
+    def mode(self) -> str:
+        """One of ``sample``, ``mode``, ``mean``, ``fixed`` (see the module docstring)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        check_choice(f"{type(self).__name__}.mode", value, LAYER_MODES)
+        if value == "fixed" and self.drawn_weight.numel() == 0:
+            raise ValueError("mode 'fixed' needs drawn weights: call layer.draw_weights() first")
+        self._mode = value
+
+    def posterior(self) -> BernoulliSign:
+        """The weight posterior ``q(w)`` as a distribution (shares ``λ``, keeps its gradient)."""
+        return BernoulliSign(lam=self.lam, validate_args=False)
+
+    def prior(self) -> BernoulliSign:
+        """The weight prior ``p(w)`` with natural parameter ``λ0``."""
+        return BernoulliSign(lam=self.prior_lam.expand_as(self.lam), validate_args=False)
+
+    def kl(self) -> Tensor:
+        """``KL(q ‖ p)`` summed over the layer's weights (closed form, see :mod:`sbnn.posterior`)."""
+        return kl_bernoulli_sign(self.lam, self.prior_lam).sum()
+
+    @torch.no_grad()
+    def set_prior(self, prior_lam: float | Tensor) -> None:
+        """Set ``λ0`` (e.g. the previous task's posterior ``λ`` for continual learning)."""
+        check_in_range("prior_lam", prior_lam)
+        self.prior_lam = torch.as_tensor(prior_lam, dtype=self.lam.dtype, device=self.lam.device).clone()
+
+    @torch.no_grad()
+    def draw_weights(self, generator: torch.Generator | None = None) -> Tensor:
+        """Draw explicit ±1 weights ``w ~ q`` and keep them for the ``fixed`` mode; returns them."""
+        self.drawn_weight = self.posterior().sample(generator=generator)
+        return self.drawn_weight
+
+    def binary_weight(self) -> Tensor:
+        """The ±1 (or mean) weight of the current deterministic mode, without the scale."""
+        if self._mode == "mode":
+            m = sign_mean(self.lam)
+            # forward value exactly sign(λ); gradient straight through tanh (mode fine-tune)
+            return sign_mode(self.lam) + (m - m.detach())
+        if self._mode == "mean":
+            return sign_mean(self.lam)
+        if self._mode == "fixed":
+            return self.drawn_weight
+        raise RuntimeError("binary_weight() is defined in the 'mode', 'mean' and 'fixed' modes only")
+
+    # -- computation ---------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _lrt(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _moments(self, x: Tensor) -> Moments:
+        if self._mode == "sample":
+            return Moments(*self._lrt(x))
+        return Moments(self._apply_weight(x, self.binary_weight()), None)
+
+    def moments(self, x: Tensor) -> Moments:
+        """Pre-activation moments ``(μ, v)`` of the current mode (``v`` is ``None`` unless ``sample``)."""
+        self._check(x)
+        return self._moments(x)
+
+    def forward(self, x: Tensor) -> Tensor | Moments:
+        """The pre-activation: an LRT sample in ``sample`` mode, deterministic otherwise.
+
+        Returns :class:`Moments` instead when the layer was built with ``return_moments=True``.
+        """
+        moments = self.moments(x)
+        if self.return_moments:
+            return moments
+        return sample_moments(moments)
+
+    @torch.no_grad()
+    def calibrate_scale_(
+        self, x: Tensor, target_std: float, statistic: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
+        """Data-dependent scale: set ``α`` so that ``statistic(h)`` has standard deviation ``target_std``.
+
+        ``h`` is the LRT sample of the pre-activation at ``α = 1`` (no bias) on ``x``;
+        ``statistic`` maps it to the quantity whose spread matters, e.g. the free membrane
+        ``U[t] = βU[t−1] + h[t]`` of a hidden layer (target ``2ϑ``) or the time-averaged readout
+        membrane (target logit std 3), DESIGN §7. ``statistic`` must be linear, so that one pass
+        sets the scale exactly.
+
+        Returns:
+            The new ``α`` (all channels get the same value).
+        """
+        check_in_range("target_std", target_std, 0.0, low_open=True)
+        self._check(x)
+        saved_log_scale, saved_bias, saved_mode = self.log_scale.clone(), self.bias, self._mode
+        try:
+            self.log_scale.zero_()
+            self.bias, self._mode = None, "sample"
+            h = sample_moments(self._moments(x))
+        finally:
+            self.log_scale.copy_(saved_log_scale)
+            self.bias, self._mode = saved_bias, saved_mode
+        std = float((statistic(h) if statistic is not None else h).std())
+        if not math.isfinite(std) or std < 1e-8:  # an all-silent batch leaves only the sqrt floor
+            warnings.warn(
+                f"{type(self).__name__}.calibrate_scale_: the calibration batch gives a constant "
+                "pre-activation (no input activity?); the scale is left unchanged",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.scale
+        self.log_scale.fill_(math.log(target_std / std))
+        return self.scale
+
+
+def sample_moments(moments: Moments, generator: torch.Generator | None = None) -> Tensor:
+    """An LRT sample ``μ + sqrt(v)·ξ``, ``ξ ~ N(0, 1)`` (just ``μ`` when ``v`` is ``None``)."""
+    mean, var = moments
+    if var is None:
+        return mean
+    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    # v = 0 exactly wherever a unit got no input; sqrt'(0) = inf would turn the gradient into NaN
+    return mean + var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() * noise
+
+
+class BernoulliLinear(BernoulliLayer):
+    """Bernoulli-posterior ±1 linear layer ``h = α·x wᵀ + b``.
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        bias: learn a float bias (default ``True``, as ``nn.Linear``).
+        scale, learn_scale, lam_init, lam_std, prior_lam, return_moments: see
+            :class:`BernoulliLayer`.
+
+    Shape:
+        - Input: ``[B, in]`` or time-major ``[T, B, in]`` (all steps in one matmul).
+        - Output: ``[B, out]`` or ``[T, B, out]``.
+
+    Example:
+        >>> layer = BernoulliLinear(4, 3)
+        >>> mu, var = layer.moments(torch.ones(2, 4))
+        >>> tuple(mu.shape), bool((var > 0).all())
+        ((2, 3), True)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        scale: Literal["layer", "channel"] = "layer",
+        learn_scale: bool = True,
+        lam_init: Literal["normal", "bayesbinn", "zero"] = "normal",
+        lam_std: float = 0.5,
+        prior_lam: float | Tensor = 0.0,
+        return_moments: bool = False,
+    ) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BernoulliLinear: {name} must be a positive integer, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        super().__init__(
+            (out_features, in_features),
+            bias=bias,
+            scale=scale,
+            learn_scale=learn_scale,
+            lam_init=lam_init,
+            lam_std=lam_std,
+            prior_lam=prior_lam,
+            return_moments=return_moments,
+        )
+
+    def _check(self, x: Tensor) -> None:
+        check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
+
+    def _lrt(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return lrt_linear(x, self.lam, self.scale, self.bias)
+
+    def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight * self.scale.reshape(-1, 1), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, mode={self._mode}"
+
+
+class BernoulliConv2d(BernoulliLayer):
+    """Bernoulli-posterior ±1 2-D convolution ``h = α·conv(x, w) + b``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
+            ``nn.Conv2d``.
+        scale, learn_scale, lam_init, lam_std, prior_lam, return_moments: see
+            :class:`BernoulliLayer`.
+
+    Shape:
+        - Input: ``[B, C_in, H, W]`` or time-major ``[T, B, C_in, H, W]`` (time is folded into the
+          batch for one convolution).
+        - Output: ``[B, C_out, H', W']`` or ``[T, B, C_out, H', W']``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        scale: Literal["layer", "channel"] = "layer",
+        learn_scale: bool = True,
+        lam_init: Literal["normal", "bayesbinn", "zero"] = "normal",
+        lam_std: float = 0.5,
+        prior_lam: float | Tensor = 0.0,
+        return_moments: bool = False,
+    ) -> None:
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BernoulliConv2d: {name} must be a positive integer, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"BernoulliConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must both be divisible by groups ({groups})"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        super().__init__(
+            (out_channels, in_channels // groups, *self.kernel_size),
+            bias=bias,
+            scale=scale,
+            learn_scale=learn_scale,
+            lam_init=lam_init,
+            lam_std=lam_std,
+            prior_lam=prior_lam,
+            return_moments=return_moments,
+        )
+
+    def _conv_kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def _check(self, x: Tensor) -> None:
+        check_input(
+            x, repr(self), ndims=(4, 5), size=self.in_channels, dim=x.dim() - 3 if isinstance(x, Tensor) else -3,
+            what="([B, C_in, H, W] or [T, B, C_in, H, W])",
+        )
+
+    def _folded(self, fn, x: Tensor):
+        """Apply ``fn`` to ``[N, C, H, W]``, folding a leading time dimension into the batch."""
+        if x.dim() == 4:
+            return fn(x)
+        t, b = x.shape[:2]
+        out = fn(x.reshape(t * b, *x.shape[2:]))
+        if isinstance(out, tuple):
+            return tuple(o.reshape(t, b, *o.shape[1:]) for o in out)
+        return out.reshape(t, b, *out.shape[1:])
+
+    def _lrt(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._folded(lambda z: lrt_conv2d(z, self.lam, self.scale, self.bias, **self._conv_kwargs()), x)
+
+    def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        w = weight * scale_shape(self.scale, 4, 0)
+        return self._folded(lambda z: F.conv2d(z, w, self.bias, **self._conv_kwargs()), x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.bias is not None}, mode={self._mode}"
+        )

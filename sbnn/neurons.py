@@ -1,0 +1,217 @@
+r"""``StochasticLIF``: the noisy leaky integrate-and-fire neuron as an snnTorch-compatible module.
+
+A thin stateful wrapper over :mod:`sbnn.functional.neurons` (the equations are there). It follows
+snnTorch's neuron contract so it drops into snnTorch-style code:
+
+================================ ===================================== ===========================
+construction                     call                                  returns
+================================ ===================================== ===========================
+``init_hidden=False`` (default)  ``spk, mem = lif(x, mem)``            ``(spk, mem)``
+``init_hidden=True``             ``spk = lif(x)``                      ``spk``
+``init_hidden=True, output=True`` ``spk, mem = lif(x)``                ``(spk, mem)``
+================================ ===================================== ===========================
+
+``x`` is the input current for one time step, either a tensor (the mean; only ``σ0`` noise) or
+the :class:`sbnn.layers.Moments` ``(μ, v)`` of a Bernoulli layer (posterior noise). With explicit
+state (``init_hidden=False``) the previous spike needed by the reset is recomputed as
+``H(mem − ϑ)`` as snnTorch does: exactly the spike emitted for a deterministic neuron, and the
+same up to floating-point ties for a noisy one; :meth:`StochasticLIF.sequence` and
+``init_hidden=True`` carry the spike itself. :meth:`StochasticLIF.sequence` runs a whole
+time-major sequence at once and is what sbnn's models use.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_choice, check_in_range, check_input
+from .functional.estimators import Estimator, get_estimator
+from .functional.neurons import (
+    RESET_MECHANISMS,
+    StochasticLIFParameters,
+    StochasticLIFState,
+    stochastic_lif_sequence,
+    stochastic_lif_step,
+)
+from .functional.noise import NoiseFamily, get_noise
+from .layers import Moments
+
+__all__ = ["StochasticLIF"]
+
+
+def _constant(module: nn.Module, name: str, value: float | Tensor, learn: bool) -> None:
+    """Register ``value`` as a Parameter (``learn``) or a buffer, so ``.to()`` and ``state_dict`` see it."""
+    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
+    if learn:
+        module.register_parameter(name, nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
+
+
+class StochasticLIF(nn.Module):
+    r"""Stochastic LIF neuron whose noise is the posterior noise of its input (DESIGN §1.3).
+
+    Args:
+        beta: membrane leak ``β ∈ [0, 1]`` (scalar or per-unit tensor); ``0`` with
+            ``reset_mechanism="none"`` is a binary stochastic neuron.
+        threshold: firing threshold ``ϑ > 0``.
+        sigma0: intrinsic noise standard deviation ``σ0 ≥ 0`` (default 0.1, DESIGN §7).
+        eps_min: floor of the noise standard deviation (``> 0``): keeps ``θ`` finite when a unit
+            gets no input (``v = 0``) and ``σ0 = 0``.
+        noise: ``"gaussian"`` (probit link) or ``"logistic"`` (sigmoid link).
+        estimator: gradient estimator, a name from :data:`sbnn.estimators.ESTIMATORS` (default
+            hyper-parameters) or an :class:`sbnn.estimators.Estimator` instance.
+        reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``.
+        detach_reset: stop the gradient through the reset term (snnTorch's choice).
+        learn_beta, learn_threshold: make ``β``/``ϑ`` trainable parameters.
+        init_hidden: keep the state on the module (snnTorch contract).
+        output: with ``init_hidden``, also return the membrane.
+
+    Shape:
+        - Input (one step): ``[B, ...]`` tensor or :class:`~sbnn.layers.Moments` of that shape.
+        - Output: spikes ``[B, ...]`` in ``{0, 1}`` (and membrane ``[B, ...]``).
+
+    Example:
+        >>> lif = StochasticLIF(beta=0.9, init_hidden=True)
+        >>> spk = lif(torch.full((2, 3), 2.0))
+        >>> tuple(spk.shape)
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        beta: float | Tensor = 0.9,
+        threshold: float | Tensor = 1.0,
+        sigma0: float = 0.1,
+        eps_min: float = 1e-3,
+        noise: Literal["gaussian", "logistic"] = "gaussian",
+        estimator: str | Estimator = "st",
+        reset_mechanism: Literal["subtract", "zero", "none"] = "subtract",
+        detach_reset: bool = True,
+        learn_beta: bool = False,
+        learn_threshold: bool = False,
+        init_hidden: bool = False,
+        output: bool = False,
+    ) -> None:
+        super().__init__()
+        check_in_range("beta", beta, 0.0, 1.0)
+        check_in_range("threshold", threshold, 0.0, low_open=True)
+        check_in_range("sigma0", sigma0, 0.0)
+        check_in_range("eps_min", eps_min, 0.0, low_open=True)
+        check_choice("reset_mechanism", reset_mechanism, RESET_MECHANISMS)
+        self.noise: NoiseFamily = get_noise(noise)
+        self.estimator: Estimator = get_estimator(estimator)
+        _constant(self, "beta", beta, learn_beta)
+        _constant(self, "threshold", threshold, learn_threshold)
+        self.sigma0, self.eps_min = float(sigma0), float(eps_min)
+        self.reset_mechanism, self.detach_reset = reset_mechanism, bool(detach_reset)
+        self.init_hidden, self.output = bool(init_hidden), bool(output)
+        #: draw noise (``False`` in the deterministic ``mode``/``mean``/``mc`` evaluations)
+        self.stochastic = True
+        self.register_buffer("mem", torch.zeros(0), persistent=False)
+        self.register_buffer("spk", torch.zeros(0), persistent=False)
+
+    def parameters_tuple(self) -> StochasticLIFParameters:
+        """The neuron's constants as the record the functional code takes."""
+        return StochasticLIFParameters(
+            self.beta,
+            self.threshold,
+            self.sigma0,
+            self.eps_min,
+            self.reset_mechanism,
+            self.detach_reset,
+            self.noise,
+            self.estimator,
+        )
+
+    def reset_state(self) -> None:
+        """Forget the hidden state (it is re-sized to the next input)."""
+        self.mem = torch.zeros(0, device=self.mem.device, dtype=self.mem.dtype)
+        self.spk = torch.zeros(0, device=self.spk.device, dtype=self.spk.dtype)
+
+    def reset_mem(self) -> None:
+        """snnTorch's name for :meth:`reset_state`."""
+        self.reset_state()
+
+    @staticmethod
+    def _split(x: Tensor | Moments) -> tuple[Tensor, Tensor | None]:
+        if isinstance(x, tuple):
+            return x[0], x[1]
+        return x, None
+
+    def _check_input(self, mu: Tensor, var: Tensor | None, min_dim: int) -> None:
+        name = type(self).__name__
+        check_input(mu, name, ndims=range(min_dim, 8))
+        if var is not None:
+            check_input(var, f"{name} (input variance)", ndims=(mu.dim(),))
+            if var.shape != mu.shape:
+                raise ValueError(f"{name}: variance shape {tuple(var.shape)} differs from mean shape {tuple(mu.shape)}")
+
+    def _noise(self, mu: Tensor) -> Tensor:
+        if self.stochastic:
+            return self.noise.sample(mu.shape, like=mu)
+        return torch.zeros_like(mu)
+
+    def forward(self, x: Tensor | Moments, mem: Tensor | None = None):
+        """One time step (snnTorch contract; see the module docstring for the return arity)."""
+        mu, var = self._split(x)
+        self._check_input(mu, var, 1)
+        p = self.parameters_tuple()
+        if self.init_hidden:
+            if mem is not None:
+                raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
+            if self.mem.numel() == 0:
+                self.mem, self.spk = torch.zeros_like(mu), torch.zeros_like(mu)
+            elif self.mem.shape != mu.shape:
+                raise ValueError(
+                    f"StochasticLIF: hidden state has shape {tuple(self.mem.shape)} but the input has "
+                    f"shape {tuple(mu.shape)}; call sbnn.reset(model) before a new sequence or batch size"
+                )
+            spk, state = stochastic_lif_step(mu, var, StochasticLIFState(self.mem, self.spk), p, self._noise(mu))
+            self.mem, self.spk = state.mem, state.spk
+            return (spk, state.mem) if self.output else spk
+        if mem is None:
+            mem = torch.zeros_like(mu)
+        elif mem.shape != mu.shape:
+            raise ValueError(f"StochasticLIF: mem has shape {tuple(mem.shape)}, input {tuple(mu.shape)}")
+        prev_spk = (mem >= self.threshold).to(mu.dtype)
+        spk, state = stochastic_lif_step(mu, var, StochasticLIFState(mem, prev_spk), p, self._noise(mu))
+        return spk, state.mem
+
+    def sequence(
+        self,
+        x: Tensor | Moments,
+        *,
+        state: StochasticLIFState | None = None,
+        eps: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        validate: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Run a whole time-major sequence from ``state`` (default: rest); the hidden state is untouched.
+
+        Args:
+            x: ``[T, B, ...]`` input means, or :class:`~sbnn.layers.Moments` of that shape.
+            state: initial ``(mem, spk)``.
+            eps: explicit standard noise ``[T, B, ...]`` to replay a draw.
+            generator: RNG for the noise.
+            validate: check the input (models that validated their own input pass ``False``).
+
+        Returns:
+            ``(spk, mem)``, each ``[T, B, ...]``.
+        """
+        mu, var = self._split(x)
+        if validate:
+            self._check_input(mu, var, 2)
+        spk, mem, _ = stochastic_lif_sequence(
+            mu, var, self.parameters_tuple(), state=state, stochastic=self.stochastic, eps=eps, generator=generator
+        )
+        return spk, mem
+
+    def extra_repr(self) -> str:
+        return (
+            f"noise={self.noise.name}, estimator={self.estimator!r}, reset_mechanism={self.reset_mechanism}, "
+            f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self.stochastic}"
+        )

@@ -1,0 +1,62 @@
+"""The `sbnn` LightningCLI: the quickstart recipe end to end (shortened), and config errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from sbnn.cli import main
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _short(tmp_path: Path) -> list[str]:
+    return [
+        "--trainer.max_epochs", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--data.init_args.n_train", "96",
+        "--data.init_args.n_val", "32",
+        "--data.init_args.n_test", "32",
+        "--model.init_args.mc_samples", "2",
+        "--model.init_args.mode_finetune_epochs", "1",
+    ]
+
+
+def test_quickstart_runs_end_to_end(tmp_path, capsys):
+    cli = main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path)])
+    out = capsys.readouterr().out
+    assert "sbnn: final test accuracy" in out and "mode" in out and "mc" in out
+    metrics = cli.trainer.callback_metrics
+    for key in ("test_acc_mode", "test_acc_mc", "test_acc_lrt"):
+        assert 0.0 <= float(metrics[key]) <= 1.0
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert any(p.name == "last.ckpt" for p in ckpts)
+    (log,) = tmp_path.rglob("metrics.csv")
+    rows = list(csv.DictReader(log.open()))
+    losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert any(r.get("val_acc_mode") for r in rows)
+    assert bool(cli.model.calibrated)
+    # a second run in the same folder must not trip over the saved config
+    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--trainer.max_epochs", "1"])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (["--model.init_args.network.init_args.estimator", "nope"], "valid names"),
+        (["--model.init_args.lam_lr", "-0.1"], "lam_lr"),
+        (["--model.init_args.network.init_args.beta", "1.5"], "beta"),
+    ],
+)
+def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, match, capsys):
+    with pytest.raises((ValueError, SystemExit)) as info:
+        main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), *override])
+    text = str(info.value) + capsys.readouterr().err
+    assert match in text
