@@ -124,6 +124,7 @@ class Variant:
     def __init__(self, name: str, model: nn.Module, step: Callable[[], Tensor], rate: Callable[[], float]):
         self.name, self.model, self.step, self.rate = name, model, step, rate
         self.times: list[float] = []
+        self.round_medians: list[float] = []
 
 
 def make_sbnn(args, x: Tensor, y: Tensor, estimator: str) -> Variant:
@@ -255,10 +256,13 @@ def main() -> None:
     t_start = time.perf_counter()
     for _ in range(args.repeats):
         for v in variants:
+            times = []
             for _ in range(args.steps):
                 t0 = time.perf_counter()
                 v.step()
-                v.times.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t0)
+            v.times += times
+            v.round_medians.append(statistics.median(times))
     elapsed = time.perf_counter() - t_start
 
     med = {v.name: statistics.median(v.times) * 1e3 for v in variants}
@@ -276,11 +280,20 @@ def main() -> None:
         print(f"{v.name:<18} {med[v.name]:9.1f} {q[0]:6.1f}-{q[2]:6.1f} {med[v.name] / loop:7.2f}x "
               f"{med[v.name] / best_snn:15.2f}x {rates_before[v.name]:11.3f} "
               f"{fmt_mb(memory[v.name]) if v.name in memory else '-':>8} {n_par:8d}")
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of the ratio of the two variants' round medians (robust to slow drift)."""
+        va, vb = by_name[a], by_name[b]
+        return statistics.median(x / y for x, y in zip(va.round_medians, vb.round_medians))
+
+    by_name = {v.name: v for v in variants}
     print()
+    print("ratios: of the medians above | paired, median over rounds of the per-round ratio")
     for est in args.estimators:
         name = f"sbnn[{est}]"
-        print(f"{name} / faster snnTorch ({best_snn_name}): {med[name] / best_snn:.2f}x")
-    print(f"snntorch-batched / snntorch-loop: {med['snntorch-batched'] / loop:.2f}x")
+        print(f"  {name} / faster snnTorch ({best_snn_name}): {med[name] / best_snn:.2f}x | {paired(name, best_snn_name):.2f}x")
+        print(f"  {name} / snntorch-loop: {med[name] / loop:.2f}x | {paired(name, 'snntorch-loop'):.2f}x")
+    print(f"  snntorch-batched / snntorch-loop: {med['snntorch-batched'] / loop:.2f}x | "
+          f"{paired('snntorch-batched', 'snntorch-loop'):.2f}x")
     print(f"(timed section {elapsed:.1f} s; 'saved MB' = tensors saved for backward in one step, "
           f"via saved_tensors_hooks, de-duplicated by storage, parameters excluded)")
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .noise import NoiseFamily, get_noise
+from .noise import NoiseFamily, get_noise, safe_exp
 
 __all__ = [
     "Estimator",
@@ -159,9 +159,10 @@ class IWST(Estimator):
         _check_positive("w_max", self.w_max, "iwst")
 
     def factor(self, theta: Tensor, spikes: Tensor, eps: Tensor, noise: NoiseFamily) -> Tensor:
-        log_q = torch.where(spikes > 0, math.log(self.p), math.log1p(-self.p))
+        # an arithmetic blend keeps θ's dtype (torch.where on Python scalars would give float32)
+        log_q = spikes * math.log(self.p) + (1.0 - spikes) * math.log1p(-self.p)
         log_w = (log_q - noise.log_prob_spike(theta, spikes)).clamp_max(math.log(self.w_max))
-        return (noise.log_pdf(theta) + log_w).exp()
+        return safe_exp(noise.log_pdf(theta) + log_w)
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,9 @@ class AGR(Estimator):
         if noise.name == "gaussian":
             c = math.sqrt(1.0 + self.tau**2)
             log_num = noise.log_pdf(theta / c) - math.log(c) + noise.log_cdf(sign * self.tau * theta / c)
-            return (log_num - noise.log_cdf(sign * theta)).exp()
+            return safe_exp(log_num - noise.log_cdf(sign * theta))
         if noise.name == "logistic":
-            return _interp_log_table(sign * theta, _logistic_agr_table(float(self.tau))).exp()
+            return safe_exp(_interp_log_table(sign * theta, _logistic_agr_table(float(self.tau))))
         raise ValueError(f"agr: no analytic form for noise family {noise.name!r}")
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sbnn.functional.estimators import ST
+from sbnn.functional.estimators import AGR, ST
 from sbnn.functional.neurons import (
     StochasticLIFParameters,
     StochasticLIFState,
@@ -146,3 +146,13 @@ def test_no_nan_when_unit_gets_no_input():
     spk, mem, _ = stochastic_lif_sequence(mu, var, p)
     (spk.sum() + mem.sum()).backward()
     assert torch.isfinite(mu.grad).all() and torch.isfinite(var.grad).all()
+
+
+@pytest.mark.parametrize("estimator", [ST(), AGR(0.5)])
+def test_step_compiles_without_graph_breaks(estimator):
+    import torch._dynamo as dynamo
+
+    p = params()._replace(beta=torch.tensor(0.9), threshold=torch.tensor(1.0), estimator=estimator)
+    state = StochasticLIFState(torch.zeros(4, 5), torch.zeros(4, 5))
+    explanation = dynamo.explain(stochastic_lif_step)(torch.randn(4, 5), torch.rand(4, 5), state, p, torch.randn(4, 5))
+    assert explanation.graph_break_count == 0

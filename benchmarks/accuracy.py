@@ -1,0 +1,605 @@
+"""Test accuracy of SBNN against a float-weight SNN and a ±1 straight-through SNN, several seeds.
+
+One command, one printed table::
+
+    python benchmarks/accuracy.py            # full default run: 2 data sets x 3 methods x 3 seeds
+    python benchmarks/accuracy.py --quick    # ~1-minute smoke configuration
+
+Data (fixed: the data set, its split and the training shuffle order are the same for every
+method and seed; only the model seed varies):
+
+* ``randman``: ``RandmanDataModule()`` defaults (2-D manifolds, 10 classes, 50 channels, 50 steps,
+  1000 train / 200 val / 500 test, batch 32, data seed 42).
+* ``digits``: ``DigitsDataModule(encoding="rate", n_steps=20)`` (64 channels, 10 classes,
+  1257 train / 180 val / 360 test, batch 32, data seed 42).
+
+Architecture, the same for every method: ``N → 128 → K``, hidden LIF with ``β = 0.9``, threshold 1,
+subtract reset (reset detached), no biases (``SpikingMLP``'s default), membrane readout = the
+time-averaged membrane ``U[t] = βU[t−1] + h[t]`` of a non-spiking leaky output layer (``β = 0.9``).
+
+Methods:
+
+1. ``sbnn``: ``SpikingClassificationTask(SpikingMLP(N, (128,), K))`` with all defaults (``st``
+   estimator, λ at lr 0.1 and the rest at 1e-3 under Adam + cosine, ``kl_weight`` 0.1, calibration
+   on a first batch, 3-epoch ``mode`` fine-tune), trained by a plain Lightning
+   ``Trainer(max_epochs=E, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+   accelerator="cpu")`` and tested with ``trainer.test``: ``mode`` (the deployed ``sign(λ)``
+   network), MC (10 drawn binary networks) and LRT (10 noisy passes averaged).
+2. ``float``: ``nn.Linear`` weights + ``snntorch.Leaky(beta=0.9)`` with snnTorch's default surrogate
+   (ATan), Adam lr ``FLOAT_LR`` with a per-epoch cosine schedule, cross-entropy.
+3. ``ste``: ±1 weights by the plain straight-through estimator (BinaryConnect): latent float weights
+   ``w`` (init ``U(−1, 1)``), forward ``sign(w)·α`` with the per-layer scale
+   ``α = g/sqrt(fan_in)``, ``g`` a learnable gain (``exp`` of a learnable log-gain); backward the
+   clipped identity (gradient zero where ``|w| > 1``); latent weights clipped to ``[−1, 1]``
+   after every step; snnTorch ``Leaky`` neurons; Adam (latent weights at ``STE_LR``, gains at
+   ``GAIN_LR``) with a per-epoch cosine schedule.
+
+Initial scale of the baselines (``--float-init`` / ``--ste-init``): ``calibrated`` applies the
+data-dependent targets ``SpikingMLP.calibrate`` uses, on the same first training batch — hidden
+free-membrane std ``2ϑ``, readout logit std 3 — to the float weights (a multiplicative factor on
+PyTorch's init) or to the STE gains ``g``; ``default`` keeps PyTorch's ``nn.Linear`` init (float)
+or ``g = 1`` (STE). Chosen by the light tuning: float ``default`` (its hidden layer starts silent
+and the ATan surrogate still trains it), STE ``calibrated``.
+
+Epochs: one budget for all three methods (80 by default): DESIGN §7 says SBNN wants about 2x the
+epochs of a float SNN, and its prototype ran the float and STE baselines for 80 epochs as well.
+Every method reports the network after the last epoch (no early stopping, no checkpoint picking).
+
+Baseline hyper-parameters were tuned only lightly, on Randman with one seed, and are used
+unchanged on both data sets (see benchmarks/README.md).
+
+Targets printed at the end: (i) SBNN ``mode`` ≥ the STE ±1 baseline on both data sets (means over
+seeds); (ii) LRT − ``mode`` < 2 points on both data sets.
+
+Runs go to a process pool (``--jobs``, each process ``torch.set_num_threads(1)`` and
+``torch.set_flush_denormal(True)``); all numbers, per-epoch curves included, go to ``--out`` as JSON.
+Extra SBNN configurations (through the task's constructor) can be run with
+``--methods sbnn --sbnn-kwargs '{"kl_weight": 0.03}'``; they are labelled ``sbnn[kl_weight=0.03]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HIDDEN = 128
+BETA = 0.9
+THRESHOLD = 1.0
+FLOAT_LR = 1e-2  # Adam lr of the float SNN (light tuning on Randman, seed 0: see README)
+STE_LR = 1e-1  # Adam lr of the STE latent weights (light tuning on Randman, seed 0: see README)
+FLOAT_INIT = "default"  # PyTorch's nn.Linear init (light tuning: better than the calibrated scale)
+STE_INIT = "calibrated"  # gains set to SBNN's calibration targets (light tuning: better than g = 1)
+GAIN_LR = 1e-3  # Adam lr of the STE per-layer gains (as SBNN's float parameters)
+HIDDEN_GAIN = 2.0  # calibration target: hidden free-membrane std in thresholds (as SpikingMLP.calibrate)
+READOUT_STD = 3.0  # calibration target: std of the logits (as SpikingMLP.calibrate)
+EVAL_SAMPLES = 10  # MC networks / LRT passes
+
+DATASETS = ("randman", "digits")
+METHODS = ("sbnn", "float", "ste")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+def make_datamodule(name: str):
+    from sbnn.data import DigitsDataModule, RandmanDataModule
+
+    if name == "randman":
+        dm = RandmanDataModule()
+    elif name == "digits":
+        dm = DigitsDataModule(encoding="rate", n_steps=20)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    dm.setup()
+    return dm
+
+
+def full_split(dm, split: str) -> tuple[Tensor, Tensor]:
+    """The whole split as one time-major batch ``([T, S, N], [S])``."""
+    from sbnn.data import time_major_collate
+
+    dataset = getattr(dm, f"{split}_set")
+    return time_major_collate([dataset[i] for i in range(len(dataset))])
+
+
+def accuracy(logits_or_probs: Tensor, y: Tensor) -> float:
+    return float((logits_or_probs.argmax(-1) == y).float().mean())
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------
+class _SignSTE(torch.autograd.Function):
+    """Forward ``sign(w)`` (``sign(0) = +1``); backward the clipped identity ``g·1[|w| ≤ 1]``."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (w,) = ctx.saved_tensors
+        return grad * (w.abs() <= 1).to(grad.dtype)
+
+
+class SignLinear(nn.Module):
+    """``h = x (sign(w)·g/sqrt(fan_in))ᵀ``: ±1 weights by STE, one learnable gain ``g`` per layer."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.latent = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1.0, 1.0))
+        self.log_gain = nn.Parameter(torch.zeros(()))
+        self.fan_in = in_features
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_gain.exp() / math.sqrt(self.fan_in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, _SignSTE.apply(self.latent) * self.alpha)
+
+    @torch.no_grad()
+    def rescale_(self, factor: float) -> None:
+        self.log_gain.add_(math.log(factor))
+
+    @torch.no_grad()
+    def clip_(self) -> None:
+        self.latent.clamp_(-1.0, 1.0)
+
+
+class FloatLinear(nn.Linear):
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    @torch.no_grad()
+    def rescale_(self, factor: float) -> None:
+        self.weight.mul_(factor)
+
+    def clip_(self) -> None:
+        pass
+
+
+def _leaky(h: Tensor, beta: float) -> Tensor:
+    """Non-spiking leaky integrator ``U[t] = βU[t−1] + h[t]`` over ``[T, B, ...]``."""
+    mem, out = torch.zeros_like(h[0]), []
+    for h_t in h.unbind(0):
+        mem = beta * mem + h_t
+        out.append(mem)
+    return torch.stack(out)
+
+
+class BaselineSNN(nn.Module):
+    """``Linear → snntorch.Leaky → Linear → leaky membrane readout (time mean)``; time-batched matmuls."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int, *, binary: bool) -> None:
+        super().__init__()
+        import snntorch
+
+        layer = SignLinear if binary else FloatLinear
+        self.fc1 = layer(n_in, n_hidden)
+        self.lif1 = snntorch.Leaky(beta=BETA, threshold=THRESHOLD)  # default surrogate: ATan
+        self.fc2 = layer(n_hidden, n_out)
+
+    def hidden_spikes(self, x: Tensor) -> Tensor:
+        cur = self.fc1(x)  # [T, B, H], all steps in one matmul
+        mem = self.lif1.init_leaky()
+        spikes = []
+        for c in cur.unbind(0):
+            spk, mem = self.lif1(c, mem)
+            spikes.append(spk)
+        return torch.stack(spikes)
+
+    def forward_with_spikes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        spk = self.hidden_spikes(x)
+        return _leaky(self.fc2(spk), BETA).mean(0), spk
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_spikes(x)[0]
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> float:
+        """Same targets as ``SpikingMLP.calibrate``; returns the hidden firing rate after it."""
+        std = float(_leaky(self.fc1(x), BETA).std())
+        if std > 1e-8:
+            self.fc1.rescale_(HIDDEN_GAIN * THRESHOLD / std)
+        spk = self.hidden_spikes(x)
+        std = float(_leaky(self.fc2(spk), BETA).mean(0).std())
+        if std > 1e-8:
+            self.fc2.rescale_(READOUT_STD / std)
+        return float(spk.mean())
+
+    def clip_(self) -> None:
+        self.fc1.clip_()
+        self.fc2.clip_()
+
+
+def run_baseline(
+    dataset: str, method: str, seed: int, epochs: int, init: str, float_lr: float = FLOAT_LR, ste_lr: float = STE_LR
+) -> dict[str, Any]:
+    import lightning as L
+
+    dm = make_datamodule(dataset)
+    xv, yv = full_split(dm, "val")
+    xt, yt = full_split(dm, "test")
+    xtr, ytr = full_split(dm, "train")
+    L.seed_everything(seed, verbose=False)
+    net = BaselineSNN(dm.input_size, HIDDEN, dm.num_classes, binary=method == "ste")
+    initial_rate = None
+    if init == "calibrated":
+        x0, _ = next(iter(dm.train_dataloader()))
+        initial_rate = net.calibrate(x0)
+    if method == "ste":
+        latent = [net.fc1.latent, net.fc2.latent]
+        gains = [net.fc1.log_gain, net.fc2.log_gain]
+        optimizer = torch.optim.Adam([{"params": latent, "lr": ste_lr}, {"params": gains, "lr": GAIN_LR}])
+        lrs = {"latent_lr": ste_lr, "gain_lr": GAIN_LR}
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=float_lr)
+        lrs = {"lr": float_lr}
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    curves: dict[str, list[float]] = {k: [] for k in ("train_acc", "train_nll", "train_rate", "val_acc", "epoch_s")}
+    t_fit = time.perf_counter()
+    for _ in range(epochs):
+        net.train()
+        t0 = time.perf_counter()
+        n = correct = nll = rate = 0.0
+        for x, y in dm.train_dataloader():
+            optimizer.zero_grad(set_to_none=True)
+            logits, spk = net.forward_with_spikes(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            net.clip_()
+            b = y.shape[0]
+            n += b
+            correct += float((logits.argmax(-1) == y).sum())
+            nll += float(loss.detach()) * b
+            rate += float(spk.detach().mean()) * b
+        scheduler.step()
+        curves["epoch_s"].append(time.perf_counter() - t0)
+        curves["train_acc"].append(correct / n)
+        curves["train_nll"].append(nll / n)
+        curves["train_rate"].append(rate / n)
+        net.eval()
+        with torch.no_grad():
+            curves["val_acc"].append(accuracy(net(xv), yv))
+    fit_s = time.perf_counter() - t_fit
+    with torch.no_grad():
+        test_acc = accuracy(net(xt), yt)
+        train_acc_final = accuracy(net(xtr), ytr)
+    extra: dict[str, Any] = {}
+    if method == "ste":
+        extra["alpha"] = [float(net.fc1.alpha), float(net.fc2.alpha)]
+        lat = torch.cat([net.fc1.latent.detach().flatten(), net.fc2.latent.detach().flatten()])
+        extra["latent_at_bound"] = float((lat.abs() >= 1.0).float().mean())
+    return {
+        "dataset": dataset, "method": method, "seed": seed, "epochs": epochs, "init": init, **lrs,
+        "test_acc": test_acc, "train_acc_final": train_acc_final, "initial_rate": initial_rate,
+        "fit_s": fit_s, "s_per_epoch": statistics.mean(curves["epoch_s"]), "curves": curves, **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# SBNN through Lightning, exactly as users run it
+# --------------------------------------------------------------------------------------------
+def _make_curve_callback(xv: Tensor, yv: Tensor):
+    import lightning as L
+
+    from sbnn import evaluation
+    from sbnn.layers import BernoulliLayer
+    from sbnn.posterior import sign_mean
+
+    class Curves(L.Callback):
+        """Per epoch: running train metrics (batch-weighted), val accuracy of ``mode`` and of one LRT pass."""
+
+        keys = ("train_acc", "train_nll", "train_kl", "train_rate", "train_mode_nll")
+
+        def __init__(self) -> None:
+            self.curves: dict[str, list[float]] = {
+                k: [] for k in (*self.keys, "val_acc_mode", "val_acc_lrt1", "mean_abs_m", "epoch_s")
+            }
+            self._t0 = None
+            self._sums: dict[str, float] = {}
+            self._n = 0
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._t0, self._sums, self._n = time.perf_counter(), {}, 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            b = batch[1].shape[0]
+            self._n += b
+            for k in self.keys:
+                v = trainer.callback_metrics.get(k)
+                if v is not None:
+                    self._sums[k] = self._sums.get(k, 0.0) + float(v) * b
+
+        def _close_timer(self) -> None:
+            if self._t0 is not None:
+                self.curves["epoch_s"].append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+        def on_validation_epoch_start(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                self._close_timer()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self._close_timer()
+            for k in self.keys:
+                self.curves[k].append(self._sums[k] / self._n if k in self._sums else float("nan"))
+            net = pl_module.network
+            with torch.no_grad():
+                with evaluation(net, "mode"):
+                    self.curves["val_acc_mode"].append(accuracy(net(xv), yv))
+                with evaluation(net, "sample"):
+                    self.curves["val_acc_lrt1"].append(accuracy(net(xv), yv))
+                layers = [m for m in net.modules() if isinstance(m, BernoulliLayer)]
+                m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers])
+                self.curves["mean_abs_m"].append(float(m.mean()))
+
+    return Curves()
+
+
+def run_sbnn(dataset: str, seed: int, epochs: int, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    import lightning as L
+
+    from sbnn import evaluation, lrt_predict
+    from sbnn.layers import BernoulliLayer
+    from sbnn.lightning import SpikingClassificationTask
+    from sbnn.models import SpikingMLP
+    from sbnn.posterior import sign_mean
+
+    dm = make_datamodule(dataset)
+    xv, yv = full_split(dm, "val")
+    xtr, ytr = full_split(dm, "train")
+    L.seed_everything(seed, verbose=False)
+    task = SpikingClassificationTask(SpikingMLP(dm.input_size, (HIDDEN,), dm.num_classes), **task_kwargs)
+    curves = _make_curve_callback(xv, yv)
+    trainer = L.Trainer(
+        max_epochs=epochs, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        accelerator="cpu", callbacks=[curves], enable_model_summary=False,
+    )
+    printed = io.StringIO()
+    t_fit = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        trainer.fit(task, datamodule=dm)
+    fit_s = time.perf_counter() - t_fit
+    with contextlib.redirect_stdout(printed):
+        test = trainer.test(task, datamodule=dm, verbose=False)[0]
+    net = task.network
+    with torch.no_grad():
+        with evaluation(net, "mode"):
+            train_acc_mode = accuracy(net(xtr), ytr)
+        train_acc_lrt = accuracy(lrt_predict(net, xtr, EVAL_SAMPLES), ytr)
+        layers = [m for m in net.modules() if isinstance(m, BernoulliLayer)]
+        m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers])
+    return {
+        "dataset": dataset, "method": "sbnn", "seed": seed, "epochs": epochs, "task_kwargs": task_kwargs,
+        "hparams": {k: v for k, v in dict(task.hparams).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "test_acc_mode": float(test["test_acc_mode"]), "test_acc_mc": float(test["test_acc_mc"]),
+        "test_acc_lrt": float(test["test_acc_lrt"]), "test_nll_mc": float(test["test_nll_mc"]),
+        "test_nll_lrt": float(test["test_nll_lrt"]),
+        "test_acc": float(test["test_acc_mode"]),
+        "train_acc_final": train_acc_mode, "train_acc_final_lrt": train_acc_lrt,
+        "mean_abs_m": float(m.mean()), "frac_abs_m_gt_0.9": float((m > 0.9).float().mean()),
+        "printed": printed.getvalue().strip().splitlines()[:5],
+        "fit_s": fit_s, "s_per_epoch": statistics.mean(curves.curves["epoch_s"]), "curves": curves.curves,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+def _worker_init() -> None:
+    import lightning  # noqa: F401  (configures its loggers on import: quieten them after)
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    _worker_init()
+    t0 = time.perf_counter()
+    if job["method"] == "sbnn":
+        out = run_sbnn(job["dataset"], job["seed"], job["epochs"], job["task_kwargs"])
+        out["label"] = job["label"]
+    else:
+        out = run_baseline(job["dataset"], job["method"], job["seed"], job["epochs"], job["init"],
+                           job["float_lr"], job["ste_lr"])
+        out["label"] = job["method"]
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def sbnn_label(kwargs: dict[str, Any]) -> str:
+    if not kwargs:
+        return "sbnn"
+    return "sbnn[" + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + "]"
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> tuple[float, float]:
+    values = [v * scale for v in values]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:5.1f} ± {s:3.1f}"
+
+
+def summarise(results: list[dict[str, Any]], datasets: list[str], labels: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for d in datasets:
+        for lab in labels:
+            runs = [r for r in results if r["dataset"] == d and r["label"] == lab]
+            if not runs:
+                continue
+            s: dict[str, Any] = {"n_seeds": len(runs), "epochs": runs[0]["epochs"]}
+            keys = ["test_acc", "train_acc_final"]
+            if runs[0]["method"] == "sbnn":
+                keys += ["test_acc_mode", "test_acc_mc", "test_acc_lrt", "train_acc_final_lrt"]
+                gaps = [r["test_acc_lrt"] - r["test_acc_mode"] for r in runs]
+                s["gap_lrt_minus_mode"] = dict(zip(("mean", "std"), mean_std(gaps)))
+            for k in keys:
+                s[k] = dict(zip(("mean", "std"), mean_std([r[k] for r in runs])))
+            s["s_per_epoch"] = statistics.mean(r["s_per_epoch"] for r in runs)
+            summary[f"{d}/{lab}"] = s
+    return summary
+
+
+def print_table(results: list[dict[str, Any]], datasets: list[str], labels: list[str], n_seeds: int) -> list[str]:
+    lines = [
+        f"test accuracy in %, mean ± std over {n_seeds} seed(s); final-epoch network; "
+        f"SBNN: mode | MC{EVAL_SAMPLES} | LRT{EVAL_SAMPLES}; train acc = final network on the whole train set "
+        "(SBNN: mode)",
+        "",
+        f"{'dataset':<8} {'method':<24} {'ep':>3} {'test (mode)':>12} {'MC10':>12} {'LRT10':>12} "
+        f"{'LRT-mode':>12} {'train acc':>12} {'s/epoch':>8}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for d in datasets:
+        for lab in labels:
+            runs = [r for r in results if r["dataset"] == d and r["label"] == lab]
+            if not runs:
+                continue
+            sb = runs[0]["method"] == "sbnn"
+            mc = fmt([r["test_acc_mc"] for r in runs]) if sb else "—"
+            lrt = fmt([r["test_acc_lrt"] for r in runs]) if sb else "—"
+            gap = fmt([r["test_acc_lrt"] - r["test_acc_mode"] for r in runs]) if sb else "—"
+            sec = statistics.mean(r["s_per_epoch"] for r in runs)
+            lines.append(
+                f"{d:<8} {lab:<24} {runs[0]['epochs']:>3} {fmt([r['test_acc'] for r in runs]):>12} {mc:>12} "
+                f"{lrt:>12} {gap:>12} {fmt([r['train_acc_final'] for r in runs]):>12} {sec:>8.2f}"
+            )
+    return lines
+
+
+def evaluate_targets(summary: dict[str, Any], datasets: list[str]) -> tuple[list[str], dict[str, Any]]:
+    lines, targets = [], {}
+    for d in datasets:
+        sb, ste = summary.get(f"{d}/sbnn"), summary.get(f"{d}/ste")
+        if sb and ste:
+            ok = sb["test_acc_mode"]["mean"] >= ste["test_acc"]["mean"]
+            targets[f"{d}: sbnn mode >= ste"] = ok
+            lines.append(
+                f"  (i)  {d:<8} SBNN mode {sb['test_acc_mode']['mean']:.1f} >= STE ±1 {ste['test_acc']['mean']:.1f}: "
+                f"{'MET' if ok else 'NOT MET'} ({sb['test_acc_mode']['mean'] - ste['test_acc']['mean']:+.1f})"
+            )
+        if sb:
+            gap = sb["gap_lrt_minus_mode"]["mean"]
+            ok = gap < 2.0
+            targets[f"{d}: lrt - mode < 2"] = ok
+            lines.append(f"  (ii) {d:<8} LRT - mode = {gap:+.1f} points < 2: {'MET' if ok else 'NOT MET'}")
+    return lines, targets
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds (default 0 1 2)")
+    p.add_argument("--epochs-float", type=int, default=80, help="epochs of the float and STE baselines (default 80)")
+    p.add_argument("--epochs-sbnn", type=int, default=80, help="epochs of SBNN (default 80)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--jobs", type=int, default=2, help="parallel processes, one thread each (default 2)")
+    p.add_argument("--out", default="benchmarks/results/accuracy.json", help="JSON with every number")
+    p.add_argument("--quick", action="store_true", help="smoke configuration: seed 0, 2 epochs each")
+    p.add_argument("--float-init", choices=("calibrated", "default"), default=FLOAT_INIT,
+                   help=f"initial weight scale of the float SNN (default {FLOAT_INIT})")
+    p.add_argument("--ste-init", choices=("calibrated", "default"), default=STE_INIT,
+                   help=f"initial gains of the STE SNN (default {STE_INIT})")
+    p.add_argument("--float-lr", type=float, default=FLOAT_LR, help=f"Adam lr of the float SNN (default {FLOAT_LR})")
+    p.add_argument("--ste-lr", type=float, default=STE_LR, help=f"Adam lr of the STE latent weights (default {STE_LR})")
+    p.add_argument("--sbnn-kwargs", default="{}",
+                   help="JSON dict of extra SpikingClassificationTask arguments (labels the runs sbnn[...])")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs_float, args.epochs_sbnn = [0], 2, 4
+    args.task_kwargs = json.loads(args.sbnn_kwargs)
+    if not isinstance(args.task_kwargs, dict):
+        p.error("--sbnn-kwargs must be a JSON object")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _worker_init()
+    label = sbnn_label(args.task_kwargs)
+    jobs = []
+    for d in args.datasets:
+        for method in args.methods:
+            for seed in args.seeds:
+                epochs = args.epochs_sbnn if method == "sbnn" else args.epochs_float
+                jobs.append({"dataset": d, "method": method, "seed": seed, "epochs": epochs,
+                             "task_kwargs": args.task_kwargs, "label": label, "init": args.float_init if method == "float" else args.ste_init,
+                             "float_lr": args.float_lr, "ste_lr": args.ste_lr})
+    # longest first (SBNN, then Randman's 50 steps) so the pool drains evenly
+    jobs.sort(key=lambda j: (j["method"] != "sbnn", j["dataset"] != "randman", j["method"] != "ste"))
+    print(f"accuracy benchmark: {len(jobs)} runs on {args.jobs} process(es), torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}", flush=True)
+    t0 = time.perf_counter()
+    results = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(run_one, j): j for j in jobs}
+        for fut in as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            extra = (f" mode/MC/LRT {100 * r['test_acc_mode']:.1f}/{100 * r['test_acc_mc']:.1f}/"
+                     f"{100 * r['test_acc_lrt']:.1f}" if r["method"] == "sbnn" else f" test {100 * r['test_acc']:.1f}")
+            print(f"[{time.perf_counter() - t0:7.1f}s] {len(results):2d}/{len(jobs)} {r['dataset']:<8} {r['label']:<24} "
+                  f"seed {r['seed']}:{extra}, train {100 * r['train_acc_final']:.1f}, {r['s_per_epoch']:.2f} s/epoch",
+                  flush=True)
+    wall = time.perf_counter() - t0
+    labels = [label if m == "sbnn" else m for m in args.methods]
+    summary = summarise(results, args.datasets, labels)
+    lines = print_table(results, args.datasets, labels, len(args.seeds))
+    target_lines, targets = evaluate_targets(summary, args.datasets)
+    print()
+    print("\n".join(lines))
+    if target_lines:
+        print("\ntargets:")
+        print("\n".join(target_lines))
+    print(f"\nbaselines: float Adam lr {args.float_lr}; STE latent lr {args.ste_lr}, gain lr {GAIN_LR}; init float {args.float_init}, STE {args.ste_init}; "
+          f"cosine schedule over the epochs; batch 32")
+    print(f"wall time {wall:.0f} s ({args.jobs} process(es), 1 thread each); s/epoch = training passes only, "
+          "measured while the other process(es) ran")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({
+            "config": {k: v for k, v in vars(args).items()},
+            "constants": {"hidden": HIDDEN, "beta": BETA, "threshold": THRESHOLD, "float_lr": FLOAT_LR,
+                          "ste_lr": STE_LR, "float_init": FLOAT_INIT, "ste_init": STE_INIT, "gain_lr": GAIN_LR, "hidden_gain": HIDDEN_GAIN,
+                          "readout_std": READOUT_STD, "eval_samples": EVAL_SAMPLES},
+            "environment": {"torch": torch.__version__, "python": sys.version.split()[0],
+                            "platform": platform.platform(), "cpu_count": os.cpu_count()},
+            "wall_s": wall, "summary": summary, "targets": targets, "table": lines, "runs": results,
+        }, f, indent=1)
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
