@@ -183,11 +183,19 @@ def saved_for_backward_bytes(model: nn.Module, fn: Callable[[], Tensor]) -> int:
     return sum(seen.values())
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """Lower and upper quartile (both the value itself for a single sample)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def fmt_mb(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def profile_sbnn(variant: Variant, rows: int) -> None:
+def profile_variant(variant: Variant, rows: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
@@ -219,10 +227,11 @@ def main() -> None:
     ap.add_argument("--no-snn-calibrate", dest="snn_calibrate", action="store_false",
                     help="keep nn.Linear's default init in snnTorch (lower firing rate)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the saved-tensor count")
-    ap.add_argument("--profile", action="store_true", help="print a torch.profiler per-op table of the sbnn step(s)")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler per-op tables of the sbnn step(s) and the faster snnTorch step")
     ap.add_argument("--profile-rows", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    args.estimators = list(dict.fromkeys(args.estimators))
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -271,21 +280,23 @@ def main() -> None:
     best_snn_name = min(("snntorch-loop", "snntorch-batched"), key=med.__getitem__)
 
     print()
-    head = f"{'variant':<18} {'median ms':>9} {'IQR ms':>13} {'vs loop':>8} {'vs best snnTorch':>16} {'hidden rate':>11} {'saved MB':>8} {'params':>8}"
+    head = (f"{'variant':<18} {'median ms':>9} {'IQR ms':>13} {'min ms':>7} {'vs loop':>8} {'vs best snnTorch':>16} "
+            f"{'hidden rate':>11} {'saved MB':>8} {'params':>8}")
     print(head)
     print("-" * len(head))
     for v in variants:
-        q = statistics.quantiles([t * 1e3 for t in v.times], n=4)
+        q = quartiles([t * 1e3 for t in v.times])
         n_par = sum(p.numel() for p in v.model.parameters())
-        print(f"{v.name:<18} {med[v.name]:9.1f} {q[0]:6.1f}-{q[2]:6.1f} {med[v.name] / loop:7.2f}x "
+        print(f"{v.name:<18} {med[v.name]:9.1f} {q[0]:6.1f}-{q[1]:6.1f} {min(v.times) * 1e3:7.1f} {med[v.name] / loop:7.2f}x "
               f"{med[v.name] / best_snn:15.2f}x {rates_before[v.name]:11.3f} "
               f"{fmt_mb(memory[v.name]) if v.name in memory else '-':>8} {n_par:8d}")
-    def paired(a: str, b: str) -> float:
-        """Median over rounds of the ratio of the two variants' round medians (robust to slow drift)."""
-        va, vb = by_name[a], by_name[b]
-        return statistics.median(x / y for x, y in zip(va.round_medians, vb.round_medians))
 
     by_name = {v.name: v for v in variants}
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of the ratio of the two variants' round medians (robust to slow drift)."""
+        return statistics.median(ta / tb for ta, tb in zip(by_name[a].round_medians, by_name[b].round_medians))
+
     print()
     print("ratios: of the medians above | paired, median over rounds of the per-round ratio")
     for est in args.estimators:
@@ -296,11 +307,15 @@ def main() -> None:
           f"{paired('snntorch-batched', 'snntorch-loop'):.2f}x")
     print(f"(timed section {elapsed:.1f} s; 'saved MB' = tensors saved for backward in one step, "
           f"via saved_tensors_hooks, de-duplicated by storage, parameters excluded)")
+    disturbed = [v.name for v in variants if quartiles(v.times)[1] > 1.5 * min(v.times)]
+    if disturbed:
+        print(f"WARNING: step times of {', '.join(disturbed)} spread by more than 1.5x (upper quartile vs minimum): "
+              "other load on the machine; prefer the paired ratios, or rerun on a quiet machine")
 
     if args.profile:
         for v in variants:
             if v.name.startswith("sbnn") or v.name == best_snn_name:
-                profile_sbnn(v, args.profile_rows)
+                profile_variant(v, args.profile_rows)
 
 
 if __name__ == "__main__":

@@ -295,11 +295,41 @@ class BernoulliLinear(BernoulliLayer):
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
 
-    def _lrt(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return lrt_linear(x, self.lam, self.scale, self.bias)
+    def _lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return lrt_linear(x, self.lam, self.scale, self.bias, x_sq)
 
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight * self.scale.reshape(-1, 1), self.bias)
+
+    def _spike_moments(self, x: Tensor) -> Moments:
+        """Moments for a binary (spike) input, ``x² = x``: one matmul in ``sample`` mode."""
+        if self._mode == "sample":
+            return Moments(*self._lrt(x, x))
+        return self._moments(x)
+
+    def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``Σ_t weights[t]·h[t]`` for a time-major input, ``h[t]`` this layer's pre-activation.
+
+        In ``sample`` mode the per-step LRT samples are independent Gaussians, so their weighted
+        sum is drawn exactly as one: mean ``α m·Σ_t w_t x_t + b Σ_t w_t``, variance
+        ``α² (1 − m²)·Σ_t w_t² x_t²``. Two matmuls on ``[B, in]`` instead of ``[T·B, in]``; this
+        is how a time-averaged leaky readout membrane is computed (it is linear in ``h``).
+
+        Args:
+            x: ``[T, B, in]``.
+            weights: ``[T]``.
+
+        Returns:
+            ``[B, out]``.
+        """
+        self._check(x)
+        summed = torch.tensordot(weights, x, dims=1)
+        if self._mode == "sample":
+            mean, var = lrt_linear(summed, self.lam, self.scale, None, torch.tensordot(weights.square(), x * x, dims=1))
+            out = sample_moments(Moments(mean, var))
+        else:
+            out = F.linear(summed, self.binary_weight() * self.scale.reshape(-1, 1))
+        return out if self.bias is None else out + self.bias * weights.sum()
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, mode={self._mode}"

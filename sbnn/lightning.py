@@ -11,6 +11,7 @@ MC (``mc_samples`` drawn binary networks) and LRT-averaged accuracy and NLL.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -25,7 +26,29 @@ from .losses import ELBOLoss
 from .modes import evaluation, lrt_predict, mc_predict
 from .posterior import sign_mean
 
-__all__ = ["SpikingClassificationTask"]
+__all__ = ["SpikingClassificationTask", "TwoPhaseCosine"]
+
+
+@dataclass(frozen=True)
+class TwoPhaseCosine:
+    """Learning-rate factor per epoch: cosine from 1 to 0 over the main phase, then a restart.
+
+    The last ``finetune_epochs`` (the ``mode`` fine-tune) restart at ``finetune_factor`` and
+    decay by cosine again. A single cosine over all epochs would leave the fine-tune at < 0.4 % of
+    the base rate, where it changes nothing (measured: no change in train NLL, mean |m| or
+    validation accuracy during it).
+    """
+
+    max_epochs: int
+    finetune_epochs: int
+    finetune_factor: float
+
+    def __call__(self, epoch: int) -> float:
+        main = max(self.max_epochs - self.finetune_epochs, 1)
+        if epoch < main or self.finetune_epochs == 0:
+            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, main) / main))
+        k = epoch - main
+        return self.finetune_factor * 0.5 * (1.0 + math.cos(math.pi * k / self.finetune_epochs))
 
 
 class SpikingClassificationTask(L.LightningModule):
@@ -39,6 +62,8 @@ class SpikingClassificationTask(L.LightningModule):
         aux_weight: weight of the auxiliary loss (needs ``aux_fn``; 0 disables it).
         mc_samples: number of binary networks drawn for MC evaluation (and LRT passes averaged).
         mode_finetune_epochs: final epochs that also train the ``mode`` network.
+        mode_finetune_lr_factor: the learning rates restart at this fraction of their base values
+            for the fine-tune (see :class:`TwoPhaseCosine`).
         calibrate: set the scales from the first training batch before training.
         hidden_gain: calibration target of the hidden free-membrane std, in thresholds.
         readout_std: calibration target of the logits' std.
@@ -56,6 +81,7 @@ class SpikingClassificationTask(L.LightningModule):
         aux_weight: float = 0.0,
         mc_samples: int = 10,
         mode_finetune_epochs: int = 3,
+        mode_finetune_lr_factor: float = 0.3,
         calibrate: bool = True,
         hidden_gain: float = 2.0,
         readout_std: float = 3.0,
@@ -71,6 +97,7 @@ class SpikingClassificationTask(L.LightningModule):
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         if not isinstance(mode_finetune_epochs, int) or mode_finetune_epochs < 0:
             raise ValueError(f"mode_finetune_epochs must be a non-negative integer, got {mode_finetune_epochs!r}")
+        check_in_range("mode_finetune_lr_factor", mode_finetune_lr_factor, 0.0)
         if aux_weight > 0 and aux_fn is None:
             raise ValueError("aux_weight > 0 needs aux_fn, the auxiliary-loss hook")
         self.save_hyperparameters(ignore=["network", "aux_fn"])
@@ -117,7 +144,8 @@ class SpikingClassificationTask(L.LightningModule):
         groups = [{"params": lam, "lr": self.hparams.lam_lr}, {"params": rest, "lr": self.hparams.lr}]
         optimizer = torch.optim.Adam([g for g in groups if g["params"]])
         max_epochs = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+        schedule = TwoPhaseCosine(max_epochs, self.hparams.mode_finetune_epochs, self.hparams.mode_finetune_lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- steps -------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from ._validation import check_choice, check_in_range, check_input
 from .functional.estimators import get_estimator
-from .functional.neurons import leaky_integrate
-from .layers import BernoulliLinear, sample_moments
+from .functional.neurons import leaky_integrate, time_average_weights
+from .layers import BernoulliLinear
 from .modes import evaluation
 from .neurons import StochasticLIF
 
@@ -97,15 +97,17 @@ class SpikingMLP(nn.Module):
         """Logits ``[B, K]`` and the hidden layers' spike trains (each ``[T, B, H]``)."""
         check_input(x, "SpikingMLP", ndims=(3,), size=self.in_features, what="([T, B, in_features], time-major)")
         spikes = []
-        for layer, neuron in zip(self.layers, self.neurons):
-            x, _ = neuron.sequence(layer._moments(x), validate=False)
+        for i, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
+            moments = layer._moments(x) if i == 0 else layer._spike_moments(x)
+            x, _ = neuron.sequence(moments, validate=False)
             spikes.append(x)
-        moments = self.output._moments(x)
         if self.output_neuron is not None:
-            out_spk, _ = self.output_neuron.sequence(moments, validate=False)
+            out_spk, _ = self.output_neuron.sequence(self.output._spike_moments(x), validate=False)
             return out_spk.sum(0), spikes
-        # reparameterised readout noise: the gradient reaches v through sqrt(v)·ξ (DESIGN §7)
-        return leaky_integrate(sample_moments(moments), self.readout_beta).mean(0), spikes
+        # mean_t of the leaky readout membrane is a fixed weighted sum over time; its LRT noise is
+        # reparameterised, so the gradient reaches v through sqrt(v)·ξ (DESIGN §7)
+        weights = time_average_weights(x.shape[0], self.readout_beta, like=x)
+        return self.output.time_weighted(x, weights), spikes
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` for a time-major input ``[T, B, N]``."""

@@ -211,3 +211,20 @@ def test_validation_can_be_switched_off():
         assert torch.isnan(out).all()
     finally:
         sbnn.set_validation(True)
+
+
+def test_time_weighted_readout_matches_per_step_layer():
+    """Σ_t w_t h[t]: exact in deterministic modes, same Gaussian law as per-step LRT samples."""
+    layer = _linear()
+    x = (torch.rand(9, 3, 6) < 0.4).float()
+    w = torch.linspace(1.0, 0.2, 9)
+    layer.mode = "mode"
+    torch.testing.assert_close(layer.time_weighted(x, w), torch.einsum("t,tbo->bo", w, layer(x)))
+    layer.mode = "sample"
+    n = 40_000
+    xs = x[:, :1].expand(9, n, 6)
+    fast = layer.time_weighted(xs, w)
+    slow = torch.einsum("t,tbo->bo", w, layer(xs))
+    se = slow.std(0) / math.sqrt(n)
+    assert ((fast.mean(0) - slow.mean(0)).abs() < 5 * math.sqrt(2) * se).all()
+    torch.testing.assert_close(fast.var(0), slow.var(0), rtol=0.05, atol=1e-6)

@@ -29,7 +29,9 @@ def scale_shape(alpha: Tensor, ndim: int, channel_dim: int) -> Tensor:
     return alpha.reshape(shape)
 
 
-def lrt_linear(x: Tensor, lam: Tensor, alpha: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def lrt_linear(
+    x: Tensor, lam: Tensor, alpha: Tensor, bias: Tensor | None = None, x_sq: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """LRT moments ``(μ, v)`` of a Bernoulli linear layer.
 
     Args:
@@ -37,16 +39,20 @@ def lrt_linear(x: Tensor, lam: Tensor, alpha: Tensor, bias: Tensor | None = None
         lam: natural parameters, ``[out, in]``.
         alpha: positive scale, ``[1]`` or ``[out]``.
         bias: optional ``[out]``.
+        x_sq: the squared input in the variance (default ``x * x``). Passing ``x`` itself
+            declares a binary (spike) input, ``x² = x``: both moments then come from one matmul
+            against the stacked weights ``[m; 1 − m²]``.
 
     Returns:
         ``(μ, v)``, each ``[..., out]``.
     """
-    alpha_row = alpha.reshape(-1)
-    mu = F.linear(x, sign_mean(lam)) * alpha_row
-    if bias is not None:
-        mu = mu + bias
-    var = F.linear(x * x, sign_variance(lam)) * alpha_row.square()
-    return mu, var
+    # the scale goes into the [out, in] weights, not onto the [..., out] outputs: fewer flops
+    alpha_col = alpha.reshape(-1, 1)
+    w_mean, w_var = sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()
+    if x_sq is x:
+        mu, var = F.linear(x, torch.cat([w_mean, w_var])).chunk(2, dim=-1)
+        return (mu if bias is None else mu + bias), var
+    return F.linear(x, w_mean, bias), F.linear(x * x if x_sq is None else x_sq, w_var)
 
 
 def lrt_conv2d(
@@ -72,9 +78,7 @@ def lrt_conv2d(
         ``(μ, v)``, each ``[N, C_out, H', W']``.
     """
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    scale = scale_shape(alpha, 4, 1)
-    mu = F.conv2d(x, sign_mean(lam), None, **conv) * scale
-    if bias is not None:
-        mu = mu + bias.reshape(1, -1, 1, 1)
-    var = F.conv2d(x * x, sign_variance(lam), None, **conv) * scale.square()
+    scale = scale_shape(alpha, 4, 0)
+    mu = F.conv2d(x, sign_mean(lam) * scale, bias, **conv)
+    var = F.conv2d(x * x, sign_variance(lam) * scale.square(), None, **conv)
     return mu, var

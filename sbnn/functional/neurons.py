@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .estimators import Estimator, HardThreshold
+from .estimators import Estimator
 from .noise import NoiseFamily
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "stochastic_lif_step",
     "stochastic_lif_sequence",
     "leaky_integrate",
+    "time_average_weights",
 ]
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
@@ -76,22 +77,86 @@ def noise_scale(var: Tensor | None, p: StochasticLIFParameters, like: Tensor) ->
     return torch.sqrt(var + floor) * p.noise.std_to_scale
 
 
-def _integrate(mu: Tensor, state: StochasticLIFState, p: StochasticLIFParameters) -> Tensor:
-    """Noise-free membrane ``Ū[t]`` from the previous state and the input mean."""
-    reset_spk = state.spk.detach() if p.detach_reset else state.spk
-    if p.reset_mechanism == "subtract":
-        return p.beta * state.mem + mu - p.threshold * reset_spk
-    if p.reset_mechanism == "zero":
-        return p.beta * state.mem * (1.0 - reset_spk) + mu
-    return p.beta * state.mem + mu
+class _StochasticLIFSequence(torch.autograd.Function):
+    """The whole stochastic-LIF sequence as one autograd node (forward loop + hand-written BPTT).
+
+    Autograd through a Python time loop records ~10 small ops per step and replays them one by
+    one; here the forward loop runs without a graph (4 ops per step), and the backward is the
+    linear recurrence of the adjoint, ``gŪ[t] = d[t] + c[t]·gŪ[t+1]``, with every other term —
+    the estimator factors included — computed for all steps at once. The reference
+    implementation by plain autograd lives in the tests, which check both against each other.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
+        noise_term = scale * eps
+        mems, spks = torch.empty_like(mu), torch.empty_like(mu)
+        mem, spk = mem0, spk0
+        neg_threshold = -threshold
+        for t in range(mu.shape[0]):
+            if reset == "zero":
+                ubar = torch.addcmul(mu[t], mem * beta, 1.0 - spk)
+            else:
+                ubar = torch.addcmul(mu[t], mem, beta)
+                if reset == "subtract":
+                    ubar = ubar.addcmul_(spk, neg_threshold)
+            mem = torch.add(ubar, noise_term[t], out=mems[t])
+            spk = spks[t].copy_(mem >= threshold)
+        ctx.save_for_backward(scale, eps, beta, threshold, mem0, spk0, mems, spks)
+        ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+        ctx.set_materialize_grads(False)  # an unused output (often mem) gets no zero tensor
+        return spks, mems
+
+    @staticmethod
+    def backward(ctx, g_spk, g_mem):
+        scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
+        reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
+        needs = ctx.needs_input_grad
+        if g_spk is None:
+            g_spk = torch.zeros_like(mems)
+        inv_s = scale.reciprocal()
+        theta = (mems - scale * eps - threshold) * inv_s
+        factor = ctx.estimator.factor(theta, spks, eps, ctx.noise)
+        # c[t] = ∂Ū[t+1]/∂U[t]: β, or β(1 − S[t]) for the zero reset
+        coeff = beta * (1.0 - spks) if reset == "zero" else beta.expand_as(mems)
+        g_ubar = torch.empty_like(mems)
+        carry = torch.zeros_like(mems[0])
+        if detach:
+            g_theta_s = g_spk * factor * inv_s  # gθ/s, the spike's contribution to gŪ
+            d = g_theta_s if g_mem is None else g_theta_s + g_mem
+            for t in range(mems.shape[0] - 1, -1, -1):
+                carry = torch.addcmul(d[t], coeff[t], carry, out=g_ubar[t])
+        else:
+            # the reset spike S[t] feeds Ū[t+1]: its adjoint enters the estimator inside the loop
+            reset_grad = -threshold.expand_as(mems) if reset == "subtract" else -beta * mems
+            g_mem = torch.zeros_like(mems) if g_mem is None else g_mem
+            factor_s = factor * inv_s
+            g_theta_s = torch.empty_like(mems)
+            for t in range(mems.shape[0] - 1, -1, -1):
+                torch.mul(torch.addcmul(g_spk[t], reset_grad[t], carry), factor_s[t], out=g_theta_s[t])
+                carry = torch.add(torch.addcmul(g_mem[t], coeff[t], carry), g_theta_s[t], out=g_ubar[t])
+        g_scale = g_beta = g_threshold = g_mem0 = g_spk0 = None
+        if needs[1]:
+            # U[t] = Ū[t] + scale·ε and θ = (Ū − ϑ)/scale: adjoint of U is gŪ − gθ/s
+            g_scale = (g_ubar - g_theta_s) * eps - g_theta_s * theta
+        if needs[3] or needs[4]:
+            prev_mem = torch.cat([mem0.expand_as(mems[:1]), mems[:-1]])
+            prev_spk = torch.cat([spk0.expand_as(spks[:1]), spks[:-1]])
+        if needs[3]:
+            carried = prev_mem * (1.0 - prev_spk) if reset == "zero" else prev_mem
+            g_beta = (g_ubar * carried).sum_to_size(beta.shape)
+        if needs[4]:
+            g_thr = -g_theta_s if reset != "subtract" else -(g_theta_s + g_ubar * prev_spk)
+            g_threshold = g_thr.sum_to_size(threshold.shape)
+        if needs[5]:
+            g_mem0 = ((beta * (1.0 - spk0) if reset == "zero" else beta) * g_ubar[0]).sum_to_size(mem0.shape)
+        if needs[6] and not detach:
+            g_spk0 = (-threshold * g_ubar[0] if reset == "subtract" else -beta * mem0 * g_ubar[0]).sum_to_size(spk0.shape)
+        return g_ubar if needs[0] else None, g_scale, None, g_beta, g_threshold, g_mem0, g_spk0, None, None, None, None
 
 
-def _fire(
-    mem_bar: Tensor, scale: Tensor, eps: Tensor, p: StochasticLIFParameters
-) -> tuple[Tensor, StochasticLIFState]:
-    theta = (mem_bar - p.threshold) / scale
-    spk = HardThreshold.apply(theta, eps, p.estimator, p.noise)
-    return spk, StochasticLIFState(mem_bar + scale * eps, spk)
+def _as_tensor(value: Tensor | float, like: Tensor) -> Tensor:
+    return value if isinstance(value, Tensor) else torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
 def stochastic_lif_step(
@@ -113,7 +178,10 @@ def stochastic_lif_step(
     Returns:
         ``(S[t], (U[t], S[t]))``.
     """
-    return _fire(_integrate(mu, state, p), noise_scale(var, p, mu), eps, p)
+    spk, mem, state = stochastic_lif_sequence(
+        mu.unsqueeze(0), None if var is None else var.unsqueeze(0), p, state=state, eps=eps.unsqueeze(0)
+    )
+    return spk[0], state
 
 
 def stochastic_lif_sequence(
@@ -128,9 +196,9 @@ def stochastic_lif_sequence(
 ) -> tuple[Tensor, Tensor, StochasticLIFState]:
     """Run the neuron over a whole time-major sequence.
 
-    The noise scale and all noise draws are computed for every step at once; the loop iterates
-    over ``unbind(0)`` views (indexing ``x[t]`` of a tensor that requires grad makes backward
-    quadratic in ``T``).
+    One autograd node for the whole sequence: the noise scale, all noise draws and, in the
+    backward pass, all estimator factors are computed for every step at once; only the membrane
+    recurrence (forward) and its adjoint (backward) loop over time.
 
     Args:
         mu: ``[T, B, ...]`` input means.
@@ -150,12 +218,28 @@ def stochastic_lif_sequence(
     scale = noise_scale(var, p, mu).expand_as(mu)
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
-    spikes, mems = [], []
-    for mu_t, scale_t, eps_t in zip(mu.unbind(0), scale.unbind(0), eps.unbind(0)):
-        spk, state = _fire(_integrate(mu_t, state, p), scale_t, eps_t, p)
-        spikes.append(spk)
-        mems.append(state.mem)
-    return torch.stack(spikes), torch.stack(mems), state
+    spk, mem = _StochasticLIFSequence.apply(
+        mu, scale, eps, _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu), state.mem, state.spk,
+        p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+    )
+    return spk, mem, StochasticLIFState(mem[-1], spk[-1])
+
+
+def time_average_weights(n_steps: int, beta: float | Tensor, like: Tensor | None = None) -> Tensor:
+    """Weights ``w`` with ``mean_t U[t] = Σ_k w_k x[k]`` for the leaky integrator below (``U[−1] = 0``).
+
+    ``U[t] = Σ_{k≤t} β^{t−k} x[k]``, so ``w_k = (1 − β^{T−k}) / ((1 − β) T)`` (``(T − k)/T`` at
+    ``β = 1``): the time-averaged readout membrane is a fixed weighted sum over time.
+    """
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    device = like.device if like is not None else None
+    k = torch.arange(n_steps, dtype=torch.float64, device=device)
+    beta = float(beta)
+    if beta == 1.0:
+        w = (n_steps - k) / n_steps
+    else:
+        w = (1.0 - beta ** (n_steps - k)) / ((1.0 - beta) * n_steps)
+    return w.to(dtype)
 
 
 def leaky_integrate(x: Tensor, beta: Tensor | float, mem: Tensor | None = None) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sbnn.functional.estimators import AGR, ST
+from sbnn.functional.estimators import AGR, IWST, ST
 from sbnn.functional.neurons import (
     StochasticLIFParameters,
     StochasticLIFState,
@@ -156,3 +156,69 @@ def test_step_compiles_without_graph_breaks(estimator):
     state = StochasticLIFState(torch.zeros(4, 5), torch.zeros(4, 5))
     explanation = dynamo.explain(stochastic_lif_step)(torch.randn(4, 5), torch.rand(4, 5), state, p, torch.randn(4, 5))
     assert explanation.graph_break_count == 0
+
+
+def _reference_sequence(mu, var, p, state, eps):
+    """The neuron written as plain autograd ops (the fused autograd.Function must equal it)."""
+    from sbnn.functional.estimators import HardThreshold
+
+    mem, spk = state
+    scale = noise_scale(var, p, mu).expand_as(mu)
+    spikes, mems = [], []
+    for mu_t, s_t, e_t in zip(mu.unbind(0), scale.unbind(0), eps.unbind(0)):
+        reset_spk = spk.detach() if p.detach_reset else spk
+        if p.reset_mechanism == "subtract":
+            ubar = p.beta * mem + mu_t - p.threshold * reset_spk
+        elif p.reset_mechanism == "zero":
+            ubar = p.beta * mem * (1.0 - reset_spk) + mu_t
+        else:
+            ubar = p.beta * mem + mu_t
+        spk = HardThreshold.apply((ubar - p.threshold) / s_t, e_t, p.estimator, p.noise)
+        mem = ubar + s_t * e_t
+        spikes.append(spk)
+        mems.append(mem)
+    return torch.stack(spikes), torch.stack(mems)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("estimator", [ST(), AGR(0.7), IWST(0.5)])
+@pytest.mark.parametrize("noise", ["gaussian", "logistic"])
+def test_fused_sequence_matches_autograd_reference(reset, detach, estimator, noise):
+    gen = torch.Generator().manual_seed(7)
+    t, b, n = 7, 3, 4
+    kw = dict(dtype=torch.float64)
+    mu = (0.6 * torch.randn(t, b, n, generator=gen, **kw) + 0.4).requires_grad_()
+    var = (0.2 * torch.rand(t, b, n, generator=gen, **kw)).requires_grad_()
+    eps = get_noise(noise).sample(torch.Size([t, b, n]), like=mu.detach(), generator=gen)
+    beta = torch.full((n,), 0.8, **kw).requires_grad_()  # per-unit leak
+    threshold = torch.tensor(1.0, **kw).requires_grad_()
+    mem0 = (0.5 * torch.randn(b, n, generator=gen, **kw)).requires_grad_()
+    spk0 = (torch.rand(b, n, generator=gen, **kw) < 0.5).to(torch.float64).requires_grad_()
+    p = StochasticLIFParameters(beta, threshold, 0.1, 1e-3, reset, detach, get_noise(noise), estimator)
+    g_spk = torch.randn(t, b, n, generator=gen, **kw)
+    g_mem = torch.randn(t, b, n, generator=gen, **kw)
+
+    leaves = [mu, var, beta, threshold, mem0, spk0]
+    spk, mem, _ = stochastic_lif_sequence(mu, var, p, state=StochasticLIFState(mem0, spk0), eps=eps)
+    fused = torch.autograd.grad((spk * g_spk).sum() + (mem * g_mem).sum(), leaves, allow_unused=True)
+    ref_spk, ref_mem = _reference_sequence(mu, var, p, StochasticLIFState(mem0, spk0), eps)
+    ref = torch.autograd.grad((ref_spk * g_spk).sum() + (ref_mem * g_mem).sum(), leaves, allow_unused=True)
+
+    assert torch.equal(spk, ref_spk)
+    torch.testing.assert_close(mem, ref_mem)
+    assert 0 < spk.mean() < 1  # both outcomes occur, so the reset paths are exercised
+    for name, a, r in zip(["mu", "var", "beta", "threshold", "mem0", "spk0"], fused, ref):
+        if r is None or (name == "spk0" and (detach or reset == "none")):
+            assert a is None or torch.count_nonzero(a) == 0, name
+            continue
+        torch.testing.assert_close(a, r, msg=name)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 1.0])
+def test_time_average_weights_reproduce_the_mean_leaky_membrane(beta):
+    from sbnn.functional.neurons import time_average_weights
+
+    x = torch.randn(13, 4, 3, dtype=torch.float64)
+    w = time_average_weights(13, beta, like=x)
+    torch.testing.assert_close(torch.tensordot(w, x, dims=1), leaky_integrate(x, beta).mean(0))
