@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["set_validation", "validation_enabled", "check_input", "check_in_range", "check_choice"]
+__all__ = ["set_validation", "validation_enabled", "check_input", "check_in_range", "check_choice", "check_positive_int"]
 
 _ENABLED = True
 
@@ -95,3 +95,10 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive_int(owner: str, **values: Any) -> None:
+    """Raise ``ValueError`` unless every keyword value is an ``int`` (not ``bool``) ``≥ 1``."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")

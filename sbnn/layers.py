@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from ._validation import check_choice, check_in_range, check_input
+from ._validation import check_choice, check_in_range, check_input, check_positive_int
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 
@@ -277,9 +277,7 @@ class BernoulliLinear(BernoulliLayer):
         prior_lam: float | Tensor = 0.0,
         return_moments: bool = False,
     ) -> None:
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BernoulliLinear: {name} must be a positive integer, got {value!r}")
+        check_positive_int("BernoulliLinear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         super().__init__(
             (out_features, in_features),
@@ -368,9 +366,7 @@ class BernoulliConv2d(BernoulliLayer):
         prior_lam: float | Tensor = 0.0,
         return_moments: bool = False,
     ) -> None:
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BernoulliConv2d: {name} must be a positive integer, got {value!r}")
+        check_positive_int("BernoulliConv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"BernoulliConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "

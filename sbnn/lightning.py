@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from ._validation import check_in_range
+from ._validation import check_in_range, check_positive_int
 from .layers import BernoulliLayer
 from .losses import ELBOLoss
 from .modes import evaluation, lrt_predict, mc_predict
@@ -93,8 +93,7 @@ class SpikingClassificationTask(L.LightningModule):
         check_in_range("lam_lr", lam_lr, 0.0, low_open=True)
         check_in_range("kl_weight", kl_weight, 0.0)
         check_in_range("aux_weight", aux_weight, 0.0)
-        if not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        check_positive_int("SpikingClassificationTask", mc_samples=mc_samples)
         if not isinstance(mode_finetune_epochs, int) or mode_finetune_epochs < 0:
             raise ValueError(f"mode_finetune_epochs must be a non-negative integer, got {mode_finetune_epochs!r}")
         check_in_range("mode_finetune_lr_factor", mode_finetune_lr_factor, 0.0)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_in_range
+from ._validation import check_in_range, check_positive_int
 from .layers import BernoulliLayer
 
 __all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss"]
@@ -68,8 +68,7 @@ class ELBOLoss(nn.Module):
         aux_fn: Callable[[nn.Module], Tensor] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(n_train, int) or isinstance(n_train, bool) or n_train < 1:
-            raise ValueError(f"n_train must be a positive integer (the number of training examples), got {n_train!r}")
+        check_positive_int("ELBOLoss (the number of training examples)", n_train=n_train)
         check_in_range("kl_weight", kl_weight, 0.0)
         check_in_range("aux_weight", aux_weight, 0.0)
         if aux_weight > 0 and aux_fn is None:

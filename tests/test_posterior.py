@@ -44,7 +44,7 @@ def test_exactly_one_parameterisation():
 
 def test_log_prob_and_entropy():
     lam = torch.tensor([0.4, -1.3], dtype=torch.float64)
-    q = BernoulliSign(lam=lam)
+    q = BernoulliSign(lam=lam, validate_args=True)
     for w in (1.0, -1.0):
         expected = torch.where(torch.tensor(w) > 0, q.probs, 1 - q.probs).log()
         torch.testing.assert_close(q.log_prob(torch.full((2,), w, dtype=torch.float64)), expected)

@@ -10,6 +10,7 @@ Per time step, with membrane ``U``, leak ``β``, threshold ``ϑ``, LRT pre-activ
     U[t] &= \bar U[t] + κ s[t] ε[t]                         && \\
     S[t] &= H(θ[t] + ε[t])                                  && P(S = 1) = F(θ)
 
+The spike is computed as ``S[t] = H(U[t] − ϑ)``, the same event as ``H(θ + ε)``.
 ``κ`` is the noise family's ``std_to_scale`` (1 for Gaussian, ``√3/π`` for logistic), so the
 membrane noise has variance ``s²`` in both families. The zero reset uses
 ``Ū[t] = β U[t−1] (1 − S[t−1]) + μ[t]``; ``none`` drops the reset term. A deterministic unit

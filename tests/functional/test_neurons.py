@@ -151,10 +151,15 @@ def test_no_nan_when_unit_gets_no_input():
 @pytest.mark.parametrize("estimator", [ST(), AGR(0.5)])
 def test_step_compiles_without_graph_breaks(estimator):
     import torch._dynamo as dynamo
+    from torch.distributions import Distribution
 
     p = params()._replace(beta=torch.tensor(0.9), threshold=torch.tensor(1.0), estimator=estimator)
     state = StochasticLIFState(torch.zeros(4, 5), torch.zeros(4, 5))
-    explanation = dynamo.explain(stochastic_lif_step)(torch.randn(4, 5), torch.rand(4, 5), state, p, torch.randn(4, 5))
+    validate = Distribution._validate_args  # dynamo switches distribution validation off globally
+    try:
+        explanation = dynamo.explain(stochastic_lif_step)(torch.randn(4, 5), torch.rand(4, 5), state, p, torch.randn(4, 5))
+    finally:
+        Distribution.set_default_validate_args(validate)
     assert explanation.graph_break_count == 0
 
 
