@@ -20,20 +20,27 @@ result is the *ratio* of median step times; absolute times are noisy and never a
 
 Memory: the bytes of the tensors autograd saves for backward in one step (counted with
 ``torch.autograd.graph.saved_tensors_hooks``, de-duplicated by storage) — the activation memory
-that dominates a step's peak; parameters and optimizer state are listed apart.
+that dominates a step's peak; parameters and optimizer state are listed apart. ``faults/step``
+counts minor page faults per timed step (``resource.getrusage``): thousands of them mean that
+glibc's allocator hands freed memory back to the OS every step and the next step faults it in
+again; ``--malloc keep`` stops that (``mallopt``), to separate that cost from the computation.
 
 Usage::
 
     python benchmarks/step_time.py                       # st only, ~1 min on 2 cores
     python benchmarks/step_time.py --estimators st agr iwst
     python benchmarks/step_time.py --profile             # + per-op breakdown of the sbnn step
+    python benchmarks/step_time.py --malloc keep         # freed memory stays in the heap
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import math
 import platform
+import resource
 import statistics
 import time
 from typing import Callable
@@ -125,6 +132,7 @@ class Variant:
         self.name, self.model, self.step, self.rate = name, model, step, rate
         self.times: list[float] = []
         self.round_medians: list[float] = []
+        self.page_faults = 0  # minor page faults during the timed steps
 
 
 def make_sbnn(args, x: Tensor, y: Tensor, estimator: str) -> Variant:
@@ -191,6 +199,28 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def keep_freed_memory() -> str:
+    """Ask glibc to keep freed memory in the heap (no mmap for big blocks, no trimming).
+
+    With glibc's defaults, a step that frees more than the (dynamic) trim threshold at the top of
+    the heap hands the pages back to the OS, and the next step faults them in again (zero-filled
+    by the kernel). ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment, or
+    jemalloc/tcmalloc via ``LD_PRELOAD``, do the same from outside the process.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError, TypeError):
+        ok = False
+    return "glibc mmap/trim thresholds set to 1 GiB (mallopt)" if ok else "mallopt unavailable: allocator defaults"
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def fmt_mb(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
@@ -229,10 +259,13 @@ def main() -> None:
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the saved-tensor count")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler per-op tables of the sbnn step(s) and the faster snnTorch step")
     ap.add_argument("--profile-rows", type=int, default=25)
+    ap.add_argument("--malloc", choices=("default", "keep"), default="default",
+                    help="'keep': mallopt so freed memory stays in the heap (removes per-step page faults)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.estimators = list(dict.fromkeys(args.estimators))
 
+    malloc = keep_freed_memory() if args.malloc == "keep" else "allocator defaults"
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
@@ -246,7 +279,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, snntorch {snntorch.__version__}, sbnn {getattr(sbnn, '__version__', '?')}, "
           f"python {platform.python_version()}, {platform.machine()}")
     print(f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), flush_denormal on, "
-          f"float32, CPU")
+          f"float32, CPU, {malloc}")
     print(f"network {args.inputs} -> {args.hidden} -> {args.classes}, T {args.T}, batch {args.batch}, "
           f"input rate {float(x.mean()):.3f}, Adam lr {args.lr}, snnTorch readout '{args.snn_readout}'")
     print(f"timing: {args.warmup} warm-up steps each, then {args.repeats} rounds x {args.steps} steps per variant, "
@@ -266,10 +299,12 @@ def main() -> None:
     for _ in range(args.repeats):
         for v in variants:
             times = []
+            f0 = minor_faults()
             for _ in range(args.steps):
                 t0 = time.perf_counter()
                 v.step()
                 times.append(time.perf_counter() - t0)
+            v.page_faults += minor_faults() - f0
             v.times += times
             v.round_medians.append(statistics.median(times))
     elapsed = time.perf_counter() - t_start
@@ -281,7 +316,7 @@ def main() -> None:
 
     print()
     head = (f"{'variant':<18} {'median ms':>9} {'IQR ms':>13} {'min ms':>7} {'vs loop':>8} {'vs best snnTorch':>16} "
-            f"{'hidden rate':>11} {'saved MB':>8} {'params':>8}")
+            f"{'hidden rate':>11} {'saved MB':>8} {'faults/step':>11} {'params':>8}")
     print(head)
     print("-" * len(head))
     for v in variants:
@@ -289,7 +324,7 @@ def main() -> None:
         n_par = sum(p.numel() for p in v.model.parameters())
         print(f"{v.name:<18} {med[v.name]:9.1f} {q[0]:6.1f}-{q[1]:6.1f} {min(v.times) * 1e3:7.1f} {med[v.name] / loop:7.2f}x "
               f"{med[v.name] / best_snn:15.2f}x {rates_before[v.name]:11.3f} "
-              f"{fmt_mb(memory[v.name]) if v.name in memory else '-':>8} {n_par:8d}")
+              f"{fmt_mb(memory[v.name]) if v.name in memory else '-':>8} {v.page_faults / len(v.times):11.0f} {n_par:8d}")
 
     by_name = {v.name: v for v in variants}
 
@@ -306,7 +341,9 @@ def main() -> None:
     print(f"  snntorch-batched / snntorch-loop: {med['snntorch-batched'] / loop:.2f}x | "
           f"{paired('snntorch-batched', 'snntorch-loop'):.2f}x")
     print(f"(timed section {elapsed:.1f} s; 'saved MB' = tensors saved for backward in one step, "
-          f"via saved_tensors_hooks, de-duplicated by storage, parameters excluded)")
+          f"via saved_tensors_hooks, de-duplicated by storage, parameters excluded; 'faults/step' = minor page "
+          f"faults per timed step, getrusage: thousands mean the allocator returns memory to the OS every step, "
+          f"try --malloc keep)")
     disturbed = [v.name for v in variants if quartiles(v.times)[1] > 1.5 * min(v.times)]
     if disturbed:
         print(f"WARNING: step times of {', '.join(disturbed)} spread by more than 1.5x (upper quartile vs minimum): "
