@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+# constrained floats/ints: LightningCLI rejects bad values at parse time; Python callers get the
+# same checks in __init__
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
@@ -75,17 +78,17 @@ class SpikingClassificationTask(L.LightningModule):
     def __init__(
         self,
         network: nn.Module,
-        lr: float = 1e-3,
-        lam_lr: float = 0.1,
-        kl_weight: float = 0.1,
-        aux_weight: float = 0.0,
-        mc_samples: int = 10,
-        mode_finetune_epochs: int = 3,
-        mode_finetune_lr_factor: float = 0.3,
+        lr: PositiveFloat = 1e-3,
+        lam_lr: PositiveFloat = 0.1,
+        kl_weight: NonNegativeFloat = 0.1,
+        aux_weight: NonNegativeFloat = 0.0,
+        mc_samples: PositiveInt = 10,
+        mode_finetune_epochs: NonNegativeInt = 3,
+        mode_finetune_lr_factor: NonNegativeFloat = 0.3,
         calibrate: bool = True,
-        hidden_gain: float = 2.0,
-        readout_std: float = 3.0,
-        train_size: int | None = None,
+        hidden_gain: PositiveFloat = 2.0,
+        readout_std: PositiveFloat = 3.0,
+        train_size: PositiveInt | None = None,
         aux_fn: Any = None,
     ) -> None:
         super().__init__()

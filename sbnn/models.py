@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Literal, Sequence
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_in_range, check_input
@@ -58,18 +59,18 @@ class SpikingMLP(nn.Module):
         hidden: Sequence[int] = (128,),
         out_features: int = 10,
         *,
-        beta: float = 0.9,
-        threshold: float = 1.0,
-        sigma0: float = 0.1,
+        beta: ClosedUnitInterval = 0.9,
+        threshold: PositiveFloat = 1.0,
+        sigma0: NonNegativeFloat = 0.1,
         noise: Literal["gaussian", "logistic"] = "gaussian",
         estimator: str = "st",
         estimator_kwargs: dict[str, Any] | None = None,
         reset_mechanism: Literal["subtract", "zero", "none"] = "subtract",
         detach_reset: bool = True,
         readout: Literal["membrane", "spike_count"] = "membrane",
-        readout_beta: float = 0.9,
+        readout_beta: ClosedUnitInterval = 0.9,
         bias: bool = False,
-        lam_std: float = 0.5,
+        lam_std: PositiveFloat = 0.5,
         prior_lam: float = 0.0,
     ) -> None:
         super().__init__()

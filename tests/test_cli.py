@@ -53,6 +53,7 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
         (["--model.init_args.network.init_args.estimator", "nope"], "valid names"),
         (["--model.init_args.lam_lr", "-0.1"], "lam_lr"),
         (["--model.init_args.network.init_args.beta", "1.5"], "beta"),
+        (["--model.init_args.mc_samples", "0"], "mc_samples"),
     ],
 )
 def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, match, capsys):
@@ -60,3 +61,13 @@ def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, match, 
         main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), *override])
     text = str(info.value) + capsys.readouterr().err
     assert match in text
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))  # nothing written
+
+
+def test_negative_learning_rate_fails_at_parse_time(tmp_path, capsys):
+    """jsonargparse rejects it while parsing: no model or data is built, nothing is written."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--model.init_args.lr", "-1"])
+    err = capsys.readouterr().err
+    assert "lr" in err and "PositiveFloat" in err
+    assert not any(tmp_path.iterdir())
