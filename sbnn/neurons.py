@@ -14,10 +14,9 @@ construction                     call                                  returns
 ``x`` is the input current for one time step, either a tensor (the mean; only ``σ0`` noise) or
 the :class:`sbnn.layers.Moments` ``(μ, v)`` of a Bernoulli layer (posterior noise). With explicit
 state (``init_hidden=False``) the previous spike needed by the reset is recomputed as
-``H(mem − ϑ)`` as snnTorch does: exactly the spike emitted for a deterministic neuron, and the
-same up to floating-point ties for a noisy one; :meth:`StochasticLIF.sequence` and
-``init_hidden=True`` carry the spike itself. :meth:`StochasticLIF.sequence` runs a whole
-time-major sequence at once and is what sbnn's models use.
+``H(mem − ϑ)`` as snnTorch does; this is exact, because the neuron fires exactly when its (noisy)
+membrane reaches the threshold. :meth:`StochasticLIF.sequence` runs a whole time-major sequence
+at once (one fused autograd node) and is what sbnn's models use.
 """
 
 from __future__ import annotations
