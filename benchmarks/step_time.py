@@ -36,8 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import math
 import platform
 import resource
@@ -136,7 +134,8 @@ class Variant:
 
 
 def make_sbnn(args, x: Tensor, y: Tensor, estimator: str) -> Variant:
-    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, estimator=estimator)
+    # the inputs are 0/1 spikes: declaring it lets the first layer use x² = x (one matmul)
+    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, estimator=estimator, binary_input=True)
     net.calibrate(x)
     criterion = sbnn.ELBOLoss(n_train=N_TRAIN_SHD, kl_weight=0.1)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -200,21 +199,10 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def keep_freed_memory() -> str:
-    """Ask glibc to keep freed memory in the heap (no mmap for big blocks, no trimming).
+    """The allocator setting of ``--malloc keep`` (see :func:`sbnn.runtime.keep_freed_memory`)."""
+    from sbnn.runtime import keep_freed_memory as keep
 
-    With glibc's defaults, a step that frees more than the (dynamic) trim threshold at the top of
-    the heap hands the pages back to the OS, and the next step faults them in again (zero-filled
-    by the kernel). ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment, or
-    jemalloc/tcmalloc via ``LD_PRELOAD``, do the same from outside the process.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    except (OSError, AttributeError, TypeError):
-        ok = False
-    return "glibc mmap/trim thresholds set to 1 GiB (mallopt)" if ok else "mallopt unavailable: allocator defaults"
+    return "glibc mmap/trim thresholds set to 1 GiB (mallopt)" if keep() else "mallopt unavailable: allocator defaults"
 
 
 def minor_faults() -> int:

@@ -14,12 +14,25 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 import sbnn
 
 from . import data, lightning, models  # noqa: F401  (so short class paths resolve in configs)
+from .runtime import keep_freed_memory
 
 __all__ = ["SBNNCLI", "main"]
 
 
 class SBNNCLI(LightningCLI):
-    """LightningCLI that also tests the trained model at the end of ``fit``."""
+    """LightningCLI that also tests the trained model at the end of ``fit``.
+
+    Adds ``--keep_freed_memory`` (default ``false``): keep freed memory in glibc's heap, which
+    removes per-step page faults (see :func:`sbnn.runtime.keep_freed_memory`).
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--keep_freed_memory", type=bool, default=False, help="keep freed memory in the heap (glibc mallopt)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.get("keep_freed_memory") and not keep_freed_memory():
+            print("sbnn: --keep_freed_memory has no effect here (no glibc mallopt)")
 
     def after_fit(self) -> None:
         if self.trainer.interrupted or self.trainer.state.status.value != "finished":

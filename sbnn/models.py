@@ -40,6 +40,9 @@ class SpikingMLP(nn.Module):
             ``"spike_count"`` (spike counts of stochastic output neurons).
         readout_beta: leak of the readout membrane.
         bias: float biases in the Bernoulli layers.
+        binary_input: the input holds 0/1 spikes, so ``x² = x`` in the first layer's LRT variance
+            (saves a pass over ``[T, B, N]`` and the memory it keeps for backward); checked on
+            the calibration batch.
         lam_std: standard deviation of the ``λ ~ N(0, lam_std²)`` initialisation.
         prior_lam: natural parameter of the Bernoulli prior (0: uniform).
 
@@ -70,6 +73,7 @@ class SpikingMLP(nn.Module):
         readout: Literal["membrane", "spike_count"] = "membrane",
         readout_beta: ClosedUnitInterval = 0.9,
         bias: bool = False,
+        binary_input: bool = False,
         lam_std: PositiveFloat = 0.5,
         prior_lam: float = 0.0,
     ) -> None:
@@ -89,6 +93,7 @@ class SpikingMLP(nn.Module):
         )
         layer = dict(bias=bias, lam_std=lam_std, prior_lam=prior_lam)
         self.in_features, self.out_features, self.readout, self.readout_beta = in_features, out_features, readout, readout_beta
+        self.binary_input = binary_input
         self.layers = nn.ModuleList(BernoulliLinear(a, b, **layer) for a, b in zip(sizes[:-2], sizes[1:-1]))
         self.neurons = nn.ModuleList(StochasticLIF(**neuron) for _ in hidden)
         self.output = BernoulliLinear(sizes[-2], out_features, **layer)
@@ -99,7 +104,7 @@ class SpikingMLP(nn.Module):
         check_input(x, "SpikingMLP", ndims=(3,), size=self.in_features, what="([T, B, in_features], time-major)")
         spikes = []
         for i, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
-            moments = layer._moments(x) if i == 0 else layer._spike_moments(x)
+            moments = layer._spike_moments(x) if (i > 0 or self.binary_input) else layer._moments(x)
             x, _ = neuron.sequence(moments, validate=False)
             spikes.append(x)
         if self.output_neuron is not None:
@@ -108,7 +113,7 @@ class SpikingMLP(nn.Module):
         # mean_t of the leaky readout membrane is a fixed weighted sum over time; its LRT noise is
         # reparameterised, so the gradient reaches v through sqrt(v)·ξ (DESIGN §7)
         weights = time_average_weights(x.shape[0], self.readout_beta, like=x)
-        return self.output.time_weighted(x, weights), spikes
+        return self.output.time_weighted(x, weights, binary=bool(self.layers) or self.binary_input), spikes
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` for a time-major input ``[T, B, N]``."""
@@ -133,6 +138,11 @@ class SpikingMLP(nn.Module):
         check_in_range("hidden_gain", hidden_gain, 0.0, low_open=True)
         check_in_range("readout_std", readout_std, 0.0, low_open=True)
         check_input(x, "SpikingMLP.calibrate", ndims=(3,), size=self.in_features, what="([T, B, in_features])")
+        if self.binary_input and not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError(
+                "SpikingMLP was built with binary_input=True but the calibration batch holds values other "
+                "than 0 and 1; build it with binary_input=False for counts or real-valued inputs"
+            )
         rates = []
         with evaluation(self, "sample"):
             pairs = list(zip(self.layers, self.neurons))

