@@ -107,13 +107,15 @@ class SpikingMLP(nn.Module):
             moments = layer._spike_moments(x) if (i > 0 or self.binary_input) else layer._moments(x)
             x, _ = neuron.sequence(moments, validate=False)
             spikes.append(x)
+        binary = bool(self.layers) or self.binary_input  # the output layer's input is 0/1
         if self.output_neuron is not None:
-            out_spk, _ = self.output_neuron.sequence(self.output._spike_moments(x), validate=False)
+            moments = self.output._spike_moments(x) if binary else self.output._moments(x)
+            out_spk, _ = self.output_neuron.sequence(moments, validate=False)
             return out_spk.sum(0), spikes
         # mean_t of the leaky readout membrane is a fixed weighted sum over time; its LRT noise is
         # reparameterised, so the gradient reaches v through sqrt(v)·ξ (DESIGN §7)
         weights = time_average_weights(x.shape[0], self.readout_beta, like=x)
-        return self.output.time_weighted(x, weights, binary=bool(self.layers) or self.binary_input), spikes
+        return self.output.time_weighted(x, weights, binary=binary), spikes
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` for a time-major input ``[T, B, N]``."""

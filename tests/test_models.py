@@ -193,3 +193,21 @@ def test_binary_input_declaration_is_exact_and_checked():
     torch.testing.assert_close(out_a, out_b)  # same draws, same law: x² = x changes no number
     with pytest.raises(ValueError, match="binary_input=False"):
         b.calibrate(x * 2.0)
+
+
+@pytest.mark.parametrize("readout", ["membrane", "spike_count"])
+def test_no_hidden_layer_with_real_valued_input_uses_x_squared(readout):
+    """Without hidden layers the output sees the raw input: x² ≠ x for real values."""
+    torch.manual_seed(0)
+    net = SpikingMLP(12, (), 3, readout=readout)
+    x = torch.rand(6, 2000, 12) * 3.0
+    mean, var = net.output.moments(x)
+    expected_var = (x * x) @ (net.output.scale**2 * (1 - torch.tanh(net.output.lam) ** 2)).T
+    torch.testing.assert_close(var, expected_var, rtol=1e-4, atol=1e-6)
+    if readout == "membrane":
+        w = sbnn.functional.neurons.time_average_weights(6, net.readout_beta, like=x)
+        logits = net(x)
+        # the sampled logits' spread matches Σ_t w_t² v[t] (mean-subtracted, one sample per row)
+        expected = torch.einsum("t,tbo->bo", w**2, expected_var).mean()
+        resid = logits - torch.einsum("t,tbo->bo", w, mean)
+        assert abs(resid.var().item() / expected.item() - 1) < 0.1
