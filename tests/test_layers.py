@@ -228,3 +228,20 @@ def test_time_weighted_readout_matches_per_step_layer():
     se = slow.std(0) / math.sqrt(n)
     assert ((fast.mean(0) - slow.mean(0)).abs() < 5 * math.sqrt(2) * se).all()
     torch.testing.assert_close(fast.var(0), slow.var(0), rtol=0.05, atol=1e-6)
+
+
+def test_spike_shortcut_keeps_the_gradient_of_x_squared():
+    """x² = x saves a pass for data, but spikes that carry gradient must keep d(x²)/dx = 2x."""
+    layer = _linear(bias=False)
+    x = (torch.rand(5, 3, 6) < 0.4).float().requires_grad_()
+    torch.manual_seed(0)
+    mu, var = layer._spike_moments(x)
+    g_fast = torch.autograd.grad(mu.sum() + var.sum(), x)[0]
+    mu2, var2 = layer._moments(x)
+    g_ref = torch.autograd.grad(mu2.sum() + var2.sum(), x)[0]
+    torch.testing.assert_close(g_fast, g_ref)
+    w = torch.linspace(1.0, 0.1, 5)
+    layer.mode = "mode"
+    a = torch.autograd.grad(layer.time_weighted(x, w, binary=True).sum(), x)[0]
+    b = torch.autograd.grad(layer.time_weighted(x, w).sum(), x)[0]
+    torch.testing.assert_close(a, b)
