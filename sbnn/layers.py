@@ -311,7 +311,7 @@ class BernoulliLinear(BernoulliLayer):
             return Moments(*self._lrt(x, x))
         return self._moments(x)
 
-    def time_weighted(self, x: Tensor, weights: Tensor, binary: bool = False) -> Tensor:
+    def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input, ``h[t]`` this layer's pre-activation.
 
         In ``sample`` mode the per-step LRT samples are independent Gaussians, so their weighted
@@ -322,23 +322,16 @@ class BernoulliLinear(BernoulliLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
-            binary: ``x`` holds 0/1 spikes, so ``x² = x``: both time sums come from one matmul
-                (only when ``x`` needs no gradient; see :meth:`_spike_moments`).
 
         Returns:
             ``[B, out]``.
         """
         self._check(x)
+        summed = torch.tensordot(weights, x, dims=1)
         if self._mode == "sample":
-            if binary and not x.requires_grad:
-                sums = torch.stack([weights, weights.square()]) @ x.reshape(x.shape[0], -1)
-                summed, summed_sq = sums.reshape(2, *x.shape[1:]).unbind(0)
-            else:
-                summed = torch.tensordot(weights, x, dims=1)
-                summed_sq = torch.tensordot(weights.square(), x * x, dims=1)
+            summed_sq = torch.tensordot(weights.square(), x * x, dims=1)
             out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)))
         else:
-            summed = torch.tensordot(weights, x, dims=1)
             out = F.linear(summed, self.binary_weight() * self.scale.reshape(-1, 1))
         return out if self.bias is None else out + self.bias * weights.sum()
 

@@ -115,7 +115,7 @@ class SpikingMLP(nn.Module):
         # mean_t of the leaky readout membrane is a fixed weighted sum over time; its LRT noise is
         # reparameterised, so the gradient reaches v through sqrt(v)·ξ (DESIGN §7)
         weights = time_average_weights(x.shape[0], self.readout_beta, like=x)
-        return self.output.time_weighted(x, weights, binary=binary), spikes
+        return self.output.time_weighted(x, weights), spikes
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` for a time-major input ``[T, B, N]``."""

@@ -73,7 +73,13 @@ def test_negative_learning_rate_fails_at_parse_time(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_keep_freed_memory_option(tmp_path, capsys):
-    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--keep_freed_memory", "true",
+@pytest.mark.parametrize("flag, calls", [("true", 1), ("false", 0)])
+def test_keep_freed_memory_option(tmp_path, capsys, monkeypatch, flag, calls):
+    import sbnn.cli
+
+    seen = []
+    monkeypatch.setattr(sbnn.cli, "keep_freed_memory", lambda: seen.append(True) or True)
+    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--keep_freed_memory", flag,
           "--trainer.max_epochs", "1"])
+    assert len(seen) == calls  # the flag reaches the allocator setting, and only when asked
     assert "sbnn: final test accuracy" in capsys.readouterr().out
