@@ -5,7 +5,8 @@ scales ``α`` are set from the first training batch (:meth:`sbnn.models.SpikingM
 The last ``mode_finetune_epochs`` epochs also train the deployed ``mode`` network (weights
 ``sign(λ)``, straight-through on ``λ``) alongside the LRT loss, which closes most of the
 train–deploy gap (DESIGN §7). Validation reports the ``mode`` network; testing reports ``mode``,
-MC (``mc_samples`` drawn binary networks) and LRT-averaged accuracy and NLL.
+MC (``mc_samples`` drawn binary networks) and LRT-averaged accuracy, NLL, expected calibration
+error and mean predictive entropy (:mod:`sbnn.metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from ._validation import check_in_range, check_positive_int
 from .layers import BernoulliLayer
 from .losses import ELBOLoss
+from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy
 from .modes import evaluation, lrt_predict, mc_predict
 from .posterior import sign_mean
 
@@ -190,16 +192,30 @@ class SpikingClassificationTask(L.LightningModule):
         self.log("val_acc_mode", (logits.argmax(-1) == y).float().mean(), batch_size=y.shape[0], prog_bar=True)
         self.log("val_nll_mode", F.cross_entropy(logits, y), batch_size=y.shape[0])
 
+    def on_test_epoch_start(self) -> None:
+        self._calibration = {name: CalibrationAccumulator() for name in ("mode", "mc", "lrt")}
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log accuracy, NLL and mean predictive entropy of the ``mode``, MC and LRT predictions."""
         x, y = batch
         b = y.shape[0]
+        if not hasattr(self, "_calibration"):  # test_step called outside trainer.test
+            self.on_test_epoch_start()
         with evaluation(self.network, "mode"):
-            logits = self.network(x)
-        self.log("test_acc_mode", (logits.argmax(-1) == y).float().mean(), batch_size=b)
+            mode_probs = self.network(x).softmax(-1)
         n = self.hparams.mc_samples
-        for name, probs in (("mc", mc_predict(self.network, x, n)), ("lrt", lrt_predict(self.network, x, n))):
-            self.log(f"test_acc_{name}", (probs.argmax(-1) == y).float().mean(), batch_size=b)
-            self.log(f"test_nll_{name}", F.nll_loss(probs.clamp_min(1e-12).log(), y), batch_size=b)
+        predictions = {"mode": mode_probs, "mc": mc_predict(self.network, x, n), "lrt": lrt_predict(self.network, x, n)}
+        for name, probs in predictions.items():
+            self.log(f"test_acc_{name}", accuracy(probs, y), batch_size=b)
+            self.log(f"test_nll_{name}", negative_log_likelihood(probs, y), batch_size=b)
+            self.log(f"test_entropy_{name}", predictive_entropy(probs), batch_size=b)
+            self._calibration[name].update(probs, y)
+
+    def on_test_epoch_end(self) -> None:
+        # ECE is not a mean of per-batch values: sum the bins over batches and ranks, then compute
+        for name, acc in self._calibration.items():
+            state = self.trainer.strategy.reduce(acc.state(), reduce_op="sum") if self._trainer else acc.state()
+            self.log(f"test_ece_{name}", acc.compute(state))
 
     def on_train_epoch_end(self) -> None:
         layers = [m for m in self.network.modules() if isinstance(m, BernoulliLayer)]

@@ -33,8 +33,11 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sbnn: final test accuracy" in out and "mode" in out and "mc" in out
     metrics = cli.trainer.callback_metrics
-    for key in ("test_acc_mode", "test_acc_mc", "test_acc_lrt"):
-        assert 0.0 <= float(metrics[key]) <= 1.0
+    for name in ("mode", "mc", "lrt"):
+        for metric in ("acc", "ece"):
+            assert 0.0 <= float(metrics[f"test_{metric}_{name}"]) <= 1.0
+        # entropy of a K-class prediction lies in [0, log K]
+        assert 0.0 <= float(metrics[f"test_entropy_{name}"]) <= math.log(cli.datamodule.num_classes) + 1e-6
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert any(p.name == "last.ckpt" for p in ckpts)
     (log,) = tmp_path.rglob("metrics.csv")
