@@ -31,8 +31,8 @@ class SpikingMLP(nn.Module):
         in_features: input channels ``N``.
         hidden: sizes of the hidden spiking layers.
         out_features: number of classes ``K``.
-        beta, threshold, sigma0, noise, reset_mechanism, detach_reset: hidden neurons'
-            constants (see :class:`sbnn.StochasticLIF`).
+        beta, threshold, sigma0, noise, reset_mechanism, detach_reset, membrane_noise: hidden
+            neurons' constants (see :class:`sbnn.StochasticLIF`).
         estimator: spike-gradient estimator name (see :mod:`sbnn.estimators`).
         estimator_kwargs: its hyper-parameters, e.g. ``{"tau": 0.5}``.
         readout: ``"membrane"`` (time-averaged membrane of a non-spiking leaky output layer, the
@@ -70,6 +70,7 @@ class SpikingMLP(nn.Module):
         estimator_kwargs: dict[str, Any] | None = None,
         reset_mechanism: Literal["subtract", "zero", "none"] = "subtract",
         detach_reset: bool = True,
+        membrane_noise: Literal["pathwise", "marginal"] = "pathwise",
         readout: Literal["membrane", "spike_count"] = "membrane",
         readout_beta: ClosedUnitInterval = 0.9,
         bias: bool = False,
@@ -89,7 +90,7 @@ class SpikingMLP(nn.Module):
         est = get_estimator(estimator, **(estimator_kwargs or {}))
         neuron = dict(
             beta=beta, threshold=threshold, sigma0=sigma0, noise=noise, estimator=est,
-            reset_mechanism=reset_mechanism, detach_reset=detach_reset,
+            reset_mechanism=reset_mechanism, detach_reset=detach_reset, membrane_noise=membrane_noise,
         )
         layer = dict(bias=bias, lam_std=lam_std, prior_lam=prior_lam)
         self.in_features, self.out_features, self.readout, self.readout_beta = in_features, out_features, readout, readout_beta

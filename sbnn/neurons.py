@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from ._validation import check_choice, check_in_range, check_input
 from .functional.estimators import Estimator, get_estimator
 from .functional.neurons import (
+    MEMBRANE_NOISE_MODELS,
     RESET_MECHANISMS,
+    Drive,
     StochasticLIFParameters,
     StochasticLIFState,
     stochastic_lif_sequence,
@@ -65,6 +67,11 @@ class StochasticLIF(nn.Module):
             hyper-parameters) or an :class:`sbnn.estimators.Estimator` instance.
         reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``.
         detach_reset: stop the gradient through the reset term (snnTorch's choice).
+        membrane_noise: ``"pathwise"`` (default: the drawn noise stays in the membrane, ``θ`` sees
+            the per-step scale) or ``"marginal"`` (the membrane keeps its conditional mean and
+            ``θ`` sees the accumulated variance; see :mod:`sbnn.functional.neurons`). The
+            marginal model's state includes a variance, so it runs with ``init_hidden=True`` or
+            :meth:`sequence`, not with an explicit ``mem`` argument.
         learn_beta, learn_threshold: make ``β``/``ϑ`` trainable parameters.
         init_hidden: keep the state on the module (snnTorch contract).
         output: with ``init_hidden``, also return the membrane.
@@ -90,6 +97,7 @@ class StochasticLIF(nn.Module):
         estimator: str | Estimator = "st",
         reset_mechanism: Literal["subtract", "zero", "none"] = "subtract",
         detach_reset: bool = True,
+        membrane_noise: Literal["pathwise", "marginal"] = "pathwise",
         learn_beta: bool = False,
         learn_threshold: bool = False,
         init_hidden: bool = False,
@@ -101,17 +109,24 @@ class StochasticLIF(nn.Module):
         check_in_range("sigma0", sigma0, 0.0)
         check_in_range("eps_min", eps_min, 0.0, low_open=True)
         check_choice("reset_mechanism", reset_mechanism, RESET_MECHANISMS)
+        check_choice("membrane_noise", membrane_noise, MEMBRANE_NOISE_MODELS)
         self.noise: NoiseFamily = get_noise(noise)
         self.estimator: Estimator = get_estimator(estimator)
         _constant(self, "beta", beta, learn_beta)
         _constant(self, "threshold", threshold, learn_threshold)
         self.sigma0, self.eps_min = float(sigma0), float(eps_min)
         self.reset_mechanism, self.detach_reset = reset_mechanism, bool(detach_reset)
+        self.membrane_noise = membrane_noise
         self.init_hidden, self.output = bool(init_hidden), bool(output)
         #: draw noise (``False`` in the deterministic ``mode``/``mean``/``mc`` evaluations)
         self.stochastic = True
+        #: keep the last :class:`~sbnn.functional.neurons.Drive` of :meth:`sequence` in
+        #: ``last_drive`` (set by the auxiliary loss and the gradient-flow monitor)
+        self.record_drive = False
+        self.last_drive: Drive | None = None
         self.register_buffer("mem", torch.zeros(0), persistent=False)
         self.register_buffer("spk", torch.zeros(0), persistent=False)
+        self.register_buffer("var", torch.zeros(0), persistent=False)
 
     def parameters_tuple(self) -> StochasticLIFParameters:
         """The neuron's constants as the record the functional code takes."""
@@ -124,12 +139,14 @@ class StochasticLIF(nn.Module):
             self.detach_reset,
             self.noise,
             self.estimator,
+            self.membrane_noise,
         )
 
     def reset_state(self) -> None:
         """Forget the hidden state (it is re-sized to the next input)."""
         self.mem = torch.zeros(0, device=self.mem.device, dtype=self.mem.dtype)
         self.spk = torch.zeros(0, device=self.spk.device, dtype=self.spk.dtype)
+        self.var = torch.zeros(0, device=self.var.device, dtype=self.var.dtype)
 
     def reset_mem(self) -> None:
         """snnTorch's name for :meth:`reset_state`."""
@@ -163,15 +180,24 @@ class StochasticLIF(nn.Module):
             if mem is not None:
                 raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
             if self.mem.numel() == 0:
-                self.mem, self.spk = torch.zeros_like(mu), torch.zeros_like(mu)
+                self.mem, self.spk, self.var = torch.zeros_like(mu), torch.zeros_like(mu), torch.zeros_like(mu)
             elif self.mem.shape != mu.shape:
                 raise ValueError(
                     f"StochasticLIF: hidden state has shape {tuple(self.mem.shape)} but the input has "
                     f"shape {tuple(mu.shape)}; call sbnn.reset(model) before a new sequence or batch size"
                 )
-            spk, state = stochastic_lif_step(mu, var, StochasticLIFState(self.mem, self.spk), p, self._noise(mu))
+            marginal = self.membrane_noise == "marginal"
+            prev = StochasticLIFState(self.mem, self.spk, self.var if marginal else None)
+            spk, state = stochastic_lif_step(mu, var, prev, p, self._noise(mu))
             self.mem, self.spk = state.mem, state.spk
+            if marginal:
+                self.var = state.var
             return (spk, state.mem) if self.output else spk
+        if self.membrane_noise == "marginal":
+            raise ValueError(
+                "StochasticLIF(membrane_noise='marginal') carries a membrane variance that an explicit "
+                "`mem` argument cannot hold: build it with init_hidden=True, or use .sequence()"
+            )
         if mem is None:
             mem = torch.zeros_like(mu)
         elif mem.shape != mu.shape:
@@ -204,13 +230,17 @@ class StochasticLIF(nn.Module):
         mu, var = self._split(x)
         if validate:
             self._check_input(mu, var, 2)
-        spk, mem, _ = stochastic_lif_sequence(
-            mu, var, self.parameters_tuple(), state=state, stochastic=self.stochastic, eps=eps, generator=generator
+        out = stochastic_lif_sequence(
+            mu, var, self.parameters_tuple(), state=state, stochastic=self.stochastic, eps=eps,
+            generator=generator, return_drive=self.record_drive,
         )
-        return spk, mem
+        if self.record_drive:
+            self.last_drive = out[3]
+        return out[0], out[1]
 
     def extra_repr(self) -> str:
         return (
             f"noise={self.noise.name}, estimator={self.estimator!r}, reset_mechanism={self.reset_mechanism}, "
+            f"membrane_noise={self.membrane_noise}, "
             f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self.stochastic}"
         )

@@ -21,9 +21,24 @@ Gradients: ``S`` is differentiated through ``θ`` by an estimator of the IW-ST f
 (:mod:`sbnn.functional.estimators`); ``U[t]`` is differentiable in ``μ`` and, through ``s``, in
 ``v`` (the pathwise term). Whether the reset term carries gradient is ``detach_reset``.
 
+**Membrane noise models.** The equations above are the default ``"pathwise"`` model: the noise
+drawn at a step stays in the membrane (``U[t]`` carries ``κsε``), while ``θ`` only sees the fresh
+per-step scale ``s[t]``. The ``"marginal"`` model carries the accumulated *variance* instead and
+keeps the membrane at its conditional mean:
+
+.. math::
+    M[t] &= β M[t−1] + μ[t] − ϑ S[t−1], \qquad V[t] = β^2 V[t−1] + v[t] + σ_0^2 + ε_{min}^2 \\
+    θ[t] &= (M[t] − ϑ) / (κ \sqrt{V[t]}), \qquad S[t] = H(θ[t] + ε[t])
+
+(zero reset: both ``M`` and ``V`` restart after a spike). Given the past spikes, each spike is a
+Bernoulli(``F(θ)``) variable, so spike trains have a closed-form probability
+(:func:`spike_train_log_prob`) and small networks can be enumerated exactly
+(:mod:`sbnn.diagnostics`). At ``β = 0`` the two models coincide.
+
 .. note::
     Our reading of arXiv 2505.17962 (only the abstract is public): the noise of the spiking
-    neuron is the LRT posterior noise of its input layer plus a small intrinsic ``σ0``.
+    neuron is the LRT posterior noise of its input layer plus a small intrinsic ``σ0``. The
+    marginal model is sbnn's option (DESIGN §7), not the paper's.
 """
 
 from __future__ import annotations
@@ -40,21 +55,30 @@ __all__ = [
     "StochasticLIFState",
     "StochasticLIFParameters",
     "RESET_MECHANISMS",
+    "MEMBRANE_NOISE_MODELS",
+    "spike_train_log_prob",
     "noise_scale",
     "stochastic_lif_step",
     "stochastic_lif_sequence",
+    "Drive",
     "leaky_integrate",
     "time_average_weights",
 ]
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
+MEMBRANE_NOISE_MODELS = ("pathwise", "marginal")
 
 
 class StochasticLIFState(NamedTuple):
-    """State after a step: membrane ``U[t]`` and emitted spikes ``S[t]``, both shaped like the input."""
+    """State after a step: membrane ``U[t]`` and emitted spikes ``S[t]``, both shaped like the input.
+
+    The marginal noise model also carries the membrane variance ``var = V[t]`` (``mem`` is then
+    the conditional mean ``M[t]``); the pathwise model leaves it ``None``.
+    """
 
     mem: Tensor
     spk: Tensor
+    var: Tensor | None = None
 
 
 class StochasticLIFParameters(NamedTuple):
@@ -68,6 +92,7 @@ class StochasticLIFParameters(NamedTuple):
     detach_reset: bool
     noise: NoiseFamily
     estimator: Estimator
+    membrane_noise: str = "pathwise"
 
 
 def noise_scale(var: Tensor | None, p: StochasticLIFParameters, like: Tensor) -> Tensor:
@@ -156,6 +181,87 @@ class _StochasticLIFSequence(torch.autograd.Function):
         return g_ubar if needs[0] else None, g_scale, None, g_beta, g_threshold, g_mem0, g_spk0, None, None, None, None
 
 
+def _marginal_sequence(
+    mu: Tensor,
+    var: Tensor | None,
+    p: StochasticLIFParameters,
+    state: StochasticLIFState,
+    eps: Tensor,
+    forced: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, StochasticLIFState]:
+    """The marginal model by plain autograd: ``(spk, mem, theta, scale, state)``, each ``[T, ...]``.
+
+    ``forced`` replaces the sampled spikes by given ones (teacher forcing, for log-probabilities).
+    """
+    beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
+    floor = p.sigma0**2 + p.eps_min**2
+    mean, variance, prev = state.mem, state.var, state.spk
+    if variance is None:
+        variance = torch.zeros_like(mu[0])
+    spks, mems, thetas, scales = [], [], [], []
+    zeros = torch.zeros_like(mu[0])
+    for t, (mu_t, eps_t) in enumerate(zip(mu.unbind(0), eps.unbind(0))):
+        reset_spk = prev.detach() if p.detach_reset else prev
+        v_t = zeros if var is None else var[t]
+        if p.reset_mechanism == "zero":
+            keep = 1.0 - reset_spk
+            mean = beta * mean * keep + mu_t
+            variance = beta * beta * variance * keep + v_t + floor
+        else:
+            mean = beta * mean + mu_t
+            if p.reset_mechanism == "subtract":
+                mean = mean - threshold * reset_spk
+            variance = beta * beta * variance + v_t + floor
+        scale = torch.sqrt(variance) * p.noise.std_to_scale
+        theta = (mean - threshold) / scale
+        prev = forced[t] if forced is not None else p.estimator(theta, eps_t, p.noise)
+        spks.append(prev)
+        mems.append(mean + scale * eps_t)
+        thetas.append(theta)
+        scales.append(scale)
+    out = [torch.stack(v) for v in (spks, mems, thetas, scales)]
+    return (*out, StochasticLIFState(mean, prev, variance))
+
+
+def spike_train_log_prob(
+    mu: Tensor,
+    var: Tensor | None,
+    spikes: Tensor,
+    p: StochasticLIFParameters,
+    *,
+    state: StochasticLIFState | None = None,
+) -> Tensor:
+    r"""``log P(S[t] | S[<t], input)`` of given spike trains under the marginal model.
+
+    .. math::
+        \log P = S \log F(θ) + (1 − S) \log F(−θ)
+
+    with ``θ[t]`` from the marginal recursion driven by the given spikes (the noise families are
+    symmetric, so ``1 − F(θ) = F(−θ)``). Summed over time and units this is the log-probability of
+    the whole spike train. Exact for the pathwise model too when ``β = 0`` (both coincide).
+    Differentiable in ``μ``, ``v``, ``β`` and ``ϑ``; ``mu``, ``var`` and ``spikes`` broadcast.
+
+    Args:
+        mu, var: ``[T, ...]`` input moments.
+        spikes: ``[T, ...]`` the spike trains in {0, 1}.
+        p: neuron constants (``membrane_noise`` is ignored: this is the marginal model's law).
+        state: initial state (default: rest).
+
+    Returns:
+        ``[T, ...]`` per-step log-probabilities.
+    """
+    shape = torch.broadcast_shapes(mu.shape, spikes.shape, *(() if var is None else (var.shape,)))
+    mu = mu.expand(shape)
+    var = None if var is None else var.expand(shape)
+    spikes = spikes.expand(shape)
+    if state is None:
+        zeros = torch.zeros_like(mu[0])
+        state = StochasticLIFState(zeros, zeros)
+    _, _, theta, _, _ = _marginal_sequence(mu, var, p, state, torch.zeros_like(mu), forced=spikes)
+    signed = torch.where(spikes > 0, theta, -theta)
+    return p.noise.log_cdf(signed)
+
+
 def _as_tensor(value: Tensor | float, like: Tensor) -> Tensor:
     return value if isinstance(value, Tensor) else torch.tensor(value, dtype=like.dtype, device=like.device)
 
@@ -194,12 +300,14 @@ def stochastic_lif_sequence(
     stochastic: bool = True,
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, StochasticLIFState]:
+    return_drive: bool = False,
+):
     """Run the neuron over a whole time-major sequence.
 
-    One autograd node for the whole sequence: the noise scale, all noise draws and, in the
-    backward pass, all estimator factors are computed for every step at once; only the membrane
-    recurrence (forward) and its adjoint (backward) loop over time.
+    Pathwise model: one autograd node for the whole sequence: the noise scale, all noise draws
+    and, in the backward pass, all estimator factors are computed for every step at once; only
+    the membrane recurrence (forward) and its adjoint (backward) loop over time. The marginal
+    model (``p.membrane_noise = "marginal"``) runs by plain autograd.
 
     Args:
         mu: ``[T, B, ...]`` input means.
@@ -209,21 +317,45 @@ def stochastic_lif_sequence(
         stochastic: draw ``ε`` (``False``: deterministic unit, ``ε = 0``).
         eps: explicit noise ``[T, B, ...]`` (overrides ``stochastic``), e.g. to replay a draw.
         generator: RNG for the noise draws.
+        return_drive: also return a :class:`Drive` (``θ`` with its graph, scale, ``ε``).
 
     Returns:
-        ``(spk, mem, state)``: spikes and membranes ``[T, B, ...]`` and the final state.
+        ``(spk, mem, state)``: spikes and membranes ``[T, B, ...]`` and the final state; with
+        ``return_drive`` a fourth element, the :class:`Drive`.
     """
     if state is None:
         zeros = torch.zeros_like(mu[0])
         state = StochasticLIFState(zeros, zeros)
-    scale = noise_scale(var, p, mu).expand_as(mu)
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
-    spk, mem = _StochasticLIFSequence.apply(
-        mu, scale, eps, _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu), state.mem, state.spk,
-        p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
-    )
-    return spk, mem, StochasticLIFState(mem[-1], spk[-1])
+    if p.membrane_noise == "marginal":
+        spk, mem, theta, scale, final = _marginal_sequence(mu, var, p, state, eps)
+    else:
+        scale = noise_scale(var, p, mu).expand_as(mu)
+        threshold = _as_tensor(p.threshold, mu)
+        spk, mem = _StochasticLIFSequence.apply(
+            mu, scale, eps, _as_tensor(p.beta, mu), threshold, state.mem, state.spk,
+            p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+        )
+        final = StochasticLIFState(mem[-1], spk[-1])
+        theta = (mem - scale * eps - threshold) / scale if return_drive else None
+    if return_drive:
+        return spk, mem, final, Drive(theta, scale, spk, eps)
+    return spk, mem, final
+
+
+class Drive(NamedTuple):
+    """What the estimator saw in a forward pass, each ``[T, B, ...]``.
+
+    ``theta`` (standardised drive, with its graph), ``scale`` (``κ·s``, the noise scale in ``θ``),
+    ``spikes`` and the noise ``eps`` that decided them. ``estimator.factor(theta, spikes, eps,
+    noise)`` is then the backward factor ``p(θ)·w`` of every unit-step.
+    """
+
+    theta: Tensor
+    scale: Tensor
+    spikes: Tensor
+    eps: Tensor
 
 
 def time_average_weights(n_steps: int, beta: float | Tensor, like: Tensor | None = None) -> Tensor:

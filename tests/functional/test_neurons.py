@@ -167,7 +167,7 @@ def _reference_sequence(mu, var, p, state, eps):
     """The neuron written as plain autograd ops (the fused autograd.Function must equal it)."""
     from sbnn.functional.estimators import HardThreshold
 
-    mem, spk = state
+    mem, spk = state.mem, state.spk
     scale = noise_scale(var, p, mu).expand_as(mu)
     spikes, mems = [], []
     for mu_t, s_t, e_t in zip(mu.unbind(0), scale.unbind(0), eps.unbind(0)):
