@@ -80,8 +80,8 @@ def _small_problem():
     return net, x, y, torch.cat([v.flatten() for v in grads.values()])
 
 
-def _flat(samples):
-    return torch.cat([v.flatten(1) for v in samples.values()], 1)
+def _flat(samples, prefix=""):
+    return torch.cat([v.flatten(1) for k, v in samples.items() if k.startswith(prefix)], 1)
 
 
 def test_reinforce_mean_converges_to_the_exact_gradient():
@@ -95,11 +95,14 @@ def test_reinforce_mean_converges_to_the_exact_gradient():
 
 
 def test_sampled_estimators_are_checked_against_the_exact_gradient():
-    net, x, y, g = _small_problem()
-    wrong = gradient_metrics(_flat(estimator_gradients(net, x, y, _Inflated(), 800, seed=0)), g)
-    right = gradient_metrics(_flat(estimator_gradients(net, x, y, get_estimator("iwst"), 800, seed=0)), g)
+    net, x, y, _ = _small_problem()
+    # the first hidden layer, where the estimator acts twice (its own spikes and the next layer's)
+    _, exact = exact_gradient(net, x, y)
+    g = torch.cat([v.flatten() for k, v in exact.items() if k.startswith("layers.0.")])
+    wrong = gradient_metrics(_flat(estimator_gradients(net, x, y, _Inflated(), 800, seed=0), "layers.0."), g)
+    right = gradient_metrics(_flat(estimator_gradients(net, x, y, get_estimator("iwst"), 800, seed=0), "layers.0."), g)
     # the inflated estimator is detected as biased, far above its Monte Carlo resolution; iwst(½),
     # whose bias here is within its resolution, is not
-    assert wrong.bias > 4 * wrong.bias_floor and wrong.bias > 0.5
-    assert right.bias < 2 * right.bias_floor and right.bias < 0.2
-    assert right.mean_cosine > 0.95
+    assert wrong.bias > 3 * wrong.bias_floor and wrong.bias > 1.0
+    assert right.bias < 2 * right.bias_floor and right.bias < wrong.bias / 5
+    assert right.mean_cosine > 0.9
