@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ._validation import check_in_range, check_positive_int
 from .layers import BernoulliLayer
-from .losses import ELBOLoss
+from .losses import BiasProxyLoss, ELBOLoss
 from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy
 from .modes import evaluation, lrt_predict, mc_predict
 from .posterior import sign_mean
@@ -64,7 +64,8 @@ class SpikingClassificationTask(L.LightningModule):
         lr: Adam learning rate of the float parameters (scales, biases, leaks).
         lam_lr: Adam learning rate of the natural parameters ``λ`` (a logit scale: ≈ 0.1, DESIGN §7).
         kl_weight: weight of ``KL/N_train`` (0.1 by default for small data sets, DESIGN §7).
-        aux_weight: weight of the auxiliary loss (needs ``aux_fn``; 0 disables it).
+        aux_weight: weight of the bias-reducing auxiliary loss (0 disables it; see
+            :class:`sbnn.losses.BiasProxyLoss`).
         mc_samples: number of binary networks drawn for MC evaluation (and LRT passes averaged).
         mode_finetune_epochs: final epochs that also train the ``mode`` network.
         mode_finetune_lr_factor: the learning rates restart at this fraction of their base values
@@ -74,7 +75,8 @@ class SpikingClassificationTask(L.LightningModule):
         readout_std: calibration target of the logits' std.
         train_size: number of training examples; read from the datamodule (``n_train`` attribute
             or its training set's length) when ``None``.
-        aux_fn: the auxiliary-loss hook, ``aux_fn(network) -> Tensor``.
+        aux_fn: the auxiliary loss, ``aux_fn(network) -> Tensor`` (default
+            :class:`~sbnn.losses.BiasProxyLoss` when ``aux_weight > 0``).
     """
 
     def __init__(
@@ -103,10 +105,12 @@ class SpikingClassificationTask(L.LightningModule):
             raise ValueError(f"mode_finetune_epochs must be a non-negative integer, got {mode_finetune_epochs!r}")
         check_in_range("mode_finetune_lr_factor", mode_finetune_lr_factor, 0.0)
         if aux_weight > 0 and aux_fn is None:
-            raise ValueError("aux_weight > 0 needs aux_fn, the auxiliary-loss hook")
+            aux_fn = BiasProxyLoss()
         self.save_hyperparameters(ignore=["network", "aux_fn"])
         self.network = network
         self.aux_fn = aux_fn
+        if aux_weight > 0 and hasattr(aux_fn, "attach"):
+            aux_fn.attach(network)
         self.loss_fn: ELBOLoss | None = None
         # persisted, so that a run resumed from a checkpoint does not re-calibrate
         self.register_buffer("calibrated", torch.tensor(False))

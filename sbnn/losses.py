@@ -9,7 +9,8 @@ With ``kl_weight = 1`` this is the negative ELBO per training example. On small 
 (``N_train ≈ 10³`` against ``≈ 10⁴`` weights) the full KL keeps the posterior broad and a weight
 ``≥ 10`` collapses it to the uniform prior, an absorbing state; ``0.1`` worked in sbnn's prototype
 (DESIGN §7). ``L_aux`` is the bias-reducing auxiliary loss: any callable ``aux_fn(model) -> Tensor``
-computed from the forward pass just run (see the diagnostics issue; none is built in yet).
+computed from the forward pass just run; :class:`BiasProxyLoss` is sbnn's (derivation in
+``docs/theory.md``, "The auxiliary loss").
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_in_range, check_positive_int
+from .functional.neurons import time_average_weights
 from .layers import BernoulliLayer
+from .neurons import StochasticLIF
+from .posterior import sign_mean
 
-__all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss"]
+__all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss", "BiasProxyLoss", "bias_proxy_terms"]
 
 
 def kl_divergence(model: nn.Module) -> Tensor:
@@ -82,3 +86,81 @@ class ELBOLoss(nn.Module):
         aux = self.aux_fn(model) if (self.aux_fn is not None and self.aux_weight > 0) else nll.new_zeros(())
         loss = nll + self.kl_weight * kl / self.n_train + self.aux_weight * aux
         return ELBOTerms(loss, nll, kl, aux)
+
+
+def _signed_weights(layer: BernoulliLayer) -> Tensor:
+    """``α_k m_kj``: the mean change of unit k's pre-activation when input j spikes, ``[out, in]``."""
+    return layer.scale.reshape(-1, 1) * sign_mean(layer.lam)
+
+
+def bias_proxy_terms(model: nn.Module) -> list[Tensor]:
+    r"""Per hidden layer, the second-order ``st`` bias bound of every unit-step, ``[T, B, n_l]``.
+
+    .. math::
+        b_j[t] = p(θ_j)\,\bigl|F(θ_j) − \tfrac12\bigr| \cdot c_j[t], \qquad
+        c_j = \sum_k |p'(θ_k)| \frac{(α_k m_{kj})^2}{s_k^2}
+
+    over the units ``k`` of the next stochastic layer (``s_k`` its noise scale), and for the last
+    hidden layer under a membrane readout ``c_j[t] = ¼ w_t^2 (\max_k α_k m_{kj} − \min_k α_k m_{kj})^2``,
+    a bound of the cross-entropy's curvature along the flip (``w_t`` the readout's time weights).
+    Needs the drives of the forward pass just run (``record_drive`` on every hidden neuron; see
+    :meth:`BiasProxyLoss.attach`). Works on :class:`sbnn.models.SpikingMLP`-shaped models
+    (``layers``, ``neurons``, ``output`` and ``output_neuron`` attributes).
+    """
+    neurons = list(model.neurons)
+    drives = [n.last_drive for n in neurons]
+    next_layers = list(model.layers[1:]) + [model.output]
+    next_drives = drives[1:] + [model.output_neuron.last_drive if model.output_neuron is not None else None]
+    if any(d is None for d in drives) or (model.output_neuron is not None and next_drives[-1] is None):
+        raise RuntimeError(
+            "the bias proxy needs the drives of the last forward pass: call BiasProxyLoss().attach(model) "
+            "once before training (it sets record_drive on every StochasticLIF)"
+        )
+    terms = []
+    for neuron, drive, layer, nxt in zip(neurons, drives, next_layers, next_drives):
+        theta = drive.theta
+        noise = neuron.noise
+        flip = _signed_weights(layer)  # [n_next, n]
+        if nxt is not None:
+            sensitivity = noise.pdf_derivative(nxt.theta).abs() / nxt.scale.square()  # [T, B, n_next]
+            curvature = sensitivity @ flip.square()
+        else:
+            spread = flip.max(0).values - flip.min(0).values  # [n]
+            w = time_average_weights(theta.shape[0], model.readout_beta, like=theta)
+            curvature = 0.25 * w.square()[:, None, None] * spread.square()
+        weight = noise.pdf(theta) * (noise.cdf(theta) - 0.5).abs()
+        terms.append(weight * curvature)
+    return terms
+
+
+class BiasProxyLoss:
+    r"""The bias-reducing auxiliary loss: the mean over examples and steps of the summed bound.
+
+    .. math::
+        L_\text{aux} = \frac{1}{TB} \sum_{t,b} \sum_l \sum_j b^{(l)}_j[t, b]
+
+    (see :func:`bias_proxy_terms`). It is small when units sit either near ``F(θ) = ½`` or far
+    from threshold, and when a single input flip is small against the next layer's noise.
+
+    .. note::
+        sbnn's own construction from DESIGN §1.5 (the paper's form is not public). Use it
+        through ``SpikingClassificationTask(aux_weight=...)``, which attaches it; by hand::
+
+            aux = BiasProxyLoss().attach(net)
+            loss = ELBOLoss(n_train, aux_weight=0.1, aux_fn=aux)(net(x), y, net)
+    """
+
+    def attach(self, model: nn.Module) -> "BiasProxyLoss":
+        """Make every :class:`~sbnn.StochasticLIF` in ``model`` keep the drive of its last forward."""
+        for module in model.modules():
+            if isinstance(module, StochasticLIF):
+                module.record_drive = True
+        return self
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        terms = bias_proxy_terms(model)
+        steps_and_batch = terms[0].shape[0] * terms[0].shape[1]
+        return torch.stack([t.sum() for t in terms]).sum() / steps_and_batch
+
+    def __repr__(self) -> str:
+        return "BiasProxyLoss()"

@@ -28,7 +28,6 @@ def test_two_phase_cosine_restarts_for_the_mode_finetune():
         ({"kl_weight": -0.1}, "kl_weight"),
         ({"mc_samples": 0}, "mc_samples"),
         ({"mode_finetune_epochs": -1}, "mode_finetune_epochs"),
-        ({"aux_weight": 1.0}, "aux_fn"),
     ],
 )
 def test_bad_task_arguments(kwargs, match):

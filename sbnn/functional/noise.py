@@ -108,6 +108,10 @@ class Gaussian(NoiseFamily):
     def log_cdf(self, x: Tensor) -> Tensor:
         return torch.special.log_ndtr(x)
 
+    def pdf_derivative(self, x: Tensor) -> Tensor:
+        """``p'(x) = −x φ(x)``."""
+        return -x * self.pdf(x)
+
     def icdf(self, u: Tensor) -> Tensor:
         return torch.special.ndtri(u)
 
@@ -139,6 +143,10 @@ class Logistic(NoiseFamily):
 
     def log_cdf(self, x: Tensor) -> Tensor:
         return F.logsigmoid(x)
+
+    def pdf_derivative(self, x: Tensor) -> Tensor:
+        """``p'(x) = p(x)(1 − 2σ(x)) = −p(x) tanh(x/2)``."""
+        return -self.pdf(x) * torch.tanh(0.5 * x)
 
     def icdf(self, u: Tensor) -> Tensor:
         return torch.logit(u)

@@ -1,0 +1,83 @@
+"""The bias-reducing auxiliary loss: its derivation checked on one unit, its value by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sbnn.functional.neurons import time_average_weights
+from sbnn.functional.noise import get_noise
+from sbnn.lightning import SpikingClassificationTask
+from sbnn.losses import BiasProxyLoss, ELBOLoss, bias_proxy_terms
+from sbnn.models import SpikingMLP
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "logistic"])
+@pytest.mark.parametrize("theta_j, theta_k", [(0.7, 0.9), (-1.2, -0.6), (1.5, 1.3)])
+def test_second_order_bias_matches_the_exact_st_bias_for_small_flips(noise, theta_j, theta_k):
+    # unit j feeds unit k; a spike of j moves θ_k by a/s = 0.1 ⇒ f(S) = F(θ_k + 0.1 S − 0.05)
+    fam = get_noise(noise)
+    d = 0.1
+    f = lambda s: fam.cdf(torch.tensor(theta_k + d * s - d / 2, dtype=torch.float64))  # noqa: E731
+    fp = lambda s: d * fam.pdf(torch.tensor(theta_k + d * s - d / 2, dtype=torch.float64))  # noqa: E731
+    tj = torch.tensor(theta_j, dtype=torch.float64)
+    fire, density = fam.cdf(tj), fam.pdf(tj)
+    st_mean = density * (fire * fp(1.0) + (1 - fire) * fp(0.0))
+    exact = density * (f(1.0) - f(0.0))
+    proxy = density * (fire - 0.5) * fam.pdf_derivative(torch.tensor(theta_k, dtype=torch.float64)) * d**2
+    # third-order terms are O(d) relative: 3 % at d = 0.1
+    assert float(st_mean - exact) == pytest.approx(float(proxy), rel=0.05)
+
+
+def test_pdf_derivative_matches_autograd():
+    x = torch.linspace(-4, 4, 17, dtype=torch.float64, requires_grad=True)
+    for name in ("gaussian", "logistic"):
+        fam = get_noise(name)
+        (g,) = torch.autograd.grad(fam.pdf(x).sum(), x)
+        torch.testing.assert_close(fam.pdf_derivative(x.detach()), g)
+
+
+def test_value_by_hand_on_two_layers():
+    torch.manual_seed(0)
+    net = SpikingMLP(6, (4, 3), 2, beta=0.5)
+    aux = BiasProxyLoss().attach(net)
+    x = torch.rand(5, 3, 6).round()
+    net(x)
+    d0, d1 = net.neurons[0].last_drive, net.neurons[1].last_drive
+    fam = get_noise("gaussian")
+    am1 = net.layers[1].scale.reshape(-1, 1) * torch.tanh(net.layers[1].lam)  # [3, 4]
+    amo = net.output.scale.reshape(-1, 1) * torch.tanh(net.output.lam)  # [2, 3]
+    w = time_average_weights(5, net.readout_beta)
+    total = 0.0
+    for t in range(5):
+        for b in range(3):
+            for j in range(4):
+                c = sum(abs(float(fam.pdf_derivative(d1.theta[t, b, k]))) * float(am1[k, j]) ** 2 / float(d1.scale[t, b, k]) ** 2 for k in range(3))
+                th = d0.theta[t, b, j]
+                total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * c
+            for j in range(3):
+                spread = float(amo[:, j].max() - amo[:, j].min())
+                th = d1.theta[t, b, j]
+                total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * 0.25 * float(w[t]) ** 2 * spread**2
+    assert float(aux(net)) == pytest.approx(total / 15, rel=1e-5)
+    assert [tuple(t.shape) for t in bias_proxy_terms(net)] == [(5, 3, 4), (5, 3, 3)]
+
+
+def test_aux_loss_needs_recorded_drives_and_reaches_the_parameters():
+    net = SpikingMLP(6, (4,), 2)
+    net(torch.rand(3, 2, 6).round())
+    with pytest.raises(RuntimeError, match="attach"):
+        BiasProxyLoss()(net)
+    aux = BiasProxyLoss().attach(net)
+    terms = ELBOLoss(100, aux_weight=0.5, aux_fn=aux)(net(torch.rand(3, 2, 6).round()), torch.tensor([0, 1]), net)
+    assert terms.aux > 0
+    terms.loss.backward()
+    assert net.layers[0].lam.grad.abs().sum() > 0
+
+
+def test_task_attaches_the_bias_proxy_when_aux_weight_is_positive():
+    net = SpikingMLP(6, (4,), 2)
+    task = SpikingClassificationTask(net, aux_weight=0.1, train_size=10)
+    assert isinstance(task.aux_fn, BiasProxyLoss)
+    assert all(n.record_drive for n in net.neurons)
+    assert not any(n.record_drive for n in SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).network.neurons)
