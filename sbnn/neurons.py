@@ -234,7 +234,7 @@ class StochasticLIF(nn.Module):
             mu, var, self.parameters_tuple(), state=state, stochastic=self.stochastic, eps=eps,
             generator=generator, return_drive=self.record_drive,
         )
-        if self.record_drive:
+        if self.record_drive and self.stochastic:  # a deterministic evaluation pass keeps the training drive
             self.last_drive = out[3]
         return out[0], out[1]
 
