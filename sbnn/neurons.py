@@ -128,6 +128,12 @@ class StochasticLIF(nn.Module):
         self.register_buffer("spk", torch.zeros(0), persistent=False)
         self.register_buffer("var", torch.zeros(0), persistent=False)
 
+    def __getstate__(self) -> dict:
+        # the recorded drive belongs to one forward pass (and holds its graph): never copy or pickle it
+        state = self.__dict__.copy()
+        state["last_drive"] = None
+        return state
+
     def parameters_tuple(self) -> StochasticLIFParameters:
         """The neuron's constants as the record the functional code takes."""
         return StochasticLIFParameters(

@@ -81,3 +81,16 @@ def test_task_attaches_the_bias_proxy_when_aux_weight_is_positive():
     assert isinstance(task.aux_fn, BiasProxyLoss)
     assert all(n.record_drive for n in net.neurons)
     assert not any(n.record_drive for n in SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).network.neurons)
+
+
+def test_recorded_drives_do_not_block_copy_or_pickle():
+    import copy
+    import pickle
+
+    net = SpikingMLP(6, (4,), 2)
+    BiasProxyLoss().attach(net)
+    net(torch.rand(3, 2, 6).round())
+    clone = copy.deepcopy(net)
+    assert clone.neurons[0].last_drive is None and clone.neurons[0].record_drive
+    assert pickle.loads(pickle.dumps(net)).neurons[0].last_drive is None
+    assert net.neurons[0].last_drive is not None
