@@ -9,6 +9,7 @@ estimator's single-sample gradients are scored per layer by :func:`.metrics.grad
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -258,16 +259,11 @@ def plot_report(result: dict[str, Any], path: str | Path) -> Path:
         ax_rmse.legend(fontsize=7)
         ax_rmse.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        fig.savefig(buffer, format="png", dpi=110)
     finally:
         plt.close(fig)
+    path = Path(path)
+    _atomic_write(path, buffer.getvalue())
     return path
