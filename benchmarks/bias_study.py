@@ -11,7 +11,7 @@ Parts (each prints its table and writes ``benchmarks/results/bias_<part>.json``;
   (exact reference for the marginal model, a 20 000-sample REINFORCE reference for the pathwise
   one); (ii) on Randman training runs (the quickstart setting, shorter), the share of unit-steps
   whose estimator factor is below 1e−3 and the test accuracy.
-- ``aux``: the auxiliary loss along training. A binary ``64 → 6 → 6 → 10`` network on digits
+- ``aux``: the auxiliary loss along training. A binary ``64 → 12 → 10`` network on digits
   (one Bernoulli rate-coded step) trained by ``SpikingClassificationTask`` with ``st`` at several
   ``aux_weight``; at every few epochs the exact ``st`` bias on a fixed training batch; final
   ``mode``/MC accuracy.
@@ -37,6 +37,7 @@ from sbnn.diagnostics import GradientFlowMonitor, estimator_gradients, exact_gra
 from sbnn.diagnostics.report import DiagnoseConfig, _mean_rows, run_report
 from sbnn.functional.estimators import get_estimator
 from sbnn.lightning import SpikingClassificationTask
+from sbnn.losses import BiasProxyLoss
 from sbnn.models import SpikingMLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,36 +179,46 @@ class ExactBiasTracker(L.Callback):
             self._measure(trainer.current_epoch + 1, module.network)
 
 
+AUX_VARIANTS = [  # (label, aux_weight, detach_drive)
+    ("none", 0.0, True),
+    ("proxy w=1", 1.0, True),
+    ("proxy w=3", 3.0, True),
+    ("proxy w=3, drives trained", 3.0, False),
+]
+
+
 def part_aux(quick: bool) -> None:
     epochs = 4 if quick else 30
-    weights = [0.0, 10.0] if quick else [0.0, 3.0, 30.0]
+    variants = AUX_VARIANTS[:2] if quick else AUX_VARIANTS
     runs = []
-    for aux_weight in weights:
+    for label, aux_weight, detach in variants:
         for seed in ([0] if quick else [0, 1]):
             L.seed_everything(seed, verbose=False)
             dm = DigitsDataModule(encoding="rate", n_steps=1, batch_size=64, seed=42)
             dm.setup("fit")
             x, y = next(iter(dm.train_dataloader()))
-            net = SpikingMLP(64, (6, 6), 10, beta=0.0, reset_mechanism="none", estimator="st", sigma0=0.3, binary_input=True)
+            net = SpikingMLP(64, (12,), 10, beta=0.0, reset_mechanism="none", estimator="st", sigma0=0.3, binary_input=True)
             tracker = ExactBiasTracker(x[:, :32], y[:32], every=2 if quick else 5, samples=100 if quick else 600)
-            task = SpikingClassificationTask(net, aux_weight=aux_weight, hidden_gain=1.0)
+            task = SpikingClassificationTask(net, aux_weight=aux_weight, aux_fn=BiasProxyLoss(detach_drive=detach) if aux_weight else None)
             t0 = time.perf_counter()
             _, test = _fit(task, dm, epochs, [tracker])
-            runs.append({"aux_weight": aux_weight, "seed": seed, "seconds": time.perf_counter() - t0, "bias": tracker.rows,
+            runs.append({"variant": label, "aux_weight": aux_weight, "detach_drive": detach, "seed": seed,
+                         "seconds": time.perf_counter() - t0, "bias": tracker.rows,
                          **{k: test[k] for k in ("test_acc_mode", "test_acc_mc", "test_acc_lrt", "test_ece_mc")}})
     _save("aux", runs)
-    print(f"\n{'aux_weight':>10} {'seed':>4} {'bias@0':>7} {'bias@end':>8} {'mean bias':>9} {'L1 bias@end':>11} {'mode':>6} {'MC':>6} {'LRT':>6}")
+    print(f"\n{'variant':26} {'seed':>4} {'bias@0':>7} {'bias@end':>8} {'mean bias':>9} {'L1 bias@end':>11} {'mode':>6} {'MC':>6} {'LRT':>6}")
     for r in runs:
         b = [row["bias_all"] for row in r["bias"]]
-        print(f"{r['aux_weight']:10.1f} {r['seed']:4d} {b[0]:7.3f} {b[-1]:8.3f} {sum(b[1:]) / max(len(b) - 1, 1):9.3f} "
+        print(f"{r['variant']:26} {r['seed']:4d} {b[0]:7.3f} {b[-1]:8.3f} {sum(b[1:]) / max(len(b) - 1, 1):9.3f} "
               f"{r['bias'][-1]['bias_layers.0']:11.3f} {100 * r['test_acc_mode']:6.1f} {100 * r['test_acc_mc']:6.1f} {100 * r['test_acc_lrt']:6.1f}")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = [v[0] for v in variants]
     for r in runs:
         epochs_ = [row["epoch"] for row in r["bias"]]
         style = "-" if r["seed"] == 0 else "--"
-        color = plt.cm.viridis(weights.index(r["aux_weight"]) / max(len(weights) - 1, 1))
-        axes[0].plot(epochs_, [row["bias_all"] for row in r["bias"]], style, color=color, label=f"aux_weight={r['aux_weight']:g} s{r['seed']}")
+        color = plt.cm.viridis(labels.index(r["variant"]) / max(len(labels) - 1, 1))
+        axes[0].plot(epochs_, [row["bias_all"] for row in r["bias"]], style, color=color, label=f"{r['variant']} s{r['seed']}")
         axes[1].plot(epochs_, [row["bias_layers.0"] for row in r["bias"]], style, color=color)
     axes[0].set(title="exact st bias, all parameters", xlabel="epoch", ylabel="relative bias")
     axes[1].set(title="exact st bias, first hidden layer", xlabel="epoch", ylabel="relative bias")

@@ -93,7 +93,7 @@ def _signed_weights(layer: BernoulliLayer) -> Tensor:
     return layer.scale.reshape(-1, 1) * sign_mean(layer.lam)
 
 
-def bias_proxy_terms(model: nn.Module) -> list[Tensor]:
+def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tensor]:
     r"""Per hidden layer, the second-order ``st`` bias bound of every unit-step, ``[T, B, n_l]``.
 
     .. math::
@@ -105,7 +105,9 @@ def bias_proxy_terms(model: nn.Module) -> list[Tensor]:
     a bound of the cross-entropy's curvature along the flip (``w_t`` the readout's time weights).
     Needs the drives of the forward pass just run (``record_drive`` on every hidden neuron; see
     :meth:`BiasProxyLoss.attach`). Works on :class:`sbnn.models.SpikingMLP`-shaped models
-    (``layers``, ``neurons``, ``output`` and ``output_neuron`` attributes).
+    (``layers``, ``neurons``, ``output`` and ``output_neuron`` attributes). With
+    ``detach_drive`` the drive-dependent factors (``p(θ_j)|F(θ_j) − ½|`` and ``|p'(θ_k)|``) are
+    weights without gradient, so only the flip-to-noise ratio ``(α_k m_kj / s_k)²`` is trained.
     """
     neurons = list(model.neurons)
     drives = [n.last_drive for n in neurons]
@@ -122,12 +124,15 @@ def bias_proxy_terms(model: nn.Module) -> list[Tensor]:
         noise = neuron.noise
         flip = _signed_weights(layer)  # [n_next, n]
         if nxt is not None:
-            sensitivity = noise.pdf_derivative(nxt.theta).abs() / nxt.scale.square()  # [T, B, n_next]
+            next_theta = nxt.theta.detach() if detach_drive else nxt.theta
+            sensitivity = noise.pdf_derivative(next_theta).abs() / nxt.scale.square()  # [T, B, n_next]
             curvature = sensitivity @ flip.square()
         else:
             spread = flip.max(0).values - flip.min(0).values  # [n]
             w = time_average_weights(theta.shape[0], model.readout_beta, like=theta)
             curvature = 0.25 * w.square()[:, None, None] * spread.square()
+        if detach_drive:
+            theta = theta.detach()
         weight = noise.pdf(theta) * (noise.cdf(theta) - 0.5).abs()
         terms.append(weight * curvature)
     return terms
@@ -135,6 +140,12 @@ def bias_proxy_terms(model: nn.Module) -> list[Tensor]:
 
 class BiasProxyLoss:
     r"""The bias-reducing auxiliary loss: the mean over examples and steps of the summed bound.
+
+    Args:
+        detach_drive: train only the flip-to-noise ratio ``(α_k m_kj / s_k)²`` (the default);
+            ``False`` also lets the gradient move the drives ``θ``, which can lower the bound by
+            saturating units (``p(θ) → 0``): in sbnn's study that silenced small networks
+            (docs/diagnostics.md).
 
     .. math::
         L_\text{aux} = \frac{1}{TB} \sum_{t,b} \sum_l \sum_j b^{(l)}_j[t, b]
@@ -150,6 +161,9 @@ class BiasProxyLoss:
             loss = ELBOLoss(n_train, aux_weight=0.1, aux_fn=aux)(net(x), y, net)
     """
 
+    def __init__(self, detach_drive: bool = True) -> None:
+        self.detach_drive = bool(detach_drive)
+
     def attach(self, model: nn.Module) -> "BiasProxyLoss":
         """Make every :class:`~sbnn.StochasticLIF` in ``model`` keep the drive of its last forward."""
         for module in model.modules():
@@ -158,9 +172,9 @@ class BiasProxyLoss:
         return self
 
     def __call__(self, model: nn.Module) -> Tensor:
-        terms = bias_proxy_terms(model)
+        terms = bias_proxy_terms(model, self.detach_drive)
         steps_and_batch = terms[0].shape[0] * terms[0].shape[1]
         return torch.stack([t.sum() for t in terms]).sum() / steps_and_batch
 
     def __repr__(self) -> str:
-        return "BiasProxyLoss()"
+        return f"BiasProxyLoss(detach_drive={self.detach_drive})"

@@ -94,3 +94,20 @@ def test_recorded_drives_do_not_block_copy_or_pickle():
     assert clone.neurons[0].last_drive is None and clone.neurons[0].record_drive
     assert pickle.loads(pickle.dumps(net)).neurons[0].last_drive is None
     assert net.neurons[0].last_drive is not None
+
+
+def test_detach_drive_trains_only_the_flip_to_noise_ratio():
+    torch.manual_seed(0)
+    net = SpikingMLP(6, (4,), 3)
+    x = torch.rand(3, 2, 6).round()
+    grads = {}
+    for detach in (True, False):
+        aux = BiasProxyLoss(detach_drive=detach).attach(net)
+        net.zero_grad()
+        net(x)
+        aux(net).backward()
+        hidden = net.layers[0].lam.grad
+        grads[detach] = (0.0 if hidden is None else float(hidden.abs().sum()), float(net.output.lam.grad.abs().sum()))
+    # one hidden layer: with detached drives only the readout's flip sizes get gradient
+    assert grads[True][0] == 0 and grads[True][1] > 0
+    assert grads[False][0] > 0
