@@ -183,6 +183,7 @@ AUX_VARIANTS = [  # (label, aux_weight, detach_drive)
     ("none", 0.0, True),
     ("proxy w=1", 1.0, True),
     ("proxy w=3", 3.0, True),
+    ("proxy w=10", 10.0, True),
     ("proxy w=3, drives trained", 3.0, False),
 ]
 

@@ -93,6 +93,15 @@ def _signed_weights(layer: BernoulliLayer) -> Tensor:
     return layer.scale.reshape(-1, 1) * sign_mean(layer.lam)
 
 
+def _readout_probabilities(model: nn.Module, spikes: Tensor, weights: Tensor) -> Tensor:
+    """Softmax of the membrane readout's mean logits for the recorded last-layer spikes, ``[B, K]``."""
+    out = model.output
+    logits = torch.tensordot(weights, spikes, dims=1) @ _signed_weights(out).T
+    if out.bias is not None:
+        logits = logits + out.bias * weights.sum()
+    return logits.softmax(-1)
+
+
 def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tensor]:
     r"""Per hidden layer, the second-order ``st`` bias bound of every unit-step, ``[T, B, n_l]``.
 
@@ -101,8 +110,9 @@ def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tenso
         c_j = \sum_k |p'(θ_k)| \frac{(α_k m_{kj})^2}{s_k^2}
 
     over the units ``k`` of the next stochastic layer (``s_k`` its noise scale), and for the last
-    hidden layer under a membrane readout ``c_j[t] = ¼ w_t^2 (\max_k α_k m_{kj} − \min_k α_k m_{kj})^2``,
-    a bound of the cross-entropy's curvature along the flip (``w_t`` the readout's time weights).
+    hidden layer under a membrane readout ``c_j[t] = w_t^2 \operatorname{Var}_{k∼p}(α_k m_{kj})``,
+    the cross-entropy's curvature along the flip (``w_t`` the readout's time weights, ``p`` the
+    softmax of the readout's mean logits for the recorded spikes).
     Needs the drives of the forward pass just run (``record_drive`` on every hidden neuron; see
     :meth:`BiasProxyLoss.attach`). Works on :class:`sbnn.models.SpikingMLP`-shaped models
     (``layers``, ``neurons``, ``output`` and ``output_neuron`` attributes). With
@@ -128,9 +138,14 @@ def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tenso
             sensitivity = noise.pdf_derivative(next_theta).abs() / nxt.scale.square()  # [T, B, n_next]
             curvature = sensitivity @ flip.square()
         else:
-            spread = flip.max(0).values - flip.min(0).values  # [n]
+            # membrane readout: a spike at step t moves the logits by d = w_t·α_k m_kj; the
+            # cross-entropy's curvature along d is Var_p(d) under the softmax p of the readout
             w = time_average_weights(theta.shape[0], model.readout_beta, like=theta)
-            curvature = 0.25 * w.square()[:, None, None] * spread.square()
+            probs = _readout_probabilities(model, drive.spikes, w)
+            if detach_drive:
+                probs = probs.detach()
+            spread = probs @ flip.square() - (probs @ flip).square()  # [B, n]
+            curvature = w.square()[:, None, None] * spread
         if detach_drive:
             theta = theta.detach()
         weight = noise.pdf(theta) * (noise.cdf(theta) - 0.5).abs()

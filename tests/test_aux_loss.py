@@ -48,6 +48,8 @@ def test_value_by_hand_on_two_layers():
     am1 = net.layers[1].scale.reshape(-1, 1) * torch.tanh(net.layers[1].lam)  # [3, 4]
     amo = net.output.scale.reshape(-1, 1) * torch.tanh(net.output.lam)  # [2, 3]
     w = time_average_weights(5, net.readout_beta)
+    # the readout's mean logits for the recorded spikes, and their softmax
+    probs = (torch.einsum("t,tbj->bj", w, d1.spikes) @ amo.T).softmax(-1)
     total = 0.0
     for t in range(5):
         for b in range(3):
@@ -56,9 +58,10 @@ def test_value_by_hand_on_two_layers():
                 th = d0.theta[t, b, j]
                 total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * c
             for j in range(3):
-                spread = float(amo[:, j].max() - amo[:, j].min())
+                d = amo[:, j]
+                variance = float((probs[b] * d**2).sum() - (probs[b] * d).sum() ** 2)
                 th = d1.theta[t, b, j]
-                total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * 0.25 * float(w[t]) ** 2 * spread**2
+                total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * float(w[t]) ** 2 * variance
     assert float(aux(net)) == pytest.approx(total / 15, rel=1e-5)
     assert [tuple(t.shape) for t in bias_proxy_terms(net)] == [(5, 3, 4), (5, 3, 3)]
 
