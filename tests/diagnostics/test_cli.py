@@ -54,3 +54,17 @@ def test_without_matplotlib_the_table_is_still_printed(tmp_path, capsys, monkeyp
     out = capsys.readouterr().out
     assert "pip install 'sbnn[plot]'" in out and "st" in out
     assert (tmp_path / "report.json").exists() and not (tmp_path / "report.png").exists()
+
+
+def test_shipped_config_parses_and_validates():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from sbnn.diagnostics.cli import build_parser
+    from sbnn.diagnostics.report import DiagnoseConfig
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "diagnose_spiking.yaml"
+    ns = build_parser().parse_args(["--config", str(path)])
+    cfg = DiagnoseConfig(**{f.name: ns[f.name] for f in fields(DiagnoseConfig)})
+    cfg.validate()
+    assert cfg.membrane_noise == "marginal" and cfg.steps == 3
