@@ -33,11 +33,38 @@ from ._validation import check_choice, check_in_range, check_input, check_positi
 from .blocks import ConvResidualBlock, LinearResidualBlock, calibrate_rms_, lrt_second_moment
 from .functional.estimators import get_estimator
 from .functional.neurons import leaky_integrate, time_average_weights
-from .layers import BernoulliConv2d, BernoulliLinear, Moments
+from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
 from .modes import evaluation
 from .neurons import StochasticLIF
 
-__all__ = ["SpikingResNet", "ResidualSpikingMLP"]
+__all__ = ["SpikingResNet", "ResidualSpikingMLP", "lambda_gradient_norms"]
+
+
+def lambda_gradient_norms(model: nn.Module, x: Tensor, y: Tensor, n_draws: int = 8) -> dict[str, Tensor]:
+    """Mean ``‖∂NLL/∂λ‖`` of every Bernoulli layer over ``n_draws`` noisy (``sample``) passes.
+
+    The per-layer gradient-norm profile the depth study reports; ``model``'s existing gradients
+    are left untouched (computed with :func:`torch.autograd.grad`).
+
+    Args:
+        model: returns logits ``[B, K]``.
+        x: a batch in the model's layout; y: ``[B]`` labels.
+        n_draws: noise draws averaged (the estimate of one pass is noisy).
+
+    Returns:
+        ``{layer name: norm}`` in module order, each a 0-dim tensor.
+    """
+    check_positive_int("lambda_gradient_norms", n_draws=n_draws)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, BernoulliLayer)}
+    if not layers:
+        raise ValueError(f"lambda_gradient_norms: {type(model).__name__} has no Bernoulli layers")
+    total = torch.zeros(len(layers))
+    with evaluation(model, "sample"):
+        for _ in range(n_draws):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [m.lam for m in layers.values()], allow_unused=True)
+            total += torch.stack([g.norm() if g is not None else torch.zeros(()) for g in grads]).detach()
+    return dict(zip(layers, total / n_draws))
 
 
 def _check_depth(owner: str, depth: Any, n_stages: int) -> int:
