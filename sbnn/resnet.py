@@ -7,7 +7,7 @@ normalisation layer anywhere:
   spike shortcut: followed by a stochastic LIF, whose spikes start the stream);
 - **blocks**: ``x + γ·F(x)``, downsampling shortcuts at stage changes;
 - **readout**: (membrane shortcut: a final stochastic LIF on the stream) → global average over
-  space → the time-averaged membrane of a non-spiking leaky Bernoulli output layer, as
+  space (or, for ``SpikingResNet(readout_pool="flatten")``, every position) → the time-averaged membrane of a non-spiking leaky Bernoulli output layer, as
   :class:`sbnn.models.SpikingMLP`.
 
 ``depth`` counts the Bernoulli layers on the main path, as ResNet does: stem + 2 per block +
@@ -127,6 +127,14 @@ class _ResidualSBNN(nn.Module):
     def _stem_moments(self, x: Tensor) -> Moments:
         return self.stem._moments(x)
 
+    def _features(self, stream: Moments, spikes: list[Tensor]) -> Tensor:
+        """What the readout sees (before pooling); appends the final neuron's spikes to ``spikes``."""
+        if self.shortcut == "spike":
+            return stream.mean
+        feats, _ = self.neuron.sequence(stream, validate=False)
+        spikes.append(feats)
+        return feats
+
     def forward_with_spikes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits ``[B, K]`` and every stochastic neuron's spike trains (for rate logging)."""
         self._check(x)
@@ -139,11 +147,7 @@ class _ResidualSBNN(nn.Module):
         for block in self.blocks:
             stream, block_spikes = block(stream, validate=False)
             spikes.extend(block_spikes)
-        if self.shortcut == "membrane":
-            feats, _ = self.neuron.sequence(stream, validate=False)
-            spikes.append(feats)
-        else:
-            feats = stream.mean
+        feats = self._features(stream, spikes)
         # mean_t of the leaky readout membrane is a fixed weighted sum over time (SpikingMLP)
         pooled = self._pool(feats)
         weights = time_average_weights(pooled.shape[0], self.readout_beta, like=pooled)
@@ -154,13 +158,20 @@ class _ResidualSBNN(nn.Module):
         return self.forward_with_spikes(x)[0]
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor, hidden_gain: float = 2.0, readout_std: float = 3.0) -> list[float]:
+    def calibrate(self, x: Tensor, hidden_gain: float = 2.0, readout_std: float = 0.5) -> list[float]:
         """Data-dependent scales ``α`` from the LRT moments on a batch, layer by layer (DESIGN §1.6, §7).
 
         The stem gives the first neuron a free-membrane RMS of ``hidden_gain·ϑ``; each block
         calibrates itself (:meth:`sbnn.blocks.ConvResidualBlock.calibrate`: its branch matches the
         stream's scale); the readout's logits get standard deviation ``readout_std``. Warns when a
         neuron then fires at a rate below 0.1 %.
+
+        ``readout_std`` defaults to 0.5 here, not :class:`~sbnn.models.SpikingMLP`'s 3: a deep
+        residual net started with noisy, confident logits silences its last neuron (cutting the
+        readout's LRT noise, which grows with the input spikes) and then stalls; a small initial
+        logit scale, as Fixup/SkipInit's zero-initialised last layer, avoids it
+        (``docs/depth_study.md``). :class:`~sbnn.lightning.SpikingClassificationTask` passes its
+        own ``readout_std``: set it to 0.5 in recipes for these models.
 
         Args:
             x: a training batch (same layout as ``forward``).
@@ -183,11 +194,9 @@ class _ResidualSBNN(nn.Module):
             for block in self.blocks:
                 stream, block_rates = block.calibrate(stream, hidden_gain)
                 rates.extend(block_rates)
-            if self.shortcut == "membrane":
-                feats, _ = self.neuron.sequence(stream, validate=False)
-                rates.append(float(feats.mean()))
-            else:
-                feats = stream.mean
+            spikes: list[Tensor] = []
+            feats = self._features(stream, spikes)
+            rates.extend(float(s.mean()) for s in spikes)
             self.output.calibrate_scale_(
                 self._pool(feats), readout_std, lambda h: leaky_integrate(h, self.readout_beta).mean(0)
             )
@@ -237,6 +246,10 @@ class SpikingResNet(_ResidualSBNN):
         stem_stride: stride of the stem convolution (e.g. 2 or 4 for 128×128 DVS frames).
         shortcut: ``"membrane"`` (default) or ``"spike"`` (SEW), see :mod:`sbnn.blocks`.
         downsample: ``"conv"`` (strided Bernoulli conv) or ``"pool"`` shortcut at stage changes.
+        readout_pool: ``"avg"`` (global average pooling, any frame size ``≥`` the minimum) or
+            ``"flatten"`` (the readout sees every position of the last feature map; frames must
+            then have exactly ``input_size``). On small data sets with few channels ``"flatten"``
+            trains far better: global pooling leaves the readout ``widths[-1]`` spike rates.
         gamma_init: initial residual gain ``γ`` of every block.
         beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism,
             detach_reset, readout_beta, bias, lam_std, prior_lam: as
@@ -269,6 +282,7 @@ class SpikingResNet(_ResidualSBNN):
         *,
         shortcut: Literal["membrane", "spike"] = "membrane",
         downsample: Literal["conv", "pool"] = "conv",
+        readout_pool: Literal["avg", "flatten"] = "avg",
         gamma_init: NonNegativeFloat = 0.2,
         beta: ClosedUnitInterval = 0.9,
         threshold: PositiveFloat = 1.0,
@@ -307,6 +321,13 @@ class SpikingResNet(_ResidualSBNN):
         )
         self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
         self.widths, self.input_size, self.stem_stride = widths, input_size, stem_stride
+        check_choice("readout_pool", readout_pool, ("avg", "flatten"))
+        self.readout_pool = readout_pool
+        # 3×3 convolutions with padding 1: a stride s maps n to ⌈n/s⌉
+        final = [-(-n // stem_stride) for n in input_size]
+        for _ in widths[1:]:
+            final = [-(-n // 2) for n in final]
+        self.final_size = tuple(final)
         self.stem = BernoulliConv2d(in_channels, widths[0], 3, stem_stride, 1, **layer)
         blocks, prev = [], widths[0]
         for stage, width in enumerate(widths):
@@ -320,7 +341,8 @@ class SpikingResNet(_ResidualSBNN):
                 )
                 prev = width
         self.blocks = nn.ModuleList(blocks)
-        self.output = BernoulliLinear(widths[-1], num_classes, **layer)
+        readout_in = widths[-1] * (math.prod(self.final_size) if readout_pool == "flatten" else 1)
+        self.output = BernoulliLinear(readout_in, num_classes, **layer)
         self.out_features = num_classes
 
     def _check(self, x: Tensor) -> None:
@@ -333,8 +355,15 @@ class SpikingResNet(_ResidualSBNN):
                 f"SpikingResNet: frames of size {tuple(x.shape[-2:])} are too small for its {len(self.widths)} "
                 f"stages: H and W must be at least {self.min_size}"
             )
+        if self.readout_pool == "flatten" and tuple(x.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"SpikingResNet with readout_pool='flatten' takes frames of exactly input_size={self.input_size}, "
+                f"got {tuple(x.shape[-2:])}; resize the frames or use readout_pool='avg'"
+            )
 
     def _pool(self, spikes: Tensor) -> Tensor:
+        if self.readout_pool == "flatten":
+            return spikes.flatten(-3)  # [T, B, C·h·w]
         return spikes.mean(dim=(-2, -1))  # global average pooling: [T, B, C]
 
 
@@ -413,7 +442,7 @@ class ResidualSpikingMLP(_ResidualSBNN):
         return self.stem._spike_moments(x) if self.binary_input else self.stem._moments(x)
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor, hidden_gain: float = 2.0, readout_std: float = 3.0) -> list[float]:
+    def calibrate(self, x: Tensor, hidden_gain: float = 2.0, readout_std: float = 0.5) -> list[float]:
         if self.binary_input and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError(
                 "ResidualSpikingMLP was built with binary_input=True but the calibration batch holds values "

@@ -54,6 +54,19 @@ def test_resnet_has_no_normalisation_and_runs_in_every_mode(kwargs):
     torch.testing.assert_close(p.sum(-1), torch.ones(16))
 
 
+def test_flatten_readout_sees_every_position_and_needs_the_built_size():
+    torch.manual_seed(0)
+    net = SpikingResNet(2, 5, depth=8, widths=(4, 8, 8), input_size=(8, 6), readout_pool="flatten")
+    assert net.final_size == (2, 2) and net.output.in_features == 8 * 2 * 2  # 8→8→4→2, 6→6→3→2
+    x = (torch.rand(3, 4, 2, 8, 6) < 0.3).float()
+    net.calibrate(x)
+    assert net(x).shape == (4, 5)
+    with pytest.raises(ValueError, match="exactly input_size"):
+        net(torch.zeros(3, 4, 2, 8, 8))
+    with pytest.raises(ValueError, match="readout_pool"):
+        SpikingResNet(2, 5, depth=8, widths=(4, 8, 8), input_size=(8, 8), readout_pool="max")
+
+
 def test_residual_mlp_has_no_normalisation():
     for shortcut in ("membrane", "spike"):
         net = ResidualSpikingMLP(700, 20, depth=8, width=16, shortcut=shortcut)
