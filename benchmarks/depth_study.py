@@ -156,7 +156,7 @@ class FloatBlock(nn.Module):
         if calibrate:
             _rms_scale_(self.conv1, _conv(self.conv1, s_in), HIDDEN_GAIN * THRESHOLD, BETA)
         s_mid = run_leaky(self.lif_mid, _conv(self.conv1, s_in))
-        stream_rms = float(x.square().mean().sqrt())
+        stream_rms = float(x.detach().square().mean().sqrt())
         if calibrate:
             _rms_scale_(self.conv2, _conv(self.conv2, s_mid), stream_rms, None)
             if self.proj is not None:
