@@ -2,8 +2,8 @@
 
 One command, one printed table, a JSON file and a PNG plot::
 
-    python benchmarks/depth_study.py                 # full study (~10-15 min on one CPU thread)
-    python benchmarks/depth_study.py --quick         # smoke configuration (~1 min)
+    python benchmarks/depth_study.py                 # full study (13 min on one CPU thread, shared box)
+    python benchmarks/depth_study.py --quick         # smoke configuration (~1.5 min)
 
 Data (offline, fixed): scikit-learn's 8×8 digits, rate-coded over ``T = 4`` steps
 (``DigitsDataModule(encoding="rate")``: 1257 train / 180 val / 360 test, data seed 42), as
