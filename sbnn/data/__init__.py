@@ -3,11 +3,13 @@
 - :class:`RandmanDataModule` / :func:`make_randman`: Randman-style spike-timing manifolds
   (the default temporal dataset), generated from a seed.
 - :class:`DigitsDataModule`: scikit-learn's 8x8 digits, rate- or latency-coded.
+- :class:`MoonsDataModule`: scikit-learn's two moons (real values repeated over ``T`` steps).
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 """
 
 from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
+from sbnn.data.moons import MoonsDataModule, moons_tensors
 from sbnn.data.randman import RandmanDataModule, make_randman
 
-__all__ = ["RandmanDataModule", "DigitsDataModule", "make_randman", "time_major_collate"]
+__all__ = ["RandmanDataModule", "DigitsDataModule", "MoonsDataModule", "moons_tensors", "make_randman", "time_major_collate"]
