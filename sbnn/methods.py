@@ -103,7 +103,9 @@ def _cosine(epoch: int, epochs: int) -> float:
 
 
 def _identity(w: Tensor) -> Tensor:
-    return w
+    # a view, not the Parameter itself: assigning a Parameter to the layer's drawn_weight buffer
+    # would register it as a new parameter of the layer
+    return w.view_as(w)
 
 
 class TrainingMethod:
@@ -278,7 +280,7 @@ class FullPrecisionMethod(_LatentWeightMethod):
         super().__init__(lr, float_lr)
 
     def weight(self, lam: Tensor) -> Tensor:
-        return lam
+        return _identity(lam)
 
 
 class BopMethod(TrainingMethod):
