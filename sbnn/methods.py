@@ -342,7 +342,8 @@ class BayesBiNNMethod(TrainingMethod):
 
     Args:
         lr, momentum, temperature, num_samples, lam_init, kl_weight: see
-            :class:`sbnn.optim.BayesBiNN`.
+            :class:`sbnn.optim.BayesBiNN` (``lam_init=None`` keeps the current ``λ``, e.g. for the
+            next task of a continual-learning sequence).
         float_lr: Adam learning rate of the scales and biases.
     """
 
@@ -355,7 +356,7 @@ class BayesBiNNMethod(TrainingMethod):
         momentum: NonNegativeFloat = 0.0,
         temperature: PositiveFloat = 1e-10,
         num_samples: PositiveInt = 1,
-        lam_init: PositiveFloat = 10.0,
+        lam_init: PositiveFloat | None = 10.0,
         kl_weight: NonNegativeFloat = 1.0,
         float_lr: PositiveFloat = 1e-3,
     ) -> None:
@@ -365,7 +366,8 @@ class BayesBiNNMethod(TrainingMethod):
         check_in_range("momentum", momentum, 0.0, 1.0, high_open=True)
         check_in_range("temperature", temperature, 0.0, low_open=True)
         check_positive_int("BayesBiNNMethod", num_samples=num_samples)
-        check_in_range("lam_init", lam_init, 0.0, low_open=True)
+        if lam_init is not None:
+            check_in_range("lam_init", lam_init, 0.0, low_open=True)
         check_in_range("kl_weight", kl_weight, 0.0)
         check_in_range("float_lr", float_lr, 0.0, low_open=True)
         self.kwargs = dict(lr=lr, momentum=momentum, temperature=temperature, num_samples=num_samples,
