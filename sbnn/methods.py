@@ -586,11 +586,14 @@ class MethodTask(L.LightningModule):
 
     def configure_optimizers(self):
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        # the method first (BayesBiNN and Bop re-initialise λ), then the scales for that λ
+        optimizers = self.method.setup(self.network, self._n_train(), epochs)
         if self.hparams.calibrate and hasattr(self.network, "calibrate") and self.trainer.datamodule is not None:
             self.trainer.datamodule.setup("fit")
             x, _ = next(iter(self.trainer.datamodule.train_dataloader()))
-            self.network.calibrate(x.to(self.device))
-        return self.method.setup(self.network, self._n_train(), epochs)
+            rates = self.network.calibrate(x.to(self.device))
+            self.print(f"sbnn: scales calibrated on a first batch; hidden firing rates {[round(r, 4) for r in rates]}")
+        return optimizers
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -131,3 +131,13 @@ def test_bad_method_value_in_the_cli_fails_before_training(tmp_path, capsys):
     with pytest.raises((ValueError, SystemExit)) as info:
         main(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), "--model.init_args.method.temperature", "0"])
     assert "temperature" in str(info.value) + capsys.readouterr().err
+
+
+def test_digits_methods_recipe_calibrates_after_the_method_initialised_lambda(tmp_path, capsys):
+    cli = main(["fit", "--config", str(RECIPES / "digits_methods.yaml"), *_short(tmp_path), "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"])
+    out = capsys.readouterr().out
+    assert "scales calibrated" in out and "sbnn: final test accuracy" in out
+    lam = cli.model.network.layers[0].lam.detach()
+    # BayesBiNN's ±10 initialisation happened (3 small steps barely move it) and was not undone
+    assert float(lam.abs().median()) > 5.0
