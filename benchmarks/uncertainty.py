@@ -104,7 +104,8 @@ def moons(epochs: int, seed: int) -> list[dict]:
         ent = -(maps[name] * maps[name].clamp_min(1e-12).log()).sum(-1).reshape(g1.shape)
         for i, (field, cmap, vmax, title) in enumerate([(p1, "RdBu_r", 1.0, "P(class 1)"), (ent, "viridis", float(np.log(2)), "predictive entropy (nats)")]):
             ax = axes[i, j]
-            im = ax.contourf(g1, g2, field, levels=21, cmap=cmap, vmin=0.0, vmax=vmax)
+            # fixed levels: every panel of a row shares one colour scale
+            im = ax.contourf(g1, g2, field.clamp(0.0, vmax), levels=np.linspace(0.0, vmax, 21), cmap=cmap)
             ax.scatter(xtr[:, 0, 0], xtr[:, 0, 1], c=ytr, cmap="bwr", s=8, edgecolors="k", linewidths=0.3)
             ax.set_title(f"{LABELS[name]}: {title}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
