@@ -38,7 +38,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from sbnn.data import DigitsDataModule, MoonsDataModule, RandmanDataModule, time_major_collate
 from sbnn.methods import fit, make_method, predict_samples

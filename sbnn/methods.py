@@ -4,18 +4,17 @@ Every method trains a network built from sbnn's Bernoulli layers (:class:`sbnn.m
 :class:`sbnn.models.BinaryMLP`, or any module holding :class:`sbnn.BernoulliLayer` s). The layers'
 parameter ``λ`` is read in the way each method needs:
 
-=============== ============================================ ================================= =================
-method          what ``λ`` is / forward weight in training    update                            evaluated as
-=============== ============================================ ================================= =================
-``sbnn``        natural parameter; LRT samples                Adam on ``λ`` + ``kl_weight``·KL  ``mode``, MC
-``bayesbinn``   natural parameter; ``tanh((λ+δ)/τ)``          :class:`sbnn.optim.BayesBiNN`     ``mode``, MC
-``ste``         latent real weight; ``sign(λ)``, clipped-     Adam, ``|g|`` and ``λ`` clipped   ``sign(λ)``
-                identity backward
-``bnn``/``bnn+``latent real weight; ProxConnect++ pair        Adam                              ``sign(λ)``
-/``bnn++``      (:mod:`sbnn.quantizers`)
-``bop``         the ±1 weight itself (``λ ∈ {−1, +1}``)        :class:`sbnn.optim.Bop`           ``sign(λ)``
-``adam``        a full-precision weight                        Adam                              ``λ`` itself
-=============== ============================================ ================================= =================
+- ``sbnn`` (:class:`SBNNMethod`): ``λ`` is the natural parameter; LRT samples in training; Adam on
+  ``λ`` + ``kl_weight``·KL; evaluated as ``mode`` and MC.
+- ``bayesbinn`` (:class:`BayesBiNNMethod`): natural parameter; relaxed samples ``tanh((λ+δ)/τ)``;
+  :class:`sbnn.optim.BayesBiNN`; evaluated as ``mode`` and MC.
+- ``ste`` (:class:`STEMethod`): latent real weight; ``sign(λ)`` forward, clipped-identity
+  backward; Adam with gradient and weight clipping; evaluated with ``sign(λ)``.
+- ``bnn`` / ``bnn+`` / ``bnn++`` (:class:`QuantizerMethod`): latent real weight through a
+  ProxConnect++ pair (:mod:`sbnn.quantizers`); Adam; evaluated with ``sign(λ)``.
+- ``bop`` (:class:`BopMethod`): ``λ`` is the ±1 weight itself; :class:`sbnn.optim.Bop`.
+- ``adam`` (:class:`FullPrecisionMethod`): ``λ`` is a full-precision weight, in training and
+  evaluation; Adam.
 
 Weights are swapped in without touching the layers' code: a method puts each layer in its
 ``fixed`` mode with ``drawn_weight = Q(λ)`` (``Q`` the method's weight function, carrying the
@@ -44,7 +43,6 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_in_range, check_positive_int
-from .layers import BernoulliLayer
 from .lightning import TwoPhaseCosine
 from .losses import kl_divergence
 from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy

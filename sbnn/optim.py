@@ -43,7 +43,6 @@ average ``m ← (1 − γ)m + γ g`` of the gradient flips a binary weight when 
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import torch
