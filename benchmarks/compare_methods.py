@@ -49,7 +49,8 @@ METHODS = ("sbnn", "bayesbinn", "ste", "bnn", "bnn+", "bnn++", "bop", "adam")
 
 #: per method: (hyper-parameters on the spiking data sets, on moons)
 HYPER = {
-    # sbnn's recipe defaults, with its final `mode` fine-tune (3 epochs; 30 of the 300 on moons)
+    # sbnn's recipe defaults, with its final `mode` fine-tune (at most 3 epochs and a tenth of the budget;
+    # 30 of the 300 on moons)
     "sbnn": (dict(lam_lr=0.1, kl_weight=0.1, finetune_epochs=3), dict(lam_lr=0.1, kl_weight=0.1, finetune_epochs=30)),
     # moons: table 3 (lr 1e-3, β 0.99, S 5, τ 1, ±15). Spiking data: table 9's MNIST setting (lr 1e-4,
     # τ 1e-10, S 1, ±10) diverged here (λ reached 1e9, chance accuracy after 2 epochs on digits);
