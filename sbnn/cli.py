@@ -13,7 +13,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import sbnn
 
-from . import data, lightning, models  # noqa: F401  (so short class paths resolve in configs)
+from . import data, lightning, methods, models  # noqa: F401  (so short class paths resolve in configs)
 from .runtime import keep_freed_memory
 
 __all__ = ["SBNNCLI", "main"]
@@ -49,7 +49,8 @@ def main(args: ArgsType = None) -> SBNNCLI:
     # long runs slow down ~1.75x from denormal floats in decaying membranes (DESIGN §7)
     torch.set_flush_denormal(True)
     return SBNNCLI(
-        model_class=lightning.SpikingClassificationTask,
+        # any LightningModule: SpikingClassificationTask, or sbnn.methods.MethodTask (issue 7)
+        model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

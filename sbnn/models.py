@@ -21,7 +21,7 @@ from .layers import BernoulliLinear
 from .modes import evaluation
 from .neurons import StochasticLIF
 
-__all__ = ["SpikingMLP"]
+__all__ = ["SpikingMLP", "BinaryMLP"]
 
 
 class SpikingMLP(nn.Module):
@@ -168,3 +168,64 @@ class SpikingMLP(nn.Module):
                     x, readout_std, lambda h: leaky_integrate(h, self.readout_beta).mean(0)
                 )
         return rates
+
+
+class BinaryMLP(nn.Module):
+    """Non-spiking ±1-weight MLP ``in → [BernoulliLinear → activation] × L → BernoulliLinear``.
+
+    The architecture of BayesBiNN's synthetic experiments (seed 001 B.1: two hidden layers of 64
+    tanh units) built from sbnn's Bernoulli layers, so that every training method of
+    :mod:`sbnn.methods` (BayesBiNN, SBNN's Adam-on-λ, STE, Bop, ProxConnect++ quantisers,
+    full-precision Adam) runs on the same network. A time-major input ``[T, B, N]`` (e.g. real
+    values repeated over ``T`` steps) is averaged over time first, so ``T`` changes nothing for a
+    constant input; ``[B, N]`` is accepted as well.
+
+    Args:
+        in_features: input size ``N``.
+        hidden: hidden layer sizes.
+        out_features: outputs ``K`` (class logits, or 1 for regression).
+        activation: ``"tanh"`` (seed 001) or ``"relu"``.
+        bias: float biases in the Bernoulli layers.
+        lam_std: standard deviation of the ``λ ~ N(0, lam_std²)`` initialisation.
+
+    Shape:
+        - Input: ``[B, N]`` or ``[T, B, N]``.
+        - Output: ``[B, K]``.
+
+    Example:
+        >>> net = BinaryMLP(2, (64, 64), 2)
+        >>> tuple(net(torch.randn(1, 5, 2)).shape)
+        (5, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (64, 64),
+        out_features: int = 2,
+        *,
+        activation: Literal["tanh", "relu"] = "tanh",
+        bias: bool = True,
+        lam_std: PositiveFloat = 0.5,
+    ) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden, out_features]
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
+            raise ValueError(
+                f"BinaryMLP: in_features, hidden sizes and out_features must be positive integers, got "
+                f"in_features={in_features!r}, hidden={list(hidden)!r}, out_features={out_features!r}"
+            )
+        check_choice("activation", activation, ("tanh", "relu"))
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = activation
+        self.layers = nn.ModuleList(BernoulliLinear(a, b, bias=bias, lam_std=lam_std) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Outputs ``[B, K]`` for ``[B, N]`` or time-major ``[T, B, N]`` input."""
+        check_input(x, "BinaryMLP", ndims=(2, 3), size=self.in_features, what="([B, in_features] or [T, B, in_features])")
+        if x.dim() == 3:
+            x = x.mean(0)
+        act = torch.tanh if self.activation == "tanh" else torch.relu
+        for layer in self.layers[:-1]:
+            x = act(layer(x))
+        return self.layers[-1](x)

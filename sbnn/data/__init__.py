@@ -4,12 +4,22 @@
   (the default temporal dataset), generated from a seed.
 - :class:`DigitsDataModule`: scikit-learn's 8x8 digits, rate- or latency-coded.
 - :class:`~sbnn.data.cifar10.CIFAR10DataModule`: CIFAR-10 from the python pickle batches, as frames.
+- :class:`MoonsDataModule`: scikit-learn's two moons (real values repeated over ``T`` steps).
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 """
 
 from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
+from sbnn.data.moons import MoonsDataModule, moons_tensors
 from sbnn.data.randman import RandmanDataModule, make_randman
 from sbnn.data.cifar10 import CIFAR10DataModule
 
-__all__ = ["RandmanDataModule", "DigitsDataModule", "make_randman", "time_major_collate", "CIFAR10DataModule"]
+__all__ = [
+    "RandmanDataModule",
+    "DigitsDataModule",
+    "MoonsDataModule",
+    "CIFAR10DataModule",
+    "moons_tensors",
+    "make_randman",
+    "time_major_collate",
+]
