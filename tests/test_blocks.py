@@ -17,16 +17,6 @@ from sbnn.blocks import (
 from sbnn.layers import Moments
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run 10-50x slower with 2 intra-op threads on a loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def test_add_moments_adds_means_and_scaled_variances():
     a = Moments(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0]))
     b = Moments(torch.tensor([3.0, -1.0]), torch.tensor([2.0, 4.0]))

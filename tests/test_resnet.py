@@ -10,16 +10,6 @@ import sbnn
 from sbnn.resnet import ResidualSpikingMLP, SpikingResNet, lambda_gradient_norms
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run 10-50x slower with 2 intra-op threads on a loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _frames(t=3, b=16, c=2, size=8, n_classes=5, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(t, b, c, size, size, generator=gen) < 0.3).float()

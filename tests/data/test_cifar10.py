@@ -16,15 +16,6 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run 10-50x slower with 2 intra-op threads on a loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     """Write ``root/cifar-10-batches-py`` exactly as the real archive has it (protocol-2 dicts,
     bytes keys, ``uint8 [N, 3072]`` data, list labels), with ``per_batch`` images per batch."""
