@@ -1,0 +1,361 @@
+"""Private Numba kernels of the deployed SBNN engine. Use :mod:`sbnn.kernels.api`, which validates.
+
+Every kernel takes plain arrays and scalars and assumes validated input (indices in range,
+C-contiguous arrays of the documented dtypes). Conventions shared by all of them:
+
+* **Events.** The input of a synaptic layer for ``R = T·B`` rows (one row per time step and
+  sample) is a CSR list: the active presynaptic indices of row ``r`` are
+  ``idx[ptr[r]:ptr[r + 1]]``. A repeated index is an input count (the row is added again).
+* **Packed ±1 rows.** ``bits[i, q]`` holds the signs of the weights from presynaptic neuron ``i``
+  to postsynaptic neurons ``8q .. 8q + 7``, least significant bit first (NumPy
+  ``bitorder="little"``); bit 1 is ``+1``, bit 0 is ``−1``; padding bits are 0. The integer
+  pre-activation is ``n_j = 2·P_j − k`` with ``P_j`` the number of events whose bit ``j`` is set
+  and ``k`` the number of events.
+* **int8 rows.** ``w[i, j] ∈ {−1, +1}`` as int8, the same row-per-presynaptic-neuron layout.
+* **Exact integers.** Pre-activations are int32 sums of ±1, exact; the float work (scale, bias,
+  leak, threshold) happens afterwards in float32 in the order of the PyTorch ``mode`` path, so
+  the spikes are bit-identical (see ``docs/kernels.md``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
+
+# byte value -> eight 0/1 byte lanes in one uint64 (lane k = bit k): adding LUT[v] to a uint64
+# adds 8 per-synapse counters at once (SWAR); a lane overflows after 255 additions, so the lanes
+# are flushed into int32 counters at most every 255 events. Kernels take it as an argument
+# (``lut``): a large global array would keep Numba from caching them.
+LANES = np.zeros(256, dtype=np.uint64)
+for _v in range(256):
+    LANES[_v] = sum(((_v >> _k) & 1) << (8 * _k) for _k in range(8))
+_FLUSH_EVERY = 255
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a·b + c`` with one rounding (LLVM ``llvm.fma.f32``): torch's ``addcmul`` fuses on CPU."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def dense_to_events(x):
+    """CSR events of a non-negative integer matrix ``x[R, N]`` (value ``c`` gives ``c`` copies)."""
+    rows, n = x.shape
+    ptr = np.zeros(rows + 1, dtype=np.intp)
+    for r in range(rows):
+        total = 0
+        for i in range(n):
+            total += x[r, i]
+        ptr[r + 1] = ptr[r] + total
+    idx = np.empty(ptr[rows], dtype=np.intp)
+    for r in range(rows):
+        pos = ptr[r]
+        for i in range(n):
+            for _ in range(x[r, i]):
+                idx[pos] = i
+                pos += 1
+    return ptr, idx
+
+
+@njit(cache=True, nogil=True)
+def _flush_lanes(lanes, plus, n_bytes):
+    for q in range(n_bytes):
+        v = lanes[q]
+        if v != 0:
+            for k in range(8):
+                plus[8 * q + k] += np.int32((v >> np.uint64(8 * k)) & np.uint64(0xFF))
+            lanes[q] = 0
+
+
+@njit(cache=True, nogil=True)
+def _row_packed(idx, start, stop, bits, lut, lanes, plus, out_row, n_out):
+    """Integer pre-activations of one row from packed weights (SWAR lane counters)."""
+    n_bytes = bits.shape[1]
+    plus[:] = 0
+    lanes[:] = 0
+    pending = 0
+    for e in range(start, stop):
+        w = bits[idx[e]]
+        for q in range(n_bytes):
+            lanes[q] += lut[w[q]]
+        pending += 1
+        if pending == _FLUSH_EVERY:
+            _flush_lanes(lanes, plus, n_bytes)
+            pending = 0
+    _flush_lanes(lanes, plus, n_bytes)
+    k = np.int32(stop - start)
+    for j in range(n_out):
+        out_row[j] = 2 * plus[j] - k
+
+
+@njit(cache=True, nogil=True)
+def _row_int8(idx, start, stop, w, out_row, n_out):
+    out_row[:] = 0
+    for e in range(start, stop):
+        row = w[idx[e]]
+        for j in range(n_out):
+            out_row[j] += row[j]
+
+
+@njit(cache=True, nogil=True)
+def linear_packed_serial(ptr, idx, bits, n_out, lut):
+    """``n[r, j] = Σ_{i ∈ events(r)} w[i, j]`` from packed rows, one thread. Returns int32 ``[R, n_out]``."""
+    rows = ptr.shape[0] - 1
+    n_bytes = bits.shape[1]
+    out = np.empty((rows, n_out), dtype=np.int32)
+    lanes = np.zeros(n_bytes, dtype=np.uint64)
+    plus = np.zeros(8 * n_bytes, dtype=np.int32)
+    for r in range(rows):
+        _row_packed(idx, ptr[r], ptr[r + 1], bits, lut, lanes, plus, out[r], n_out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def linear_int8_serial(ptr, idx, w):
+    """As :func:`linear_packed_serial` from int8 rows ``w[n_in, n_out]``."""
+    rows = ptr.shape[0] - 1
+    n_out = w.shape[1]
+    out = np.empty((rows, n_out), dtype=np.int32)
+    for r in range(rows):
+        _row_int8(idx, ptr[r], ptr[r + 1], w, out[r], n_out)
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def linear_packed_parallel(ptr, idx, bits, n_out, lut, n_chunks):
+    """:func:`linear_packed_serial` with the rows split into ``n_chunks`` blocks across threads (``prange``).
+
+    One scratch buffer per block; ``n_chunks`` comes from the caller because reading the thread
+    count inside the kernel would stop Numba from caching it.
+    """
+    rows = ptr.shape[0] - 1
+    n_bytes = bits.shape[1]
+    out = np.empty((rows, n_out), dtype=np.int32)
+    n_chunks = max(1, min(rows, n_chunks))
+    for c in prange(n_chunks):
+        lanes = np.zeros(n_bytes, dtype=np.uint64)
+        plus = np.zeros(8 * n_bytes, dtype=np.int32)
+        for r in range(c * rows // n_chunks, (c + 1) * rows // n_chunks):
+            _row_packed(idx, ptr[r], ptr[r + 1], bits, lut, lanes, plus, out[r], n_out)
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def linear_int8_parallel(ptr, idx, w):
+    """:func:`linear_int8_serial` with the rows split across threads (``prange``)."""
+    rows = ptr.shape[0] - 1
+    n_out = w.shape[1]
+    out = np.empty((rows, n_out), dtype=np.int32)
+    for r in prange(rows):
+        _row_int8(idx, ptr[r], ptr[r + 1], w, out[r], n_out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _current(n, alpha, bias, has_bias):
+    """``μ = float32(n)·α (+ b)``: the proposed op order of the torch ``mode`` layer (see docs)."""
+    mu = np.float32(n) * alpha
+    if has_bias:
+        mu = mu + bias
+    return mu
+
+
+@njit(cache=True, nogil=True)
+def _lif_update(mu, mem, spk, beta, thr, reset):
+    """One deterministic stochastic-LIF step (``ε = 0``) in the float32 op order of torch's loop.
+
+    subtract: ``Ū = fma(U, β, μ)`` then ``Ū − ϑ`` if the neuron spiked; zero:
+    ``Ū = μ + fl(U·β)·(1 − S)``; none: ``Ū = fma(U, β, μ)``. The new spike is ``Ū ≥ ϑ``.
+    """
+    if reset == RESET_ZERO:
+        if spk:
+            return mu
+        return mu + mem * beta
+    ubar = _fma32(mem, beta, mu)
+    if reset == RESET_SUBTRACT and spk:
+        ubar = ubar + (-thr)
+    return ubar
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def lif_sequence(n, alpha, bias, has_bias, beta, thr, reset, record_mem):
+    """Membranes and spikes of LIF neurons driven by integer pre-activations.
+
+    ``n`` is int32 ``[T, B, M]``; ``alpha``, ``bias``, ``beta``, ``thr`` are float32 ``[M]``.
+    Returns ``(spk uint8 [T, B, M], mem float32 [T, B, M] or [1, B, M] (last step only))``.
+    """
+    steps, batch, m = n.shape
+    spk = np.zeros((steps, batch, m), dtype=np.uint8)
+    mem_out = np.zeros((steps if record_mem else 1, batch, m), dtype=np.float32)
+    for b in prange(batch):
+        mem = np.zeros(m, dtype=np.float32)
+        s = np.zeros(m, dtype=np.uint8)
+        for t in range(steps):
+            for j in range(m):
+                mu = _current(n[t, b, j], alpha[j], bias[j], has_bias)
+                u = _lif_update(mu, mem[j], s[j], beta[j], thr[j], reset)
+                mem[j] = u
+                s[j] = 1 if u >= thr[j] else 0
+                spk[t, b, j] = s[j]
+            if record_mem:
+                mem_out[t, b] = mem
+        if not record_mem:
+            mem_out[0, b] = mem
+    return spk, mem_out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def recurrent_lif_sequence(
+    n_ff, alpha, bias, has_bias, rec_packed, rec_bits, rec_w, rec_alpha, rec_bias, rec_has_bias, beta, thr, reset, record_mem, lut
+):
+    """LIF layer with recurrent ±1 synapses: ``μ[t] = μ_ff[t] + μ_rec[t]``.
+
+    ``μ_ff = float32(n_ff)·α (+ b)`` and ``μ_rec = float32(n_rec)·α_r (+ b_r)`` with ``n_rec`` the
+    integer input from the layer's own spikes at ``t − 1`` (event-driven over the neurons that
+    spiked), from ``rec_bits`` (packed, if ``rec_packed``) or ``rec_w`` (int8).
+    Returns ``(spk, mem, synops)``; ``synops`` counts the recurrent synaptic operations.
+    """
+    steps, batch, m = n_ff.shape
+    spk = np.zeros((steps, batch, m), dtype=np.uint8)
+    mem_out = np.zeros((steps if record_mem else 1, batch, m), dtype=np.float32)
+    synops = np.zeros(batch, dtype=np.int64)
+    n_bytes = rec_bits.shape[1]
+    for b in prange(batch):
+        mem = np.zeros(m, dtype=np.float32)
+        s = np.zeros(m, dtype=np.uint8)
+        active = np.empty(m, dtype=np.intp)
+        n_active = 0
+        n_rec = np.zeros(m, dtype=np.int32)
+        lanes = np.zeros(n_bytes, dtype=np.uint64)
+        plus = np.zeros(8 * n_bytes, dtype=np.int32)
+        for t in range(steps):
+            if rec_packed:
+                _row_packed(active, 0, n_active, rec_bits, lut, lanes, plus, n_rec, m)
+            else:
+                _row_int8(active, 0, n_active, rec_w, n_rec, m)
+            synops[b] += n_active * m
+            n_active = 0
+            for j in range(m):
+                mu = _current(n_ff[t, b, j], alpha[j], bias[j], has_bias) + _current(
+                    n_rec[j], rec_alpha[j], rec_bias[j], rec_has_bias
+                )
+                u = _lif_update(mu, mem[j], s[j], beta[j], thr[j], reset)
+                mem[j] = u
+                s[j] = 1 if u >= thr[j] else 0
+                spk[t, b, j] = s[j]
+                if s[j]:
+                    active[n_active] = j
+                    n_active += 1
+            if record_mem:
+                mem_out[t, b] = mem
+        if not record_mem:
+            mem_out[0, b] = mem
+    return spk, mem_out, synops.sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def conv2d_counts(ptr, idx, packed, bits, w, c_in, h, wd, c_out, kh, kw, sh, sw, ph, pw, dh, dw, h_out, w_out, lut):
+    """Event-driven 2-D convolution of binary spike maps into integer pre-activations.
+
+    An input event at flat index ``i = (c·H + y)·W + x`` (PyTorch ``[C, H, W]`` order) reaches
+    every output ``(oy, ox)`` with ``oy·sh − ph + ky·dh = y`` (same for x) and adds the weight row
+    ``[c, ky, kx, :]`` over the output channels (``bits`` ``[c_in, kh, kw, ceil(c_out/8)]`` if
+    ``packed``, else ``w`` int8 ``[c_in, kh, kw, c_out]``). Returns int32 ``[R, c_out·h_out·w_out]``
+    in ``[C_out, H_out, W_out]`` order and the number of synaptic operations.
+    """
+    rows = ptr.shape[0] - 1
+    n_pix = h_out * w_out
+    out = np.empty((rows, c_out * n_pix), dtype=np.int32)
+    n_bytes = bits.shape[3]
+    synops = np.zeros(rows, dtype=np.int64)
+    for r in prange(rows):
+        # only the buffers of the chosen weight format get a size (typed on every path)
+        n_packed = n_pix if packed else 0
+        lanes = np.zeros((n_packed, n_bytes), dtype=np.uint64)
+        plus = np.zeros((n_packed, 8 * n_bytes), dtype=np.int32)
+        cnt = np.zeros(n_packed, dtype=np.int32)
+        acc = np.zeros((n_pix - n_packed, c_out), dtype=np.int32)
+        taps = 0
+        for e in range(ptr[r], ptr[r + 1]):
+            i = idx[e]
+            c = i // (h * wd)
+            y = (i // wd) % h
+            x = i % wd
+            for ky in range(kh):
+                num_y = y + ph - ky * dh
+                if num_y < 0 or num_y % sh != 0:
+                    continue
+                oy = num_y // sh
+                if oy >= h_out:
+                    continue
+                for kx in range(kw):
+                    num_x = x + pw - kx * dw
+                    if num_x < 0 or num_x % sw != 0:
+                        continue
+                    ox = num_x // sw
+                    if ox >= w_out:
+                        continue
+                    p = oy * w_out + ox
+                    taps += 1
+                    if packed:
+                        row = bits[c, ky, kx]
+                        for q in range(n_bytes):
+                            lanes[p, q] += lut[row[q]]
+                        cnt[p] += 1
+                        if cnt[p] % _FLUSH_EVERY == 0:
+                            _flush_lanes(lanes[p], plus[p], n_bytes)
+                    else:
+                        row8 = w[c, ky, kx]
+                        for o in range(c_out):
+                            acc[p, o] += row8[o]
+        synops[r] = taps * c_out
+        for p in range(n_pix):
+            if packed:
+                _flush_lanes(lanes[p], plus[p], n_bytes)
+                for o in range(c_out):
+                    out[r, o * n_pix + p] = 2 * plus[p, o] - cnt[p]
+            else:
+                for o in range(c_out):
+                    out[r, o * n_pix + p] = acc[p, o]
+    return out, synops.sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def maxpool2d_spikes(x, c, h, wd, kh, kw, sh, sw, ph, pw, h_out, w_out):
+    """Max pooling of binary spike maps ``x`` uint8 ``[R, c·h·w]`` (an OR over each window)."""
+    rows = x.shape[0]
+    out = np.zeros((rows, c * h_out * w_out), dtype=np.uint8)
+    for r in prange(rows):
+        for ch in range(c):
+            base = ch * h * wd
+            for oy in range(h_out):
+                for ox in range(w_out):
+                    v = np.uint8(0)
+                    for ky in range(kh):
+                        y = oy * sh - ph + ky
+                        if y < 0 or y >= h:
+                            continue
+                        for kx in range(kw):
+                            xx = ox * sw - pw + kx
+                            if xx >= 0 and xx < wd and x[r, base + y * wd + xx]:
+                                v = np.uint8(1)
+                    out[r, (ch * h_out + oy) * w_out + ox] = v
+    return out
+
+
+@njit(cache=True, nogil=True)
+def stream_sum(a):
+    """Sum of a large uint64 array: the streaming-read baseline of the memory-bandwidth bound."""
+    total = np.uint64(0)
+    for i in range(a.shape[0]):
+        total += a[i]
+    return total
