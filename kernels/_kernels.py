@@ -6,11 +6,12 @@ C-contiguous arrays of the documented dtypes). Conventions shared by all of them
 * **Events.** The input of a synaptic layer for ``R = T·B`` rows (one row per time step and
   sample) is a CSR list: the active presynaptic indices of row ``r`` are
   ``idx[ptr[r]:ptr[r + 1]]``. A repeated index is an input count (the row is added again).
-* **Packed ±1 rows.** ``bits[i, q]`` holds the signs of the weights from presynaptic neuron ``i``
-  to postsynaptic neurons ``8q .. 8q + 7``, least significant bit first (NumPy
-  ``bitorder="little"``); bit 1 is ``+1``, bit 0 is ``−1``; padding bits are 0. The integer
-  pre-activation is ``n_j = 2·P_j − k`` with ``P_j`` the number of events whose bit ``j`` is set
-  and ``k`` the number of events.
+* **Packed ±1 rows.** Row ``i`` holds the signs of the weights from presynaptic neuron ``i``; the
+  kernels read it as uint64 words ``words[i, q]`` whose bit ``b`` is postsynaptic neuron
+  ``64q + b`` (the file's bytes, packed with NumPy ``bitorder="little"`` and zero-padded to a
+  multiple of 8 bytes, viewed as little-endian uint64). Bit 1 is ``+1``, bit 0 is ``−1``. The
+  integer pre-activation is ``n_j = 2·P_j − k`` with ``P_j`` the number of events whose bit ``j``
+  is set and ``k`` the number of events.
 * **int8 rows.** ``w[i, j] ∈ {−1, +1}`` as int8, the same row-per-presynaptic-neuron layout.
 * **Exact integers.** Pre-activations are int32 sums of ±1, exact; the float work (scale, bias,
   leak, threshold) happens afterwards in float32 in the order of the PyTorch ``mode`` path, so
@@ -25,14 +26,15 @@ from numba.extending import intrinsic
 
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
 
-# byte value -> eight 0/1 byte lanes in one uint64 (lane k = bit k): adding LUT[v] to a uint64
-# adds 8 per-synapse counters at once (SWAR); a lane overflows after 255 additions, so the lanes
-# are flushed into int32 counters at most every 255 events. Kernels take it as an argument
-# (``lut``): a large global array would keep Numba from caching them.
-LANES = np.zeros(256, dtype=np.uint64)
-for _v in range(256):
-    LANES[_v] = sum(((_v >> _k) & 1) << (8 * _k) for _k in range(8))
+# SWAR counting: ``(word >> k) & LANE_MASK`` has in byte b the weight bit of neuron 64q + 8b + k,
+# so adding it to a uint64 adds eight independent byte counters at once; eight shifts cover a
+# word. The counters are kept k-major (``acc[k·n_words + q]``) so the loop over words is
+# contiguous and vectorises. A byte counter overflows after 255 additions, so the counters are
+# flushed into int32 at most every 255 events.
+LANE_MASK = np.uint64(0x0101010101010101)
 _FLUSH_EVERY = 255
+# int8 rows accumulate in int16 (twice the SIMD width of int32), flushed before they can overflow
+_FLUSH_INT16 = 32767
 
 
 @intrinsic
@@ -67,55 +69,75 @@ def dense_to_events(x):
 
 
 @njit(cache=True, nogil=True)
-def _flush_lanes(lanes, plus, n_bytes):
-    for q in range(n_bytes):
-        v = lanes[q]
-        if v != 0:
-            for k in range(8):
-                plus[8 * q + k] += np.int32((v >> np.uint64(8 * k)) & np.uint64(0xFF))
-            lanes[q] = 0
+def _flush_lanes(acc, plus, n_words):
+    """Add the byte counters ``acc`` (k-major, see above) to the int32 counters ``plus``; clear them."""
+    for k in range(8):
+        for q in range(n_words):
+            v = acc[k * n_words + q]
+            if v != 0:
+                for b in range(8):
+                    plus[64 * q + 8 * b + k] += np.int32((v >> np.uint64(8 * b)) & np.uint64(0xFF))
+                acc[k * n_words + q] = 0
 
 
 @njit(cache=True, nogil=True)
-def _row_packed(idx, start, stop, bits, lut, lanes, plus, out_row, n_out):
-    """Integer pre-activations of one row from packed weights (SWAR lane counters)."""
-    n_bytes = bits.shape[1]
+def _add_word_row(w, acc, n_words):
+    for k in range(8):
+        shift = np.uint64(k)
+        base = k * n_words
+        for q in range(n_words):
+            acc[base + q] += (w[q] >> shift) & LANE_MASK
+
+
+@njit(cache=True, nogil=True)
+def _row_packed(idx, start, stop, words, acc, plus, out_row, n_out):
+    """Integer pre-activations of one row from packed weights ``words`` ``[n_in, n_words]``."""
+    n_words = words.shape[1]
     plus[:] = 0
-    lanes[:] = 0
     pending = 0
     for e in range(start, stop):
-        w = bits[idx[e]]
-        for q in range(n_bytes):
-            lanes[q] += lut[w[q]]
+        _add_word_row(words[idx[e]], acc, n_words)
         pending += 1
         if pending == _FLUSH_EVERY:
-            _flush_lanes(lanes, plus, n_bytes)
+            _flush_lanes(acc, plus, n_words)
             pending = 0
-    _flush_lanes(lanes, plus, n_bytes)
+    if pending:
+        _flush_lanes(acc, plus, n_words)
     k = np.int32(stop - start)
     for j in range(n_out):
         out_row[j] = 2 * plus[j] - k
 
 
 @njit(cache=True, nogil=True)
-def _row_int8(idx, start, stop, w, out_row, n_out):
+def _row_int8(idx, start, stop, w, acc, out_row, n_out):
+    """Integer pre-activations of one row from int8 rows ``w`` (int16 accumulators ``acc``)."""
     out_row[:] = 0
+    acc[:] = 0
+    pending = 0
     for e in range(start, stop):
         row = w[idx[e]]
         for j in range(n_out):
-            out_row[j] += row[j]
+            acc[j] += row[j]
+        pending += 1
+        if pending == _FLUSH_INT16:
+            for j in range(n_out):
+                out_row[j] += acc[j]
+            acc[:] = 0
+            pending = 0
+    for j in range(n_out):
+        out_row[j] += acc[j]
 
 
 @njit(cache=True, nogil=True)
-def linear_packed_serial(ptr, idx, bits, n_out, lut):
+def linear_packed_serial(ptr, idx, words, n_out):
     """``n[r, j] = Σ_{i ∈ events(r)} w[i, j]`` from packed rows, one thread. Returns int32 ``[R, n_out]``."""
     rows = ptr.shape[0] - 1
-    n_bytes = bits.shape[1]
+    n_words = words.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
-    lanes = np.zeros(n_bytes, dtype=np.uint64)
-    plus = np.zeros(8 * n_bytes, dtype=np.int32)
+    acc = np.zeros(8 * n_words, dtype=np.uint64)
+    plus = np.zeros(64 * n_words, dtype=np.int32)
     for r in range(rows):
-        _row_packed(idx, ptr[r], ptr[r + 1], bits, lut, lanes, plus, out[r], n_out)
+        _row_packed(idx, ptr[r], ptr[r + 1], words, acc, plus, out[r], n_out)
     return out
 
 
@@ -125,38 +147,42 @@ def linear_int8_serial(ptr, idx, w):
     rows = ptr.shape[0] - 1
     n_out = w.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
+    acc = np.zeros(n_out, dtype=np.int16)
     for r in range(rows):
-        _row_int8(idx, ptr[r], ptr[r + 1], w, out[r], n_out)
+        _row_int8(idx, ptr[r], ptr[r + 1], w, acc, out[r], n_out)
     return out
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def linear_packed_parallel(ptr, idx, bits, n_out, lut, n_chunks):
-    """:func:`linear_packed_serial` with the rows split into ``n_chunks`` blocks across threads (``prange``).
+def linear_packed_parallel(ptr, idx, words, n_out, n_chunks):
+    """:func:`linear_packed_serial` with the rows split into ``n_chunks`` blocks across threads.
 
     One scratch buffer per block; ``n_chunks`` comes from the caller because reading the thread
     count inside the kernel would stop Numba from caching it.
     """
     rows = ptr.shape[0] - 1
-    n_bytes = bits.shape[1]
+    n_words = words.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
     n_chunks = max(1, min(rows, n_chunks))
     for c in prange(n_chunks):
-        lanes = np.zeros(n_bytes, dtype=np.uint64)
-        plus = np.zeros(8 * n_bytes, dtype=np.int32)
+        acc = np.zeros(8 * n_words, dtype=np.uint64)
+        plus = np.zeros(64 * n_words, dtype=np.int32)
         for r in range(c * rows // n_chunks, (c + 1) * rows // n_chunks):
-            _row_packed(idx, ptr[r], ptr[r + 1], bits, lut, lanes, plus, out[r], n_out)
+            _row_packed(idx, ptr[r], ptr[r + 1], words, acc, plus, out[r], n_out)
     return out
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def linear_int8_parallel(ptr, idx, w):
-    """:func:`linear_int8_serial` with the rows split across threads (``prange``)."""
+def linear_int8_parallel(ptr, idx, w, n_chunks):
+    """:func:`linear_int8_serial` with the rows split into ``n_chunks`` blocks across threads."""
     rows = ptr.shape[0] - 1
     n_out = w.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
-    for r in prange(rows):
-        _row_int8(idx, ptr[r], ptr[r + 1], w, out[r], n_out)
+    n_chunks = max(1, min(rows, n_chunks))
+    for c in prange(n_chunks):
+        acc = np.zeros(n_out, dtype=np.int16)
+        for r in range(c * rows // n_chunks, (c + 1) * rows // n_chunks):
+            _row_int8(idx, ptr[r], ptr[r + 1], w, acc, out[r], n_out)
     return out
 
 
@@ -215,33 +241,34 @@ def lif_sequence(n, alpha, bias, has_bias, beta, thr, reset, record_mem):
 
 @njit(parallel=True, cache=True, nogil=True)
 def recurrent_lif_sequence(
-    n_ff, alpha, bias, has_bias, rec_packed, rec_bits, rec_w, rec_alpha, rec_bias, rec_has_bias, beta, thr, reset, record_mem, lut
+    n_ff, alpha, bias, has_bias, rec_packed, rec_words, rec_w, rec_alpha, rec_bias, rec_has_bias, beta, thr, reset, record_mem
 ):
     """LIF layer with recurrent ±1 synapses: ``μ[t] = μ_ff[t] + μ_rec[t]``.
 
     ``μ_ff = float32(n_ff)·α (+ b)`` and ``μ_rec = float32(n_rec)·α_r (+ b_r)`` with ``n_rec`` the
     integer input from the layer's own spikes at ``t − 1`` (event-driven over the neurons that
-    spiked), from ``rec_bits`` (packed, if ``rec_packed``) or ``rec_w`` (int8).
+    spiked), from ``rec_words`` (packed uint64 words, if ``rec_packed``) or ``rec_w`` (int8).
     Returns ``(spk, mem, synops)``; ``synops`` counts the recurrent synaptic operations.
     """
     steps, batch, m = n_ff.shape
     spk = np.zeros((steps, batch, m), dtype=np.uint8)
     mem_out = np.zeros((steps if record_mem else 1, batch, m), dtype=np.float32)
     synops = np.zeros(batch, dtype=np.int64)
-    n_bytes = rec_bits.shape[1]
+    n_words = rec_words.shape[1]
     for b in prange(batch):
         mem = np.zeros(m, dtype=np.float32)
         s = np.zeros(m, dtype=np.uint8)
         active = np.empty(m, dtype=np.intp)
         n_active = 0
         n_rec = np.zeros(m, dtype=np.int32)
-        lanes = np.zeros(n_bytes, dtype=np.uint64)
-        plus = np.zeros(8 * n_bytes, dtype=np.int32)
+        acc = np.zeros(8 * n_words, dtype=np.uint64)
+        plus = np.zeros(64 * n_words, dtype=np.int32)
+        acc16 = np.zeros(m, dtype=np.int16)
         for t in range(steps):
             if rec_packed:
-                _row_packed(active, 0, n_active, rec_bits, lut, lanes, plus, n_rec, m)
+                _row_packed(active, 0, n_active, rec_words, acc, plus, n_rec, m)
             else:
-                _row_int8(active, 0, n_active, rec_w, n_rec, m)
+                _row_int8(active, 0, n_active, rec_w, acc16, n_rec, m)
             synops[b] += n_active * m
             n_active = 0
             for j in range(m):
@@ -263,25 +290,25 @@ def recurrent_lif_sequence(
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_counts(ptr, idx, packed, bits, w, c_in, h, wd, c_out, kh, kw, sh, sw, ph, pw, dh, dw, h_out, w_out, lut):
+def conv2d_counts(ptr, idx, packed, words, w, c_in, h, wd, c_out, kh, kw, sh, sw, ph, pw, dh, dw, h_out, w_out):
     """Event-driven 2-D convolution of binary spike maps into integer pre-activations.
 
     An input event at flat index ``i = (c·H + y)·W + x`` (PyTorch ``[C, H, W]`` order) reaches
     every output ``(oy, ox)`` with ``oy·sh − ph + ky·dh = y`` (same for x) and adds the weight row
-    ``[c, ky, kx, :]`` over the output channels (``bits`` ``[c_in, kh, kw, ceil(c_out/8)]`` if
-    ``packed``, else ``w`` int8 ``[c_in, kh, kw, c_out]``). Returns int32 ``[R, c_out·h_out·w_out]``
+    ``[c, ky, kx, :]`` over the output channels (``words`` uint64 ``[c_in, kh, kw, ceil(c_out/64)]``
+    if ``packed``, else ``w`` int8 ``[c_in, kh, kw, c_out]``). Returns int32 ``[R, c_out·h_out·w_out]``
     in ``[C_out, H_out, W_out]`` order and the number of synaptic operations.
     """
     rows = ptr.shape[0] - 1
     n_pix = h_out * w_out
     out = np.empty((rows, c_out * n_pix), dtype=np.int32)
-    n_bytes = bits.shape[3]
+    n_words = words.shape[3]
     synops = np.zeros(rows, dtype=np.int64)
     for r in prange(rows):
         # only the buffers of the chosen weight format get a size (typed on every path)
         n_packed = n_pix if packed else 0
-        lanes = np.zeros((n_packed, n_bytes), dtype=np.uint64)
-        plus = np.zeros((n_packed, 8 * n_bytes), dtype=np.int32)
+        lanes = np.zeros((n_packed, 8 * n_words), dtype=np.uint64)
+        plus = np.zeros((n_packed, 64 * n_words), dtype=np.int32)
         cnt = np.zeros(n_packed, dtype=np.int32)
         acc = np.zeros((n_pix - n_packed, c_out), dtype=np.int32)
         taps = 0
@@ -307,12 +334,10 @@ def conv2d_counts(ptr, idx, packed, bits, w, c_in, h, wd, c_out, kh, kw, sh, sw,
                     p = oy * w_out + ox
                     taps += 1
                     if packed:
-                        row = bits[c, ky, kx]
-                        for q in range(n_bytes):
-                            lanes[p, q] += lut[row[q]]
+                        _add_word_row(words[c, ky, kx], lanes[p], n_words)
                         cnt[p] += 1
                         if cnt[p] % _FLUSH_EVERY == 0:
-                            _flush_lanes(lanes[p], plus[p], n_bytes)
+                            _flush_lanes(lanes[p], plus[p], n_words)
                     else:
                         row8 = w[c, ky, kx]
                         for o in range(c_out):
@@ -320,7 +345,7 @@ def conv2d_counts(ptr, idx, packed, bits, w, c_in, h, wd, c_out, kh, kw, sh, sw,
         synops[r] = taps * c_out
         for p in range(n_pix):
             if packed:
-                _flush_lanes(lanes[p], plus[p], n_bytes)
+                _flush_lanes(lanes[p], plus[p], n_words)
                 for o in range(c_out):
                     out[r, o * n_pix + p] = 2 * plus[p, o] - cnt[p]
             else:
@@ -355,7 +380,16 @@ def maxpool2d_spikes(x, c, h, wd, kh, kw, sh, sw, ph, pw, h_out, w_out):
 @njit(cache=True, nogil=True)
 def stream_sum(a):
     """Sum of a large uint64 array: the streaming-read baseline of the memory-bandwidth bound."""
-    total = np.uint64(0)
-    for i in range(a.shape[0]):
-        total += a[i]
-    return total
+    t0 = np.uint64(0)
+    t1 = np.uint64(0)
+    t2 = np.uint64(0)
+    t3 = np.uint64(0)
+    n = a.shape[0] - a.shape[0] % 4
+    for i in range(0, n, 4):
+        t0 += a[i]
+        t1 += a[i + 1]
+        t2 += a[i + 2]
+        t3 += a[i + 3]
+    for i in range(n, a.shape[0]):
+        t0 += a[i]
+    return t0 + t1 + t2 + t3

@@ -26,6 +26,7 @@ __all__ = [
     "threads",
     "pack_signs",
     "unpack_signs",
+    "packed_words",
     "events_from_dense",
     "events_from_tonic",
     "dense_rows",
@@ -60,7 +61,10 @@ class Events(NamedTuple):
 
 
 class SynapseRows(NamedTuple):
-    """±1 weights laid out one row per presynaptic neuron, ``packed`` bits or ``int8`` values."""
+    """±1 weights laid out one row per presynaptic neuron, as the kernels read them.
+
+    ``fmt="packed"``: uint64 words (:func:`packed_words`); ``fmt="int8"``: int8 ±1 values.
+    """
 
     fmt: str
     rows: np.ndarray
@@ -113,6 +117,20 @@ def unpack_signs(bits, n: int) -> np.ndarray:
         raise ValueError(f"unpack_signs: n must be in [1, {8 * arr.shape[-1]}] for {arr.shape[-1]} bytes, got {n!r}")
     unpacked = np.unpackbits(arr, axis=-1, count=int(n), bitorder=BITORDER)
     return (2 * unpacked.astype(np.int8) - 1).astype(np.int8)
+
+
+def packed_words(packed) -> np.ndarray:
+    """View bytes from :func:`pack_signs` as the kernels' uint64 words (last axis zero-padded to 8 bytes).
+
+    Bit ``b`` of word ``q`` is element ``64q + b`` on any host (the bytes are read little-endian).
+    """
+    arr = _array("packed", packed)
+    if arr.dtype != np.uint8 or arr.ndim < 1:
+        raise ValueError(f"packed_words: expected uint8 bytes from pack_signs, got {arr.dtype} {arr.shape}")
+    pad = (-arr.shape[-1]) % 8
+    if pad:
+        arr = np.concatenate([arr, np.zeros((*arr.shape[:-1], pad), np.uint8)], axis=-1)
+    return np.ascontiguousarray(np.ascontiguousarray(arr).view("<u8").astype(np.uint64))
 
 
 def events_from_dense(x, n_in: int | None = None) -> Events:
@@ -213,7 +231,7 @@ def dense_rows(sign, fmt: str = "packed") -> SynapseRows:
         raise ValueError(f"dense_rows: fmt must be one of {WEIGHT_FORMATS}, got {fmt!r}")
     arr = _check_sign("dense_rows: sign", sign, 2)
     rows = np.ascontiguousarray(arr.T.astype(np.int8))
-    return SynapseRows(fmt, pack_signs(rows) if fmt == "packed" else rows, int(arr.shape[0]))
+    return SynapseRows(fmt, packed_words(pack_signs(rows)) if fmt == "packed" else rows, int(arr.shape[0]))
 
 
 def conv_rows(sign, fmt: str = "packed") -> SynapseRows:
@@ -222,7 +240,7 @@ def conv_rows(sign, fmt: str = "packed") -> SynapseRows:
         raise ValueError(f"conv_rows: fmt must be one of {WEIGHT_FORMATS}, got {fmt!r}")
     arr = _check_sign("conv_rows: sign", sign, 4)
     rows = np.ascontiguousarray(arr.transpose(1, 2, 3, 0).astype(np.int8))
-    return SynapseRows(fmt, pack_signs(rows) if fmt == "packed" else rows, int(arr.shape[0]))
+    return SynapseRows(fmt, packed_words(pack_signs(rows)) if fmt == "packed" else rows, int(arr.shape[0]))
 
 
 def _check_events(events: Events, n_in: int, where: str) -> None:
@@ -248,10 +266,11 @@ def linear_counts(events: Events, weights: SynapseRows, *, parallel: bool = Fals
     _check_events(events, weights.rows.shape[0], "linear_counts")
     if weights.fmt == "packed":
         if parallel:
-            return K.linear_packed_parallel(events.ptr, events.idx, weights.rows, weights.n_out, K.LANES, 4 * numba.get_num_threads())
-        return K.linear_packed_serial(events.ptr, events.idx, weights.rows, weights.n_out, K.LANES)
-    fn = K.linear_int8_parallel if parallel else K.linear_int8_serial
-    return fn(events.ptr, events.idx, weights.rows)
+            return K.linear_packed_parallel(events.ptr, events.idx, weights.rows, weights.n_out, 4 * numba.get_num_threads())
+        return K.linear_packed_serial(events.ptr, events.idx, weights.rows, weights.n_out)
+    if parallel:
+        return K.linear_int8_parallel(events.ptr, events.idx, weights.rows, 4 * numba.get_num_threads())
+    return K.linear_int8_serial(events.ptr, events.idx, weights.rows)
 
 
 def _per_unit(name: str, value, m: int) -> np.ndarray:
@@ -317,9 +336,9 @@ def conv2d_counts(
         raise ValueError(f"conv2d_counts: the kernel does not fit the {h}x{w} input (output {ho}x{wo})")
     _check_events(events, c_in * h * w, "conv2d_counts")
     packed = weights.fmt == "packed"
-    bits = weights.rows if packed else np.zeros((1, 1, 1, 1), np.uint8)
+    words = weights.rows if packed else np.zeros((1, 1, 1, 1), np.uint64)
     w8 = weights.rows if not packed else np.zeros((1, 1, 1, 1), np.int8)
-    n, synops = K.conv2d_counts(events.ptr, events.idx, packed, bits, w8, c_in, h, w, weights.n_out, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, K.LANES)
+    n, synops = K.conv2d_counts(events.ptr, events.idx, packed, words, w8, c_in, h, w, weights.n_out, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
     return n, int(synops), (weights.n_out, ho, wo)
 
 

@@ -173,6 +173,7 @@ class Engine:
         spikes_out, stats = [], []
         output, dense = None, None
         with api.threads(self.threads):
+            chunks = 4 * numba.get_num_threads()
             for k, (node, prep) in enumerate(zip(graph.nodes, self._prepared)):
                 name = f"{k}:{type(node).__name__.lower()}"
                 in_shape, out_shape = shapes[k], shapes[k + 1]
@@ -187,18 +188,18 @@ class Engine:
                     syn, rec, lif = prep
                     if isinstance(node, Dense):
                         if syn.rows.fmt == "packed":
-                            n = K.linear_packed_parallel(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, K.LANES, 4 * numba.get_num_threads())
+                            n = K.linear_packed_parallel(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, chunks)
                         else:
-                            n = K.linear_int8_parallel(events.ptr, events.idx, syn.rows.rows)
+                            n = K.linear_int8_parallel(events.ptr, events.idx, syn.rows.rows, chunks)
                         synops = events.n_events * units
                     else:
                         packed = syn.rows.fmt == "packed"
                         n, synops = K.conv2d_counts(
                             events.ptr, events.idx, packed,
-                            syn.rows.rows if packed else np.zeros((1, 1, 1, 1), np.uint8),
+                            syn.rows.rows if packed else np.zeros((1, 1, 1, 1), np.uint64),
                             syn.rows.rows if not packed else np.zeros((1, 1, 1, 1), np.int8),
                             in_shape[0], in_shape[1], in_shape[2], out_shape[0], *node.synapses.sign.shape[2:],
-                            *node.stride, *node.padding, *node.dilation, out_shape[1], out_shape[2], K.LANES,
+                            *node.stride, *node.padding, *node.dilation, out_shape[1], out_shape[2],
                         )
                         synops = int(synops)
                     n = n.reshape(steps, batch, units)
@@ -217,9 +218,9 @@ class Engine:
                         packed = rec.rows.fmt == "packed"
                         spk, _, rec_ops = K.recurrent_lif_sequence(
                             n, syn.alpha, syn.bias, syn.has_bias, packed,
-                            rec.rows.rows if packed else np.zeros((1, 1), np.uint8),
+                            rec.rows.rows if packed else np.zeros((1, 1), np.uint64),
                             rec.rows.rows if not packed else np.zeros((1, 1), np.int8),
-                            rec.alpha, rec.bias, rec.has_bias, beta, thr, reset, False, K.LANES,
+                            rec.alpha, rec.bias, rec.has_bias, beta, thr, reset, False,
                         )
                         synops += int(rec_ops)
                     else:
