@@ -33,8 +33,9 @@ RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
 # flushed into int32 at most every 255 events.
 LANE_MASK = np.uint64(0x0101010101010101)
 _FLUSH_EVERY = 255
-# int8 rows accumulate in int16 (twice the SIMD width of int32), flushed before they can overflow
-_FLUSH_INT16 = 32767
+# int8 rows accumulate in int8 (four times the SIMD width of int32): a sum of at most 127 terms
+# ±1 cannot overflow, so the accumulators are flushed into int32 every 127 events
+_FLUSH_INT8 = 127
 
 
 @intrinsic
@@ -48,23 +49,29 @@ def _fma32(typingctx, a, b, c):
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dense_to_events(x):
     """CSR events of a non-negative integer matrix ``x[R, N]`` (value ``c`` gives ``c`` copies)."""
     rows, n = x.shape
     ptr = np.zeros(rows + 1, dtype=np.intp)
     for r in range(rows):
+        row = x[r]
         total = 0
-        for i in range(n):
-            total += x[r, i]
+        for i in range(n):  # a widening sum: vectorises
+            total += np.intp(row[i])
         ptr[r + 1] = ptr[r] + total
     idx = np.empty(ptr[rows], dtype=np.intp)
     for r in range(rows):
+        row = x[r]
         pos = ptr[r]
+        if pos == ptr[r + 1]:
+            continue
         for i in range(n):
-            for _ in range(x[r, i]):
-                idx[pos] = i
-                pos += 1
+            c = row[i]
+            if c != 0:
+                for _ in range(c):
+                    idx[pos] = i
+                    pos += 1
     return ptr, idx
 
 
@@ -89,43 +96,73 @@ def _add_word_row(w, acc, n_words):
             acc[base + q] += (w[q] >> shift) & LANE_MASK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _row_packed(idx, start, stop, words, acc, plus, out_row, n_out):
-    """Integer pre-activations of one row from packed weights ``words`` ``[n_in, n_words]``."""
+    """Integer pre-activations of one row from packed weights ``words`` ``[n_in, n_words]``.
+
+    ``acc`` (``8·n_words`` uint64, zero on entry and on return) holds the byte counters; ``plus``
+    (``64·n_words`` int32) is only used when the row has more than 255 events.
+    """
     n_words = words.shape[1]
-    plus[:] = 0
     pending = 0
+    flushed = False
     for e in range(start, stop):
-        _add_word_row(words[idx[e]], acc, n_words)
+        w = words[idx[e]]
+        # written out here rather than in a helper: LLVM vectorises it only inline
+        for k in range(8):
+            shift = np.uint64(k)
+            base = k * n_words
+            for q in range(n_words):
+                acc[base + q] += (w[q] >> shift) & LANE_MASK
         pending += 1
         if pending == _FLUSH_EVERY:
+            if not flushed:
+                plus[:] = 0
+                flushed = True
             _flush_lanes(acc, plus, n_words)
             pending = 0
-    if pending:
+    kk = np.int32(stop - start)
+    if flushed:
         _flush_lanes(acc, plus, n_words)
-    k = np.int32(stop - start)
-    for j in range(n_out):
-        out_row[j] = 2 * plus[j] - k
+        for j in range(n_out):
+            out_row[j] = 2 * plus[j] - kk
+        return
+    # common case (< 256 events): read the byte counters straight into the output
+    for k in range(8):
+        for q in range(n_words):
+            v = acc[k * n_words + q]
+            acc[k * n_words + q] = 0
+            for b in range(8):
+                j = 64 * q + 8 * b + k
+                if j < n_out:
+                    out_row[j] = 2 * np.int32((v >> np.uint64(8 * b)) & np.uint64(0xFF)) - kk
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _row_int8(idx, start, stop, w, acc, out_row, n_out):
-    """Integer pre-activations of one row from int8 rows ``w`` (int16 accumulators ``acc``)."""
-    out_row[:] = 0
-    acc[:] = 0
+    """Integer pre-activations of one row from int8 rows ``w`` (int8 accumulators ``acc``, zero on entry/return)."""
     pending = 0
+    flushed = False
     for e in range(start, stop):
         row = w[idx[e]]
         for j in range(n_out):
             acc[j] += row[j]
         pending += 1
-        if pending == _FLUSH_INT16:
+        if pending == _FLUSH_INT8:
+            if not flushed:
+                out_row[:] = 0
+                flushed = True
             for j in range(n_out):
                 out_row[j] += acc[j]
             acc[:] = 0
             pending = 0
-    for j in range(n_out):
-        out_row[j] += acc[j]
+    if flushed:
+        for j in range(n_out):
+            out_row[j] += acc[j]
+    else:
+        for j in range(n_out):
+            out_row[j] = acc[j]
+    acc[:] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -147,7 +184,7 @@ def linear_int8_serial(ptr, idx, w):
     rows = ptr.shape[0] - 1
     n_out = w.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
-    acc = np.zeros(n_out, dtype=np.int16)
+    acc = np.zeros(n_out, dtype=np.int8)
     for r in range(rows):
         _row_int8(idx, ptr[r], ptr[r + 1], w, acc, out[r], n_out)
     return out
@@ -180,7 +217,7 @@ def linear_int8_parallel(ptr, idx, w, n_chunks):
     out = np.empty((rows, n_out), dtype=np.int32)
     n_chunks = max(1, min(rows, n_chunks))
     for c in prange(n_chunks):
-        acc = np.zeros(n_out, dtype=np.int16)
+        acc = np.zeros(n_out, dtype=np.int8)
         for r in range(c * rows // n_chunks, (c + 1) * rows // n_chunks):
             _row_int8(idx, ptr[r], ptr[r + 1], w, acc, out[r], n_out)
     return out
@@ -263,12 +300,12 @@ def recurrent_lif_sequence(
         n_rec = np.zeros(m, dtype=np.int32)
         acc = np.zeros(8 * n_words, dtype=np.uint64)
         plus = np.zeros(64 * n_words, dtype=np.int32)
-        acc16 = np.zeros(m, dtype=np.int16)
+        acc8 = np.zeros(m, dtype=np.int8)
         for t in range(steps):
             if rec_packed:
                 _row_packed(active, 0, n_active, rec_words, acc, plus, n_rec, m)
             else:
-                _row_int8(active, 0, n_active, rec_w, acc16, n_rec, m)
+                _row_int8(active, 0, n_active, rec_w, acc8, n_rec, m)
             synops[b] += n_active * m
             n_active = 0
             for j in range(m):

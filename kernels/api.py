@@ -155,9 +155,11 @@ def events_from_dense(x, n_in: int | None = None) -> Events:
         raise ValueError(f"events_from_dense: x must be numeric, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise ValueError("events_from_dense: x must be non-negative (spikes or counts)")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
+    if arr.size and arr.max() > np.iinfo(np.int32).max:  # noqa: SIM102
         raise ValueError("events_from_dense: a count exceeds int32")
-    ptr, idx = K.dense_to_events(np.ascontiguousarray(arr, dtype=np.int64))
+    if arr.dtype.kind == "f" or arr.dtype.itemsize > 4:
+        arr = arr.astype(np.int32)  # validated integer values above; the kernel takes any int type
+    ptr, idx = K.dense_to_events(np.ascontiguousarray(arr))
     return Events(ptr, idx, int(arr.shape[1]))
 
 
