@@ -137,13 +137,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "synops_per_s": synops / seconds,
         "input_events": events,
     }
+    result["rates"] = [spk / (units * n_seen * n_steps) for spk, units in zip(layer_spikes, layer_units)]
     print(f"sbnn-run: {args.model} on {args.data} [{args.split}], {args.weights} weights, {args.threads} thread(s)")
     print(f"  accuracy      {100 * result['accuracy']:.2f} %  ({correct}/{n_seen})")
     print(f"  throughput    {result['samples_per_s']:.1f} samples/s  ({1e3 * seconds / n_seen:.3f} ms/sample)")
     print(f"  synaptic ops  {synops:,}  ({result['synops_per_s'] / 1e9:.3f} G/s)")
-    for k, (node, spk, units) in enumerate(zip(engine.graph.nodes, layer_spikes, layer_units)):
-        rate = spk / (units * n_seen * n_steps)
-        print(f"  layer {k} {type(node).__name__:<9} units {units:<6} firing rate {rate:.4f}")
+    for k, (node, rate, units) in enumerate(zip(engine.graph.nodes, result["rates"], layer_units)):
+        readout = k == len(engine.graph.nodes) - 1 and engine.graph.readout == "membrane"
+        activity = "membrane readout" if readout else f"firing rate {rate:.4f}"
+        print(f"  layer {k} {type(node).__name__:<9} units {units:<6} {activity}")
     sys.stdout.flush()
     return result
 
