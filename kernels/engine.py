@@ -17,7 +17,7 @@ from . import _kernels as K
 from . import api
 from .graph import Conv2d, Dense, Graph, LIF, MaxPool2d, MembraneReadout, Synapses
 
-__all__ = ["Engine", "EngineResult", "LayerStats", "readout_weights"]
+__all__ = ["Engine", "EngineResult", "LayerStats", "readout_weights", "AUTO_INT8_BYTES"]
 
 _RESETS = {"subtract": K.RESET_SUBTRACT, "zero": K.RESET_ZERO, "none": K.RESET_NONE}
 
@@ -82,12 +82,26 @@ def _expand(values: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(full, per_channel), dtype=np.float32)
 
 
+#: ``weights="auto"`` uses int8 rows for layers with at most this many weights (1 MiB as int8)
+AUTO_INT8_BYTES = 1 << 20
+
+
+def _format(syn: Synapses, weights: str) -> str:
+    if weights != "auto":
+        return weights
+    return "int8" if syn.sign.size <= AUTO_INT8_BYTES else "packed"
+
+
 class Engine:
     """Event-driven runner of an exported SBNN.
 
     Args:
         graph: the network (see :mod:`sbnn.kernels.graph`; :func:`sbnn.export.load` builds one).
-        weights: ``"packed"`` (1 bit per weight) or ``"int8"`` kernels.
+        weights: kernel weight format: ``"packed"`` (1 bit per weight in memory), ``"int8"`` (1 byte),
+            or ``"auto"`` (the default): int8 for layers whose int8 rows take at most
+            :data:`AUTO_INT8_BYTES` (they stay in cache, and the int8 kernel is faster on narrow
+            layers), packed for larger ones (where the packed kernel reads 8× less memory). The file
+            on disk is packed either way; the choice changes speed only, never results.
         threads: Numba threads for the run (``None``: Numba's default); samples run in parallel.
 
     Example:
@@ -98,11 +112,11 @@ class Engine:
         [[4, 4]]
     """
 
-    def __init__(self, graph: Graph, weights: str = "packed", threads: int | None = None) -> None:
+    def __init__(self, graph: Graph, weights: str = "auto", threads: int | None = None) -> None:
         if not isinstance(graph, Graph):
             raise ValueError(f"Engine: graph must be a sbnn.kernels.graph.Graph, got {type(graph).__name__}")
-        if weights not in api.WEIGHT_FORMATS:
-            raise ValueError(f"Engine: weights must be one of {api.WEIGHT_FORMATS}, got {weights!r}")
+        if weights not in (*api.WEIGHT_FORMATS, "auto"):
+            raise ValueError(f"Engine: weights must be one of {(*api.WEIGHT_FORMATS, 'auto')}, got {weights!r}")
         with api.threads(threads):
             pass  # validates the thread count now rather than at the first run
         self.graph, self.weights, self.threads = graph, weights, threads
@@ -113,9 +127,9 @@ class Engine:
                 self._prepared.append(None)
                 continue
             out_shape = shapes[k + 1]
-            syn = _prepare(node.synapses, weights)
+            syn = _prepare(node.synapses, _format(node.synapses, weights))
             syn = syn._replace(alpha=_expand(syn.alpha, out_shape), bias=_expand(syn.bias, out_shape))
-            rec = _prepare(node.recurrent, weights) if isinstance(node, Dense) and node.recurrent is not None else None
+            rec = _prepare(node.recurrent, _format(node.recurrent, weights)) if isinstance(node, Dense) and node.recurrent is not None else None
             lif = None
             if isinstance(node.neuron, LIF):
                 lif = (_expand(node.neuron.beta, out_shape), _expand(node.neuron.threshold, out_shape), _RESETS[node.neuron.reset])

@@ -33,6 +33,7 @@ Readers refuse a newer version, a bad magic, a checksum mismatch and truncated f
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -67,6 +68,7 @@ __all__ = [
     "load_graph",
     "load",
     "export_checkpoint",
+    "network_from_config",
     "state_dict_nbytes",
 ]
 
@@ -312,17 +314,58 @@ def load_graph(path: str | os.PathLike) -> Graph:
     return _decode(path.read_bytes(), str(path))
 
 
-def load(path: str | os.PathLike, weights: str = "packed", threads: int | None = None) -> Engine:
-    """Load a deployable model file into an :class:`~sbnn.kernels.Engine`."""
+def load(path: str | os.PathLike, weights: str = "auto", threads: int | None = None) -> Engine:
+    """Load a deployable model file into an :class:`~sbnn.kernels.Engine` (see its ``weights``)."""
     return Engine(load_graph(path), weights=weights, threads=threads)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, network: nn.Module, meta: dict | None = None) -> Path:
+def _instantiate(spec):
+    """Build ``{"class_path": ..., "init_args": {...}}`` (recursively), as LightningCLI configs write it."""
+    if isinstance(spec, dict) and "class_path" in spec:
+        module_name, _, cls_name = spec["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(f"cannot import {spec['class_path']!r} named in the config ({err})") from None
+        return cls(**{k: _instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
+    if isinstance(spec, dict):
+        return {k: _instantiate(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_instantiate(v) for v in spec]
+    return spec
+
+
+def network_from_config(config: str | os.PathLike) -> nn.Module:
+    """Build the (untrained) network that a LightningCLI ``config.yaml`` names under ``model.init_args.network``."""
+    import yaml
+
+    with open(config) as f:
+        cfg = yaml.safe_load(f)
+    try:
+        spec = cfg["model"]["init_args"]["network"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{config}: no model.init_args.network entry (not an sbnn fit config?)") from None
+    return _instantiate(spec)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    network: nn.Module | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    meta: dict | None = None,
+) -> Path:
     """Export a Lightning checkpoint of :class:`sbnn.lightning.SpikingClassificationTask`.
 
-    The task stores its network under ``network.``; ``network`` is a freshly built module of the
-    same architecture (the task does not pickle it) into which the weights are loaded.
+    The task stores its network's weights under ``network.`` but not its architecture. Give a
+    freshly built ``network`` of the same architecture, or the ``config`` YAML of the run
+    (``sbnn fit`` writes it next to the logs); with neither, ``config.yaml`` is looked up in the
+    checkpoint's folder and the two above it (LightningCLI's ``<log_dir>/checkpoints/*.ckpt``).
     """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ValueError(f"export_checkpoint: no such checkpoint: {checkpoint}")
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if state is None:
@@ -330,8 +373,35 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, ne
     sub = {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
     if not sub:
         raise ValueError(f"export_checkpoint: {checkpoint} holds no 'network.*' weights (not a SpikingClassificationTask?)")
+    if network is None:
+        if config is None:
+            found = [d / "config.yaml" for d in (checkpoint.parent, *list(checkpoint.parents)[1:3]) if (d / "config.yaml").is_file()]
+            if not found:
+                raise ValueError(
+                    f"export_checkpoint: {checkpoint} does not record the architecture; pass network=... or "
+                    "config=<the run's config.yaml>"
+                )
+            config = found[0]
+        network = network_from_config(config)
     network.load_state_dict(sub)
     return save(network, path, meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``sbnn-export CHECKPOINT OUT [--config config.yaml]``: export a training checkpoint."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="sbnn-export", description="Export an sbnn Lightning checkpoint to a deployable model file.")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--config", default=None, help="the run's config.yaml (default: looked up next to the checkpoint)")
+    args = p.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out, config=args.config)
+    except ValueError as err:
+        raise SystemExit(f"sbnn-export: {err}") from None
+    graph = load_graph(out)
+    print(f"sbnn-export: wrote {out} ({out.stat().st_size:,} bytes, {len(graph.nodes)} layers, input {graph.input_shape})")
 
 
 def state_dict_nbytes(model: nn.Module) -> int:

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help=f"data module: {', '.join(DATA_MODULES)} or pkg.module.Class")
     p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE", help="data module argument (repeatable)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--weights", default="packed", choices=("packed", "int8"), help="kernel weight format")
+    p.add_argument("--weights", default="auto", choices=("auto", "packed", "int8"), help="kernel weight format (auto: int8 for layers up to 1 MiB, else packed)")
     p.add_argument("--threads", type=int, default=1, help="Numba threads (default 1)")
     p.add_argument("--binary", action="store_true", help="clamp input counts to 0/1 spikes")
     p.add_argument("--limit", type=int, default=None, help="stop after this many samples")

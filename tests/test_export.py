@@ -151,3 +151,23 @@ def test_export_checkpoint(tmp_path):
     torch.save({"weights": 1}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="not a Lightning checkpoint"):
         export.export_checkpoint(tmp_path / "x.ckpt", tmp_path / "n.sbnn", _net())
+
+
+def test_export_checkpoint_from_cli_config(tmp_path, capsys):
+    net = _net()
+    task = SpikingClassificationTask(net, train_size=10)
+    run_dir = tmp_path / "logs" / "version_0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": task.state_dict()}, ckpt)
+    (run_dir / "config.yaml").write_text(
+        "model:\n  class_path: sbnn.lightning.SpikingClassificationTask\n  init_args:\n    network:\n"
+        "      class_path: sbnn.models.SpikingMLP\n      init_args:\n        in_features: 20\n"
+        "        hidden: [33]\n        out_features: 5\n        bias: true\n"
+    )
+    export.main([str(ckpt), str(tmp_path / "m.sbnn")])  # config.yaml found two folders up
+    assert "wrote" in capsys.readouterr().out
+    _same_graph(export.load_graph(tmp_path / "m.sbnn"), export.to_graph(net))
+    (run_dir / "config.yaml").unlink()
+    with pytest.raises(SystemExit, match="does not record the architecture"):
+        export.main([str(ckpt), str(tmp_path / "n.sbnn")])

@@ -234,3 +234,10 @@ def test_engine_rejects_bad_arguments(gen):
         Engine(graph, weights="int4")
     with pytest.raises(ValueError, match="Graph"):
         Engine("model.sbnn")
+
+
+def test_auto_weight_format_picks_int8_for_small_layers(gen):
+    graph = Graph((4096,), (dense_node(BernoulliLinear(4096, 300), StochasticLIF()), dense_node(BernoulliLinear(300, 10), 0.9)))
+    engine = Engine(graph)
+    assert [p[0].rows.fmt for p in engine._prepared] == ["packed", "int8"]
+    assert engine._prepared[0][0].rows.rows.dtype == np.uint64 and engine._prepared[1][0].rows.rows.dtype == np.int8
