@@ -76,8 +76,8 @@ def layer_rows(n_in: int, n_out: int, rows: int, rate: float, reps: int, bw: flo
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         xs = xt.to_sparse_csr()
         t_sparse = best_time(lambda: xs @ wt, reps)
-    t_packed = best_time(lambda: K.linear_packed_serial(ev.ptr, ev.idx, packed.rows, n_out), reps)
-    t_int8 = best_time(lambda: K.linear_int8_serial(ev.ptr, ev.idx, int8.rows), reps)
+    t_packed = best_time(lambda: K.linear_packed(ev.ptr, ev.idx, packed.rows, n_out, 1), reps)
+    t_int8 = best_time(lambda: K.linear_int8(ev.ptr, ev.idx, int8.rows, 1), reps)
     t_dense = best_time(lambda: torch.mm(xt, wt), reps)
     syn = ev.n_events * n_out
     return {

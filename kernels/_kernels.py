@@ -117,7 +117,8 @@ def _row_packed(idx, start, stop, words, acc, plus, out_row, n_out):
         pending += 1
         if pending == _FLUSH_EVERY:
             if not flushed:
-                plus[:] = 0
+                for j in range(plus.shape[0]):
+                    plus[j] = 0
                 flushed = True
             _flush_lanes(acc, plus, n_words)
             pending = 0
@@ -150,52 +151,30 @@ def _row_int8(idx, start, stop, w, acc, out_row, n_out):
         pending += 1
         if pending == _FLUSH_INT8:
             if not flushed:
-                out_row[:] = 0
+                for j in range(n_out):
+                    out_row[j] = 0
                 flushed = True
             for j in range(n_out):
                 out_row[j] += acc[j]
-            acc[:] = 0
+                acc[j] = 0
             pending = 0
     if flushed:
         for j in range(n_out):
             out_row[j] += acc[j]
+            acc[j] = 0
     else:
         for j in range(n_out):
             out_row[j] = acc[j]
-    acc[:] = 0
-
-
-@njit(cache=True, nogil=True)
-def linear_packed_serial(ptr, idx, words, n_out):
-    """``n[r, j] = Σ_{i ∈ events(r)} w[i, j]`` from packed rows, one thread. Returns int32 ``[R, n_out]``."""
-    rows = ptr.shape[0] - 1
-    n_words = words.shape[1]
-    out = np.empty((rows, n_out), dtype=np.int32)
-    acc = np.zeros(8 * n_words, dtype=np.uint64)
-    plus = np.zeros(64 * n_words, dtype=np.int32)
-    for r in range(rows):
-        _row_packed(idx, ptr[r], ptr[r + 1], words, acc, plus, out[r], n_out)
-    return out
-
-
-@njit(cache=True, nogil=True)
-def linear_int8_serial(ptr, idx, w):
-    """As :func:`linear_packed_serial` from int8 rows ``w[n_in, n_out]``."""
-    rows = ptr.shape[0] - 1
-    n_out = w.shape[1]
-    out = np.empty((rows, n_out), dtype=np.int32)
-    acc = np.zeros(n_out, dtype=np.int8)
-    for r in range(rows):
-        _row_int8(idx, ptr[r], ptr[r + 1], w, acc, out[r], n_out)
-    return out
+            acc[j] = 0
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def linear_packed_parallel(ptr, idx, words, n_out, n_chunks):
-    """:func:`linear_packed_serial` with the rows split into ``n_chunks`` blocks across threads.
+def linear_packed(ptr, idx, words, n_out, n_chunks):
+    """``n[r, j] = Σ_{i ∈ events(r)} w[i, j]`` from packed rows; returns int32 ``[R, n_out]``.
 
-    One scratch buffer per block; ``n_chunks`` comes from the caller because reading the thread
-    count inside the kernel would stop Numba from caching it.
+    The rows are split into ``n_chunks`` blocks run in parallel (``prange``; one thread gives the
+    serial kernel), each with its own scratch counters. ``n_chunks`` comes from the caller
+    because reading the thread count inside the kernel would stop Numba from caching it.
     """
     rows = ptr.shape[0] - 1
     n_words = words.shape[1]
@@ -210,8 +189,8 @@ def linear_packed_parallel(ptr, idx, words, n_out, n_chunks):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def linear_int8_parallel(ptr, idx, w, n_chunks):
-    """:func:`linear_int8_serial` with the rows split into ``n_chunks`` blocks across threads."""
+def linear_int8(ptr, idx, w, n_chunks):
+    """As :func:`linear_packed` from int8 rows ``w[n_in, n_out]``."""
     rows = ptr.shape[0] - 1
     n_out = w.shape[1]
     out = np.empty((rows, n_out), dtype=np.int32)
@@ -270,9 +249,11 @@ def lif_sequence(n, alpha, bias, has_bias, beta, thr, reset, record_mem):
                 s[j] = 1 if u >= thr[j] else 0
                 spk[t, b, j] = s[j]
             if record_mem:
-                mem_out[t, b] = mem
+                for j in range(m):
+                    mem_out[t, b, j] = mem[j]
         if not record_mem:
-            mem_out[0, b] = mem
+            for j in range(m):
+                mem_out[0, b, j] = mem[j]
     return spk, mem_out
 
 
@@ -320,9 +301,11 @@ def recurrent_lif_sequence(
                     active[n_active] = j
                     n_active += 1
             if record_mem:
-                mem_out[t, b] = mem
+                for j in range(m):
+                    mem_out[t, b, j] = mem[j]
         if not record_mem:
-            mem_out[0, b] = mem
+            for j in range(m):
+                mem_out[0, b, j] = mem[j]
     return spk, mem_out, synops.sum()
 
 
@@ -391,12 +374,12 @@ def conv2d_counts(ptr, idx, packed, words, w, c_in, h, wd, c_out, kh, kw, sh, sw
     return out, synops.sum()
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def maxpool2d_spikes(x, c, h, wd, kh, kw, sh, sw, ph, pw, h_out, w_out):
     """Max pooling of binary spike maps ``x`` uint8 ``[R, c·h·w]`` (an OR over each window)."""
     rows = x.shape[0]
     out = np.zeros((rows, c * h_out * w_out), dtype=np.uint8)
-    for r in prange(rows):
+    for r in range(rows):  # serial: cheap next to the layers around it, and parallel compiles slowly
         for ch in range(c):
             base = ch * h * wd
             for oy in range(h_out):

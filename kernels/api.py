@@ -258,21 +258,19 @@ def _check_events(events: Events, n_in: int, where: str) -> None:
         raise ValueError(f"{where}: events.ptr and events.idx must be intp arrays")
 
 
-def linear_counts(events: Events, weights: SynapseRows, *, parallel: bool = False) -> np.ndarray:
+def linear_counts(events: Events, weights: SynapseRows) -> np.ndarray:
     """Integer pre-activations ``n[r, j] = Σ_{i ∈ events(r)} w[j, i]`` (int32 ``[R, out]``).
 
-    Only the rows of active inputs are read: ``events.n_events · out`` synaptic operations.
+    Only the rows of active inputs are read: ``events.n_events · out`` synaptic operations. Rows
+    run in parallel over the current Numba threads (see :func:`threads`).
     """
     if not isinstance(weights, SynapseRows) or weights.rows.ndim != 2:
         raise ValueError("linear_counts: weights must come from dense_rows()")
     _check_events(events, weights.rows.shape[0], "linear_counts")
+    chunks = 4 * numba.get_num_threads()
     if weights.fmt == "packed":
-        if parallel:
-            return K.linear_packed_parallel(events.ptr, events.idx, weights.rows, weights.n_out, 4 * numba.get_num_threads())
-        return K.linear_packed_serial(events.ptr, events.idx, weights.rows, weights.n_out)
-    if parallel:
-        return K.linear_int8_parallel(events.ptr, events.idx, weights.rows, 4 * numba.get_num_threads())
-    return K.linear_int8_serial(events.ptr, events.idx, weights.rows)
+        return K.linear_packed(events.ptr, events.idx, weights.rows, weights.n_out, chunks)
+    return K.linear_int8(events.ptr, events.idx, weights.rows, chunks)
 
 
 def _per_unit(name: str, value, m: int) -> np.ndarray:
@@ -281,7 +279,8 @@ def _per_unit(name: str, value, m: int) -> np.ndarray:
         raise ValueError(f"lif_sequence: {name} must have 1 or {m} values, got {arr.size}")
     if not np.isfinite(arr).all():
         raise ValueError(f"lif_sequence: {name} must be finite")
-    return np.ascontiguousarray(np.broadcast_to(arr, (m,)))
+    # a fresh writable array: a read-only view would be a different Numba type (a recompilation)
+    return np.array(np.broadcast_to(arr, (m,)), dtype=np.float32)
 
 
 def lif_sequence(

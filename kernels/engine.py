@@ -202,9 +202,9 @@ class Engine:
                     syn, rec, lif = prep
                     if isinstance(node, Dense):
                         if syn.rows.fmt == "packed":
-                            n = K.linear_packed_parallel(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, chunks)
+                            n = K.linear_packed(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, chunks)
                         else:
-                            n = K.linear_int8_parallel(events.ptr, events.idx, syn.rows.rows, chunks)
+                            n = K.linear_int8(events.ptr, events.idx, syn.rows.rows, chunks)
                         synops = events.n_events * units
                     else:
                         packed = syn.rows.fmt == "packed"
