@@ -153,7 +153,15 @@ class Engine:
         return arr
 
     def run(self, x, *, record: bool = False) -> EngineResult:
-        """Run on framed spikes (or integer counts) ``x`` ``[T, B, *input_shape]``.
+        """Run on framed spikes (or integer counts) ``x`` (NumPy array or torch tensor).
+
+        Args:
+            x: time-major input.
+            record: also return every node's spike trains.
+
+        Shape:
+            - x: ``[T, B, *input_shape]`` or ``[T, B, prod(input_shape)]``, values in {0, 1, 2, ...}.
+            - output: ``[B, K]``; spikes (``record``): ``[T, B, *node_shape]`` per node.
 
         Raises:
             ValueError: wrong shape, or values that are not non-negative integers.
@@ -181,6 +189,50 @@ class Engine:
         ev = api.events_from_tonic(events, sensor_size, n_steps=n_steps, time_window=time_window, start=start, binary=binary)
         return self._run_events(ev, n_steps, 1, record)
 
+    def _counts(self, node, syn: _Prepared, events: api.Events, in_shape, out_shape, chunks: int) -> tuple[np.ndarray, int]:
+        """Integer pre-activations ``[T·B, units]`` of a dense or conv node, and its synaptic operations."""
+        if isinstance(node, Dense):
+            if syn.rows.fmt == "packed":
+                n = K.linear_packed(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, chunks)
+            else:
+                n = K.linear_int8(events.ptr, events.idx, syn.rows.rows, chunks)
+            return n, events.n_events * syn.rows.n_out
+        packed = syn.rows.fmt == "packed"
+        n, synops = K.conv2d_counts(
+            events.ptr, events.idx, packed,
+            syn.rows.rows if packed else np.zeros((1, 1, 1, 1), np.uint64),
+            syn.rows.rows if not packed else np.zeros((1, 1, 1, 1), np.int8),
+            in_shape[0], in_shape[1], in_shape[2], out_shape[0], *node.synapses.sign.shape[2:],
+            *node.stride, *node.padding, *node.dilation, out_shape[1], out_shape[2],
+        )
+        return n, int(synops)
+
+    @staticmethod
+    def _readout(n: np.ndarray, syn: _Prepared, beta: float) -> np.ndarray:
+        """Time-averaged leaky readout membrane ``α·Σ_t w_t n[t] + b·Σ_t w_t`` (float64, then float32)."""
+        w = readout_weights(n.shape[0], beta)
+        logits = np.tensordot(w.astype(np.float64), n.astype(np.float64), axes=1) * syn.alpha.astype(np.float64)
+        if syn.has_bias:
+            # torch adds bias·Σw with Σw summed in float32
+            logits = logits + syn.bias.astype(np.float64) * float(w.sum(dtype=np.float32))
+        return logits.astype(np.float32)
+
+    @staticmethod
+    def _neurons(n: np.ndarray, syn: _Prepared, rec: _Prepared | None, lif) -> tuple[np.ndarray, int]:
+        """LIF spikes ``[T, B, units]`` (with the recurrent input if any) and the recurrent synaptic operations."""
+        beta, thr, reset = lif
+        if rec is None:
+            spk, _ = K.lif_sequence(n, syn.alpha, syn.bias, syn.has_bias, beta, thr, reset, False)
+            return spk, 0
+        packed = rec.rows.fmt == "packed"
+        spk, _, rec_ops = K.recurrent_lif_sequence(
+            n, syn.alpha, syn.bias, syn.has_bias, packed,
+            rec.rows.rows if packed else np.zeros((1, 1), np.uint64),
+            rec.rows.rows if not packed else np.zeros((1, 1), np.int8),
+            rec.alpha, rec.bias, rec.has_bias, beta, thr, reset, False,
+        )
+        return spk, int(rec_ops)
+
     def _run_events(self, events: api.Events, steps: int, batch: int, record: bool) -> EngineResult:
         graph = self.graph
         shapes = [graph.input_shape, *graph.shapes()]
@@ -197,55 +249,25 @@ class Engine:
                         dense, *in_shape, *node.kernel_size, *node.stride, *node.padding, out_shape[1], out_shape[2]
                     )
                     spk = pooled.reshape(steps, batch, units)
-                    stats.append(LayerStats(name, int(dense.sum(dtype=np.int64)), 0, int(pooled.sum(dtype=np.int64)), units, float(pooled.mean())))
+                    n_in, n_spk = int(dense.sum(dtype=np.int64)), int(pooled.sum(dtype=np.int64))
+                    stats.append(LayerStats(name, n_in, 0, n_spk, units, n_spk / pooled.size))
                 else:
                     syn, rec, lif = prep
-                    if isinstance(node, Dense):
-                        if syn.rows.fmt == "packed":
-                            n = K.linear_packed(events.ptr, events.idx, syn.rows.rows, syn.rows.n_out, chunks)
-                        else:
-                            n = K.linear_int8(events.ptr, events.idx, syn.rows.rows, chunks)
-                        synops = events.n_events * units
-                    else:
-                        packed = syn.rows.fmt == "packed"
-                        n, synops = K.conv2d_counts(
-                            events.ptr, events.idx, packed,
-                            syn.rows.rows if packed else np.zeros((1, 1, 1, 1), np.uint64),
-                            syn.rows.rows if not packed else np.zeros((1, 1, 1, 1), np.int8),
-                            in_shape[0], in_shape[1], in_shape[2], out_shape[0], *node.synapses.sign.shape[2:],
-                            *node.stride, *node.padding, *node.dilation, out_shape[1], out_shape[2],
-                        )
-                        synops = int(synops)
+                    n, synops = self._counts(node, syn, events, in_shape, out_shape, chunks)
                     n = n.reshape(steps, batch, units)
                     if isinstance(node, Dense) and isinstance(node.neuron, MembraneReadout):
-                        w = readout_weights(steps, node.neuron.beta).astype(np.float64)
-                        summed = np.tensordot(w, n.astype(np.float64), axes=1)
-                        logits = summed * syn.alpha.astype(np.float64)
-                        if syn.has_bias:
-                            logits = logits + syn.bias.astype(np.float64) * float(w.astype(np.float32).sum(dtype=np.float32))
-                        output = logits.astype(np.float32)
+                        output = self._readout(n, syn, node.neuron.beta)
                         stats.append(LayerStats(name, events.n_events, synops, 0, units, 0.0))
                         spikes_out.append(None)
                         break
-                    beta, thr, reset = lif
-                    if rec is not None:
-                        packed = rec.rows.fmt == "packed"
-                        spk, _, rec_ops = K.recurrent_lif_sequence(
-                            n, syn.alpha, syn.bias, syn.has_bias, packed,
-                            rec.rows.rows if packed else np.zeros((1, 1), np.uint64),
-                            rec.rows.rows if not packed else np.zeros((1, 1), np.int8),
-                            rec.alpha, rec.bias, rec.has_bias, beta, thr, reset, False,
-                        )
-                        synops += int(rec_ops)
-                    else:
-                        spk, _ = K.lif_sequence(n, syn.alpha, syn.bias, syn.has_bias, beta, thr, reset, False)
+                    spk, rec_ops = self._neurons(n, syn, rec, lif)
                     n_spk = int(spk.sum(dtype=np.int64))
-                    stats.append(LayerStats(name, events.n_events, synops, n_spk, units, n_spk / spk.size))
+                    stats.append(LayerStats(name, events.n_events, synops + rec_ops, n_spk, units, n_spk / spk.size))
                 spikes_out.append(spk.reshape(steps, batch, *out_shape) if record else None)
                 dense = spk.reshape(steps * batch, units)
                 if k + 1 < len(graph.nodes) and not isinstance(graph.nodes[k + 1], MaxPool2d):
                     ptr, idx = K.dense_to_events(dense)
                     events = api.Events(ptr, idx, units)
-                if output is None and k == len(graph.nodes) - 1:
+                if k == len(graph.nodes) - 1:
                     output = spk.sum(axis=0, dtype=np.int64)
         return EngineResult(output, spikes_out if record else [None] * len(spikes_out), stats)
