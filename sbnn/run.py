@@ -4,7 +4,8 @@ Example::
 
     sbnn-run model.sbnn --data randman --data-arg n_channels=50 --data-arg n_steps=50 --split test
 
-prints the accuracy, the throughput (samples/s, synaptic operations/s) and each layer's activity.
+prints the accuracy, the throughput (samples/s, synaptic operations/s; timed after one untimed
+warm-up call, which may compile the kernels) and each layer's activity.
 ``--data`` takes a short name from :data:`DATA_MODULES` or the import path of any
 LightningDataModule whose loaders yield time-major ``(x [T, B, ...], y [B])`` batches of spikes
 or counts (``pkg.module.ClassName``): new data modules plug in by path, or by adding a short name
@@ -113,6 +114,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
             x, y = x[:, : args.limit - n_seen], y[: args.limit - n_seen]
         if args.binary:
             x = np.minimum(x, 1)
+        if n_seen == 0:
+            engine.run(x[:, :1])  # untimed warm-up: the first call may compile (or load) the kernels
         start = time.perf_counter()
         out = engine.run(x)
         seconds += time.perf_counter() - start
