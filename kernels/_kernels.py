@@ -304,7 +304,7 @@ def linear_int8(ptr, idx, w, n_chunks):
 
 @njit(cache=True, nogil=True)
 def _current(n, alpha, bias, has_bias):
-    """``μ = float32(n)·α (+ b)``: the proposed op order of the torch ``mode`` layer (see docs)."""
+    """``μ = float32(n)·α (+ b)``: the op order of the torch ``mode`` layer (see docs/kernels.md)."""
     mu = np.float32(n) * alpha
     if has_bias:
         mu = mu + bias

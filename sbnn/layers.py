@@ -297,7 +297,11 @@ class BernoulliLinear(BernoulliLayer):
         return lrt_linear(x, self.lam, self.scale, self.bias, x_sq)
 
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight * self.scale.reshape(-1, 1), self.bias)
+        # α after the ±1 matmul: for spike or count inputs the sum is then an exact integer, so
+        # the deterministic network computes exactly fl(α·n) + b, what the event-driven engine
+        # computes (sbnn.kernels' bit-identity guarantee)
+        out = F.linear(x, weight) * self.scale
+        return out if self.bias is None else out + self.bias
 
     def _spike_moments(self, x: Tensor) -> Moments:
         """Moments for a binary (spike) input: ``x² = x``, one matmul, when ``x`` needs no gradient.
@@ -332,7 +336,7 @@ class BernoulliLinear(BernoulliLayer):
             summed_sq = torch.tensordot(weights.square(), x * x, dims=1)
             out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)))
         else:
-            out = F.linear(summed, self.binary_weight() * self.scale.reshape(-1, 1))
+            out = F.linear(summed, self.binary_weight()) * self.scale
         return out if self.bias is None else out + self.bias * weights.sum()
 
     def extra_repr(self) -> str:
@@ -415,8 +419,15 @@ class BernoulliConv2d(BernoulliLayer):
         return self._folded(lambda z: lrt_conv2d(z, self.lam, self.scale, self.bias, **self._conv_kwargs()), x)
 
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
-        w = weight * scale_shape(self.scale, 4, 0)
-        return self._folded(lambda z: F.conv2d(z, w, self.bias, **self._conv_kwargs()), x)
+        # α after the ±1 convolution, as in BernoulliLinear (exact integer sums for spikes)
+        scale = scale_shape(self.scale, 3, 0)
+        bias = None if self.bias is None else scale_shape(self.bias, 3, 0)
+
+        def conv(z: Tensor) -> Tensor:
+            out = F.conv2d(z, weight, None, **self._conv_kwargs()) * scale
+            return out if bias is None else out + bias
+
+        return self._folded(conv, x)
 
     def extra_repr(self) -> str:
         return (
