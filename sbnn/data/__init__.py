@@ -3,11 +3,17 @@
 - :class:`RandmanDataModule` / :func:`make_randman`: Randman-style spike-timing manifolds
   (the default temporal dataset), generated from a seed.
 - :class:`DigitsDataModule`: scikit-learn's 8x8 digits, rate- or latency-coded.
+- :class:`SHDDataModule`, :class:`DVSGestureDataModule`: Spiking Heidelberg Digits and IBM DVS
+  Gesture through ``tonic.datasets``, framed into time-major tensors (:mod:`sbnn.data.events`).
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 """
 
 from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
+from sbnn.data.dvs_gesture import DVSGestureDataModule
+from sbnn.data.events import DataMissingError
+from sbnn.data.shd import SHDDataModule
 from sbnn.data.randman import RandmanDataModule, make_randman
 
 __all__ = ["RandmanDataModule", "DigitsDataModule", "make_randman", "time_major_collate"]
+__all__ += ["SHDDataModule", "DVSGestureDataModule", "DataMissingError"]
