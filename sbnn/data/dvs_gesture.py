@@ -18,12 +18,12 @@ the samples by path so the split, the shuffle and the cache indices are the same
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
-from sbnn.data.events import EventDataModule
+from sbnn.data.events import EventDataModule, SampleName
 
 __all__ = ["DVSGestureDataModule"]
 
@@ -153,6 +153,5 @@ class DVSGestureDataModule(EventDataModule):
             setattr(dataset, attr, [values[i] for i in order])
         return dataset
 
-    def _describe(self, dataset: Any, train: bool) -> Callable[[int], str]:
-        files = list(dataset.data)
-        return lambda i: f"DVSGesture recording {files[i]}"
+    def _describe(self, dataset: Any, train: bool) -> SampleName:
+        return SampleName("DVSGesture recording {file}", tuple(dataset.data))

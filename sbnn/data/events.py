@@ -33,9 +33,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from sbnn.data._common import check_float, check_int
+from sbnn.data._sampler import EpochSeededSampler
 
 __all__ = ["EventFramer", "FramesToTensor", "EpochSeededSampler", "EventDataModule", "DataMissingError"]
 
@@ -122,6 +123,17 @@ class FramesToTensor:
         return x
 
 
+@dataclass(frozen=True)
+class SampleName:
+    """Picklable ``index -> description`` for error messages (``spawn`` workers pickle the dataset)."""
+
+    template: str
+    files: tuple[str, ...] = ()
+
+    def __call__(self, index: int) -> str:
+        return self.template.format(index=index, file=self.files[index] if self.files else "")
+
+
 class _Framed(Dataset):
     """A tonic dataset whose samples are checked (non-empty, label in range) and framed."""
 
@@ -157,31 +169,6 @@ class _Tensorised(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         frames, target = self.source[index]
         return self.to_tensor(frames), torch.as_tensor(int(np.asarray(target)), dtype=torch.long)
-
-
-class EpochSeededSampler(RandomSampler):
-    """Shuffle with a permutation that depends only on ``(seed, epoch)``.
-
-    Lightning calls ``set_epoch`` before every training epoch, so a run resumed from a checkpoint
-    sees the same order as the uninterrupted run (a plain ``RandomSampler`` with a seeded generator
-    would restart the sequence of permutations). Under DDP Lightning replaces any
-    ``RandomSampler`` by a ``DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED)``, which also
-    shuffles by ``seed + epoch``.
-    """
-
-    def __init__(self, data_source: Any, seed: int) -> None:
-        super().__init__(data_source, generator=torch.Generator().manual_seed(seed))
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-
-    def __iter__(self):
-        # reseed on every iteration, so iterating twice within one epoch gives the same order
-        self.set_epoch(self.epoch)
-        return super().__iter__()
 
 
 def _settings_hash(settings: dict) -> str:
@@ -291,9 +278,8 @@ class EventDataModule(L.LightningDataModule):
     def _tonic_dataset(self, train: bool) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _describe(self, dataset: Any, train: bool) -> Callable[[int], str]:
-        split = "train" if train else "test"
-        return lambda i: f"{self.name} {split} sample {i}"
+    def _describe(self, dataset: Any, train: bool) -> SampleName:
+        return SampleName(f"{self.name} {'train' if train else 'test'} sample {{index}}")
 
     # -- download --------------------------------------------------------------------------------
     def _missing_message(self, missing: list[Path], reason: str) -> str:

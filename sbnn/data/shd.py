@@ -15,12 +15,12 @@ On-disk layout under ``root`` (what tonic downloads from zenkelab.org, or what t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
-from sbnn.data.events import EventDataModule
+from sbnn.data.events import EventDataModule, SampleName
 
 __all__ = ["SHDDataModule"]
 
@@ -157,6 +157,5 @@ class SHDDataModule(EventDataModule):
         # the files are checked to be in place, so tonic does not try to download
         return SHD(str(self.root), train=train)
 
-    def _describe(self, dataset: Any, train: bool) -> Callable[[int], str]:
-        path = self.location / self._filename(train)
-        return lambda i: f"SHD sample {i} of {path}"
+    def _describe(self, dataset: Any, train: bool) -> SampleName:
+        return SampleName(f"SHD sample {{index}} of {self.location / self._filename(train)}")
