@@ -5,7 +5,7 @@ only. SBNN training draws its noise (LRT samples, neuron noise) from torch's glo
 Lightning does not put RNG states in checkpoints. Saving the state at checkpoint time would not be
 enough either: between the save and the next epoch an uninterrupted run and a resumed one make
 different draws (the resumed run's sanity-check validation, each DataLoader iterator's base seed).
-Reseeding at the start of every epoch removes that dependence, so a run resumed with
+Reseeding at the first batch of every epoch removes that dependence, so a run resumed with
 ``--ckpt_path`` from an end-of-epoch checkpoint repeats the uninterrupted run's metrics exactly
 (together with an epoch-seeded shuffle, e.g. :class:`sbnn.data.events.EpochSeededSampler`).
 """
@@ -40,7 +40,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 class EpochSeed(L.Callback):
-    """Reseed torch, numpy and ``random`` at the start of every training epoch.
+    """Reseed torch, numpy and ``random`` at the first batch of every training epoch.
 
     Args:
         seed: base seed; ``None`` (default) uses the run's ``seed_everything`` value
@@ -60,7 +60,12 @@ class EpochSeed(L.Callback):
             return self.seed
         return int(os.environ.get("PL_GLOBAL_SEED", 0)) % 2**63
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # at the first batch rather than at epoch start: Lightning creates the epoch's DataLoader
+        # iterator (which may draw from the global RNG) before or after the epoch-start hooks
+        # depending on whether the epoch is a resumed one
+        if batch_idx != 0:
+            return
         s = epoch_seed(self._base(), trainer.current_epoch, trainer.global_rank)
         torch.manual_seed(s)
         np.random.seed(s % 2**32)

@@ -114,6 +114,9 @@ class SpikeDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            # the iterator draws its workers' base seed from this generator, not from torch's
+            # global RNG, whose stream then belongs to the model's noise alone
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=time_major_collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

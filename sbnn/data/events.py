@@ -389,6 +389,8 @@ class EventDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if split == "train" else None,
             collate_fn=PadTensors(batch_first=False),
+            # workers' base seed from here, not from torch's global RNG (the model's noise)
+            generator=torch.Generator().manual_seed(self.seed),
             **workers,
         )
 
