@@ -25,8 +25,10 @@ __all__ = ["write_shd", "write_dvs_gesture", "LIGHTING"]
 LIGHTING = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
 
 
-def _shd_sample(rng: np.random.Generator, label: int, n_classes: int, n_channels: int, max_time: float) -> tuple[np.ndarray, np.ndarray]:
-    n = int(rng.integers(30, 80))
+def _shd_sample(
+    rng: np.random.Generator, label: int, n_classes: int, n_channels: int, max_time: float, spikes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    n = int(rng.integers(*spikes))
     band = n_channels // n_classes
     units = (label * band + rng.integers(0, band, n)) % n_channels
     # class-dependent timing too: classes fire at different phases of the recording
@@ -35,8 +37,18 @@ def _shd_sample(rng: np.random.Generator, label: int, n_classes: int, n_channels
     return times[order].astype(np.float16), units[order].astype(np.uint16)
 
 
-def write_shd_file(path: str | os.PathLike, labels: np.ndarray, *, seed: int = 0, n_channels: int = 700, max_time: float = 0.9) -> Path:
+def write_shd_file(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    n_channels: int = 700,
+    max_time: float = 0.9,
+    spikes: tuple[int, int] = (30, 80),
+) -> Path:
     """Write one SHD-format HDF5 file (written to a temporary name, then renamed).
+
+    ``spikes``: range of the number of spikes per recording (real SHD recordings hold thousands).
 
     Datasets: ``spikes/times`` (vlen float16, seconds), ``spikes/units`` (vlen uint16),
     ``labels`` (uint16), ``extra/keys`` (class names), ``extra/speaker`` (uint16).
@@ -51,7 +63,7 @@ def write_shd_file(path: str | os.PathLike, labels: np.ndarray, *, seed: int = 0
         times = f.create_dataset("spikes/times", (len(labels),), dtype=h5py.vlen_dtype(np.float16))
         units = f.create_dataset("spikes/units", (len(labels),), dtype=h5py.vlen_dtype(np.uint16))
         for i, label in enumerate(labels):
-            t, u = _shd_sample(rng, int(label) % n_classes, n_classes, n_channels, max_time)
+            t, u = _shd_sample(rng, int(label) % n_classes, n_classes, n_channels, max_time, spikes)
             times[i], units[i] = t, u
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
         keys = [f"{lang}-{d}".encode() for lang in ("english", "german") for d in range(10)]
@@ -61,7 +73,9 @@ def write_shd_file(path: str | os.PathLike, labels: np.ndarray, *, seed: int = 0
     return path
 
 
-def write_shd(root: str | os.PathLike, n_train: int = 40, n_test: int = 20, *, seed: int = 0) -> Path:
+def write_shd(
+    root: str | os.PathLike, n_train: int = 40, n_test: int = 20, *, seed: int = 0, spikes: tuple[int, int] = (30, 80)
+) -> Path:
     """Write ``root/SHD/shd_{train,test}.h5`` plus the empty ``.zip`` placeholders tonic checks for.
 
     Labels cycle through the 20 classes. Returns ``root`` as a ``Path``.
@@ -70,7 +84,7 @@ def write_shd(root: str | os.PathLike, n_train: int = 40, n_test: int = 20, *, s
     folder = root / "SHD"
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
-        write_shd_file(folder / f"shd_{split}.h5", np.arange(n) % 20, seed=s)
+        write_shd_file(folder / f"shd_{split}.h5", np.arange(n) % 20, seed=s, spikes=spikes)
         (folder / f"shd_{split}.h5.zip").touch()
     return root
 
