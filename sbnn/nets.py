@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ._validation import check_choice, check_in_range, check_input
 from .functional.estimators import get_estimator
 from .functional.neurons import StochasticLIFState, leaky_integrate, time_average_weights
-from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
+from .layers import BernoulliConv2d, BernoulliLinear, Moments
 from .modes import evaluation
 from .neurons import StochasticLIF
 

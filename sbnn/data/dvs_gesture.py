@@ -36,7 +36,8 @@ class DVSGestureDataModule(EventDataModule):
 
     Args:
         root: folder that holds (or will hold) ``DVSGesture/``; required.
-        time_window: frame length in µs (exactly one of ``time_window`` and ``n_time_bins``).
+        time_window: frame length in µs (exactly one of ``time_window`` and ``n_time_bins``;
+            giving it while ``n_time_bins`` keeps its default 20 switches the bins off).
         n_time_bins: number of frames spread over each recording (default 20).
         duration: with ``time_window``, frame exactly the first ``duration`` µs of each recording.
         downsample: spatial pooling factor (default 4: 128×128 → 32×32), ``x // k``, ``y // k``.

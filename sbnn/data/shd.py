@@ -34,7 +34,8 @@ class SHDDataModule(EventDataModule):
         root: folder that holds (or will hold) ``SHD/``; required.
         time_window: frame length in µs (default 10 000 = 10 ms); frames start at ``t = 0``.
         n_time_bins: instead of ``time_window``: a fixed number of frames per recording
-            (tonic's rule, which spreads them from the first to the last spike).
+            (tonic's rule, which spreads them from the first to the last spike). Giving it while
+            ``time_window`` and ``duration`` keep their defaults switches those two off.
         duration: with ``time_window``, frame exactly the first ``duration`` µs (default
             1 000 000 = 1 s: 100 frames at 10 ms); ``None`` frames up to the last spike and
             pads each batch to its longest sample.
