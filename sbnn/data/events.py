@@ -8,7 +8,7 @@ Pipeline of one sample (all of it picklable, so it also runs in ``spawn`` worker
     tonic dataset [i] ──> structured events (t in µs)
       └─ EventFramer: integer down-sampling of x (and y), tonic.transforms.ToFrame
          (by time window or number of bins) ──> int16 counts [T, P, (H,) W]
-      └─ (tonic.DiskCachedDataset: the int16 counts are cached per split and framing)
+      └─ (AtomicDiskCache over tonic.DiskCachedDataset: int16 counts cached per split and framing)
       └─ FramesToTensor: float32, clamp to {0, 1} if binary ──> [T, N] (SHD) or [T, P, H, W]
     batch: tonic.collation.PadTensors(batch_first=False) ──> [T_max, B, ...], zero-padded at the end
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sbnn.data._common import check_float, check_int
 from sbnn.data._sampler import EpochSeededSampler
 
-__all__ = ["EventFramer", "FramesToTensor", "EpochSeededSampler", "EventDataModule", "DataMissingError"]
+__all__ = ["EventFramer", "FramesToTensor", "AtomicDiskCache", "EpochSeededSampler", "EventDataModule", "DataMissingError"]
 
 
 class DataMissingError(FileNotFoundError):
@@ -169,6 +169,52 @@ class _Tensorised(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         frames, target = self.source[index]
         return self.to_tensor(frames), torch.as_tensor(int(np.asarray(target)), dtype=torch.long)
+
+
+class AtomicDiskCache(Dataset):
+    """``tonic.DiskCachedDataset`` whose cache files appear atomically.
+
+    tonic's ``DiskCachedDataset`` writes ``<cache_path>/<index>_0.hdf5`` in place: two processes
+    that miss the same sample (DDP ranks, DataLoader workers) then collide on HDF5's file lock,
+    and a reader can open a half-written file (seen here: a DDP rank calibrated on garbage
+    frames). This wrapper keeps tonic's cache folder, file names and format (its
+    ``save_to_disk_cache`` / ``load_from_disk_cache``) but writes each file under a private
+    temporary name and renames it into place, so readers only ever see complete files.
+
+    Args:
+        dataset: the dataset to cache.
+        cache_path: the cache folder (created).
+    """
+
+    def __init__(self, dataset: Dataset, cache_path: str | os.PathLike) -> None:
+        from tonic import DiskCachedDataset
+
+        # tonic's check-then-makedirs races between DDP ranks; exist_ok does not
+        Path(cache_path).mkdir(parents=True, exist_ok=True)
+        self.cached = DiskCachedDataset(dataset, cache_path=str(cache_path))
+
+    def __len__(self) -> int:
+        return len(self.cached)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        from tonic.cached_dataset import load_from_disk_cache, save_to_disk_cache
+
+        folder = self.cached.cache_path
+        path = os.path.join(folder, f"{index}_0.hdf5")
+        try:
+            return load_from_disk_cache(path)
+        except (FileNotFoundError, OSError, KeyError):
+            pass
+        data, target = self.cached.dataset[index]
+        fd, tmp = tempfile.mkstemp(prefix=f".{index}_0.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            save_to_disk_cache(data, target, file_path=tmp, compress=self.cached.compress)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return data, target
 
 
 def _settings_hash(settings: dict) -> str:
@@ -329,12 +375,10 @@ class EventDataModule(L.LightningDataModule):
         source = self._tonic_dataset(train)
         framed: Dataset = _Framed(source, self.framer, self.num_classes, self._describe(source, train))
         if self.cache:
-            from tonic import DiskCachedDataset
-
             base = self.cache_dir if self.cache_dir is not None else self.root / "sbnn_cache"
             # one folder per framing: DiskCachedDataset cannot tell that the transform changed
             path = base / self.name / _settings_hash(self._settings()) / ("train" if train else "test")
-            framed = DiskCachedDataset(framed, cache_path=str(path))
+            framed = AtomicDiskCache(framed, path)
         return _Tensorised(framed, FramesToTensor(self.binary, self.squeeze_polarity))
 
     def setup(self, stage: str | None = None) -> None:

@@ -323,3 +323,21 @@ def test_dvs_wrong_array_shape(tmp_path):
     np.save(tmp_path / "DVSGesture" / "ibmGestureTrain" / "user03_lab" / "5.npy", np.zeros((10, 3)))
     with pytest.raises(ValueError, match=r"expected an \[N, 4\] array"):
         DVSGestureDataModule(root=str(tmp_path)).setup()
+
+
+def test_cache_files_appear_atomically_and_a_broken_one_is_rebuilt(tmp_path, monkeypatch):
+    import tonic.cached_dataset as tcd
+
+    write_shd(tmp_path, n_train=8, n_test=4)
+    dm = SHDDataModule(root=str(tmp_path), val_fraction=0.25)
+    dm.setup()
+    folder = Path(dm.test_set.source.cached.cache_path)
+    written = []
+    save = tcd.save_to_disk_cache
+    monkeypatch.setattr(tcd, "save_to_disk_cache", lambda *a, file_path, **k: written.append(file_path) or save(*a, file_path=file_path, **k))
+    first = dm.test_set[2][0]
+    assert written and Path(written[0]).parent == folder and Path(written[0]).name != "2_0.hdf5"
+    assert sorted(p.name for p in folder.iterdir()) == ["2_0.hdf5"]  # renamed into place, no temp left
+    (folder / "2_0.hdf5").write_bytes(b"half-written")  # e.g. a crash of a non-atomic writer
+    assert torch.equal(dm.test_set[2][0], first)
+    assert len(written) == 2 and sorted(p.name for p in folder.iterdir()) == ["2_0.hdf5"]
