@@ -84,6 +84,8 @@ def test_event_recipe_end_to_end_on_fixtures(tmp_path, capsys, recipe, writer):
     assert [float(r["train_loss"]) for r in rows if r.get("train_loss")]
     assert any(r.get("val_acc_mode") for r in rows)
     assert (root / "sbnn_cache").is_dir()
+    if recipe != "shd":
+        return
     # a second run in the same folder: new version, the saved config does not get in the way
     main(args[:-2] + ["--model.init_args.mode_finetune_epochs", "0", "--trainer.max_epochs", "1"])
     assert (tmp_path / "runs" / "logs" / "version_1" / "config.yaml").exists()
