@@ -89,6 +89,7 @@ class SHDDataModule(EventDataModule):
             root, time_window, n_time_bins, duration, downsample, binary, cache, cache_dir,
             val_fraction, batch_size, seed, num_workers, download,
         )
+        self.save_hyperparameters()  # the data settings travel with the checkpoints
 
     def _tonic_class(self) -> type:
         from tonic.datasets import SHD
