@@ -13,10 +13,11 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import sbnn
 
-from . import data, lightning, methods, models  # noqa: F401  (so short class paths resolve in configs)
+# so short class paths resolve in configs (sbnn.nets.*, sbnn.callbacks.EpochSeed, sbnn.methods.*)
+from . import callbacks, data, lightning, methods, models, nets  # noqa: F401
 from .runtime import keep_freed_memory
 
-__all__ = ["SBNNCLI", "main"]
+__all__ = ["SBNNCLI", "main", "with_tensorboard"]
 
 
 class SBNNCLI(LightningCLI):
@@ -34,6 +35,9 @@ class SBNNCLI(LightningCLI):
         if config.get("keep_freed_memory") and not keep_freed_memory():
             print("sbnn: --keep_freed_memory has no effect here (no glibc mallopt)")
 
+    def before_fit(self) -> None:
+        self.trainer.loggers = with_tensorboard(self.trainer.loggers, _tensorboard_available())
+
     def after_fit(self) -> None:
         if self.trainer.interrupted or self.trainer.state.status.value != "finished":
             return
@@ -42,6 +46,29 @@ class SBNNCLI(LightningCLI):
             r = results[0]
             parts = [f"{k.removeprefix('test_acc_')} {100 * v:.1f} %" for k, v in r.items() if k.startswith("test_acc_")]
             print("sbnn: final test accuracy — " + ", ".join(parts))
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
+def with_tensorboard(loggers: list, available: bool) -> list:
+    """CSV logs by default, TensorBoard too when it is installed.
+
+    When ``available`` and the run logs to a :class:`~lightning.pytorch.loggers.CSVLogger` but to
+    no TensorBoard logger, returns the loggers plus a ``TensorBoardLogger`` writing next to the
+    CSV logs (same ``save_dir``, ``name`` and ``version``); otherwise returns ``loggers`` unchanged.
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if not available or any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        return loggers
+    csv = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
+    if csv is None:
+        return loggers
+    return [*loggers, TensorBoardLogger(save_dir=csv.save_dir, name=csv.name, version=csv.version)]
 
 
 def main(args: ArgsType = None) -> SBNNCLI:

@@ -143,7 +143,20 @@ class SpikingClassificationTask(L.LightningModule):
                 x.to(self.device), hidden_gain=self.hparams.hidden_gain, readout_std=self.hparams.readout_std
             )
             self.calibrated.fill_(True)
+            self._broadcast_from_rank_zero()
             self.print(f"sbnn: scales calibrated on a first batch; hidden firing rates {[round(r, 4) for r in rates]}")
+
+    def _broadcast_from_rank_zero(self) -> None:
+        """Under DDP every rank calibrated on its own first batch: keep rank 0's scales everywhere.
+
+        (DDP broadcasts the parameters only once, when it wraps the model, which is before
+        ``on_fit_start``.)
+        """
+        import torch.distributed as dist
+
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for tensor in [*self.network.parameters(), *self.network.buffers()]:
+                dist.broadcast(tensor.data, src=0)
 
     def configure_optimizers(self):
         lam = [p for n, p in self.network.named_parameters() if n.endswith(".lam") or n == "lam"]

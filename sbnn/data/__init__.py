@@ -5,12 +5,17 @@
 - :class:`DigitsDataModule`: scikit-learn's 8x8 digits, rate- or latency-coded.
 - :class:`~sbnn.data.cifar10.CIFAR10DataModule`: CIFAR-10 from the python pickle batches, as frames.
 - :class:`MoonsDataModule`: scikit-learn's two moons (real values repeated over ``T`` steps).
+- :class:`SHDDataModule`, :class:`DVSGestureDataModule`: Spiking Heidelberg Digits and IBM DVS
+  Gesture through ``tonic.datasets``, framed into time-major tensors (:mod:`sbnn.data.events`).
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 """
 
 from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
 from sbnn.data.moons import MoonsDataModule, moons_tensors
+from sbnn.data.dvs_gesture import DVSGestureDataModule
+from sbnn.data.events import DataMissingError
+from sbnn.data.shd import SHDDataModule
 from sbnn.data.randman import RandmanDataModule, make_randman
 from sbnn.data.cifar10 import CIFAR10DataModule
 
@@ -19,6 +24,9 @@ __all__ = [
     "DigitsDataModule",
     "MoonsDataModule",
     "CIFAR10DataModule",
+    "SHDDataModule",
+    "DVSGestureDataModule",
+    "DataMissingError",
     "moons_tensors",
     "make_randman",
     "time_major_collate",

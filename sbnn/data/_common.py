@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from sbnn.data._sampler import EpochSeededSampler
+
 __all__ = ["time_major_collate", "SpikeDataModule"]
 
 
@@ -105,14 +107,16 @@ class SpikeDataModule(L.LightningDataModule):
                 f"{type(self).__name__}.{split}_dataloader() called before setup(); "
                 "call dm.setup() first (the Trainer does this for you)."
             )
-        shuffle = split == "train"
-        # A seeded generator makes the shuffle order reproducible without global seeding.
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        # The order depends only on (seed, epoch): reproducible without global seeding, and a run
+        # resumed from a checkpoint sees the same batches as the uninterrupted one.
+        sampler = EpochSeededSampler(dataset, self.seed) if split == "train" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
+            # the iterator draws its workers' base seed from this generator, not from torch's
+            # global RNG, whose stream then belongs to the model's noise alone
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=time_major_collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
