@@ -1,7 +1,7 @@
 """The estimator bias study (issue 3): rerun with ``python benchmarks/bias_study.py [--part ...]``.
 
 Parts (each prints its table and writes ``benchmarks/results/bias_<part>.json``; plots go to
-``docs/images/``):
+``docs/figures/``):
 
 - ``depth``: estimators × depth (1, 2, 4 stochastic layers) × noise family, on binary networks
   (``β = 0``, ``T = 1``) small enough for exact gradients; random spike inputs and labels, scales
@@ -42,7 +42,7 @@ from sbnn.models import SpikingMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-IMAGES = ROOT / "docs" / "images"
+IMAGES = ROOT / "docs" / "figures"
 ESTIMATORS = ["st", "iwst", "agr", "relaxed", "gumbel_rao", "reinforce"]
 
 

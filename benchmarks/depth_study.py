@@ -463,7 +463,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grad-batch", type=int, default=128)
     p.add_argument("--grad-draws", type=int, default=4)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "depth_study.json")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "depth_study.png")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "figures" / "depth_study.png")
     p.add_argument("--quick", action="store_true", help="smoke configuration: depths 8 20, 2 epochs")
     args = p.parse_args(argv)
     if args.quick:
