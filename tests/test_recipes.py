@@ -49,6 +49,7 @@ def _out(tmp_path: Path) -> list[str]:
 
 SMALL = {
     "shd": ["--model.init_args.network.init_args.hidden", "[16]", "--data.init_args.batch_size", "4"],
+    "shd_resnet": ["--model.init_args.network.init_args.width", "16", "--data.init_args.batch_size", "4"],
     "dvs_gesture": [
         "--model.init_args.network.init_args.channels", "[4, 4]",
         "--model.init_args.network.init_args.fc", "[8]",
@@ -62,7 +63,9 @@ def _rows(tmp_path: Path, version: int = 0) -> list[dict]:
     return list(csv.DictReader(log.open()))
 
 
-@pytest.mark.parametrize("recipe, writer", [("shd", write_shd), ("dvs_gesture", write_dvs_gesture)])
+@pytest.mark.parametrize(
+    "recipe, writer", [("shd", write_shd), ("shd_resnet", write_shd), ("dvs_gesture", write_dvs_gesture)]
+)
 def test_event_recipe_end_to_end_on_fixtures(tmp_path, capsys, recipe, writer):
     root = writer(tmp_path / "data")
     args = [
