@@ -7,13 +7,14 @@
 - :mod:`.flow`: gradient-flow statistics of training runs (:class:`GradientFlowMonitor`).
 """
 
-from .exact import MAX_UNIT_STEPS, check_enumerable, exact_gradient, exact_objective
+from .exact import MAX_UNIT_STEPS, NotEnumerableError, check_enumerable, exact_gradient, exact_objective
 from .flow import FlowAccumulator, GradientFlowMonitor, layer_statistics
 from .metrics import GradientMetrics, gradient_metrics
 from .sampling import estimator_gradients, reinforce_gradients
 
 __all__ = [
     "MAX_UNIT_STEPS",
+    "NotEnumerableError",
     "check_enumerable",
     "exact_objective",
     "exact_gradient",

@@ -25,7 +25,6 @@ unit-steps per pair of adjacent layers, ~4·10⁶ joint states) before any work.
 
 from __future__ import annotations
 
-import itertools
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -37,10 +36,14 @@ from ..functional.neurons import spike_train_log_prob, time_average_weights
 from ..models import SpikingMLP
 from ..modes import evaluation
 
-__all__ = ["MAX_UNIT_STEPS", "enumeration_size", "check_enumerable", "exact_objective", "exact_gradient", "diagnostic_mode"]
+__all__ = ["MAX_UNIT_STEPS", "NotEnumerableError", "enumeration_size", "check_enumerable", "exact_objective", "exact_gradient", "diagnostic_mode"]
 
 #: default limit on the binary unit-steps of two adjacent layers (``T·(n_l + n_{l+1})``)
 MAX_UNIT_STEPS = 22
+
+
+class NotEnumerableError(ValueError):
+    """The network is valid but cannot be enumerated (too large, or pathwise noise with β > 0)."""
 
 
 @contextmanager
@@ -71,7 +74,7 @@ def check_enumerable(net: SpikingMLP, n_steps: int, max_unit_steps: int = MAX_UN
         raise ValueError("exact enumeration needs readout='membrane' (a deterministic readout of the spikes)")
     for i, neuron in enumerate(net.neurons):
         if neuron.membrane_noise != "marginal" and bool((neuron.beta != 0).any()):
-            raise ValueError(
+            raise NotEnumerableError(
                 f"hidden layer {i}: the pathwise membrane-noise model with beta > 0 carries continuous noise "
                 "in the membrane, so its spike trains cannot be enumerated; use membrane_noise='marginal' or "
                 "beta=0 (a binary unit), or estimate against a many-sample REINFORCE reference instead"
@@ -80,7 +83,7 @@ def check_enumerable(net: SpikingMLP, n_steps: int, max_unit_steps: int = MAX_UN
     worst = max(sizes)
     if worst > max_unit_steps:
         hidden = [layer.out_features for layer in net.layers]
-        raise ValueError(
+        raise NotEnumerableError(
             f"network too large to enumerate: hidden={hidden} over T={n_steps} steps needs {worst} binary "
             f"unit-steps in one pair of adjacent layers (2^{worst} joint states); the limit is "
             f"{max_unit_steps} (max_unit_steps). Use fewer units or steps, or a sampled reference"
@@ -88,9 +91,11 @@ def check_enumerable(net: SpikingMLP, n_steps: int, max_unit_steps: int = MAX_UN
 
 
 def _histories(n_units: int, n_steps: int, like: Tensor) -> Tensor:
-    """All spike histories of a layer as ``[T, K, n]`` with ``K = 2^{T n}``."""
-    bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n_steps * n_units)), dtype=like.dtype, device=like.device)
-    return bits.reshape(-1, n_steps, n_units).transpose(0, 1)
+    """All spike histories of a layer as ``[T, K, n]`` with ``K = 2^{T n}`` (history k = bits of k)."""
+    n_bits = n_steps * n_units
+    codes = torch.arange(2**n_bits, device=like.device)[:, None]
+    bits = (codes >> torch.arange(n_bits - 1, -1, -1, device=like.device)) & 1
+    return bits.to(like.dtype).reshape(-1, n_steps, n_units).transpose(0, 1)
 
 
 def _neuron_params(neuron):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..functional.estimators import Estimator
-from ..functional.neurons import noise_scale, spike_train_log_prob
+from ..functional.neurons import noise_scale, spike_train_log_prob, time_average_weights
 from ..models import SpikingMLP
 from .exact import diagnostic_mode
 
@@ -126,8 +126,6 @@ def _sample_log_prob(net: SpikingMLP, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _per_example_loss(net: SpikingMLP, last_spikes: Tensor, y: Tensor) -> Tensor:
-    from ..functional.neurons import time_average_weights
-
     weights = time_average_weights(last_spikes.shape[0], net.readout_beta, like=last_spikes)
     return F.cross_entropy(net.output.time_weighted(last_spikes, weights), y, reduction="none")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sbnn.diagnostics.exact import exact_gradient, exact_objective
+from sbnn.diagnostics.exact import NotEnumerableError, exact_gradient, exact_objective
 from sbnn.functional.noise import get_noise
 from sbnn.models import SpikingMLP
 
@@ -82,7 +82,7 @@ def test_probabilities_sum_to_one_through_the_layers():
 def test_too_large_network_is_refused_with_the_count_and_the_limit():
     net = _net((8, 8), beta=0.5, membrane_noise="marginal")
     x, y = _data(2)
-    with pytest.raises(ValueError, match=r"needs 32 binary unit-steps.*the limit is 22"):
+    with pytest.raises(NotEnumerableError, match=r"needs 32 binary unit-steps.*the limit is 22"):
         exact_objective(net, x, y)
 
 
