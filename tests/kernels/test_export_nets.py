@@ -207,7 +207,8 @@ def test_events_from_tonic_matches_data_module_framing(np_rng, sensor, binary):
     window, duration = 10_000.0, 300_000.0
     ev = _events(np_rng, 2_000, sensor, 330_000, 10_000)  # events after `duration` are dropped by both
     if sensor[1] == 1:
-        ev = ev[["x", "p", "t"]]  # SHD's fields
+        ev = ev[["x", "p", "t"]]  # SHD's fields, with tonic's artificial polarity 1
+        ev["p"] = 1
     for start_at_zero in (True, False):
         framer = EventFramer(sensor, time_window=window, duration=duration, start_at_zero=start_at_zero)
         frames = framer(ev).astype(np.int64)
@@ -253,8 +254,46 @@ def test_sbnn_run_on_shd_fixture(gen, tmp_path, no_network, capsys):
             agree += int((out.output.argmax(1) == logits.argmax(1).numpy()).sum())
             correct += int((logits.argmax(1) == y).sum())
     assert agree == 12
+    # the raw tonic events through the engine's own binning give the data module's frames
+    from tonic.datasets import SHD
+
+    raw = SHD(str(root), train=False)
+    for i in (0, 7):
+        ev = raw[i][0].copy()
+        ev["x"] //= 20  # the data module's down-sampling
+        a = engine.run_events(ev, dm.framer.frame_sensor_size, n_steps=100, time_window=10_000.0, record=True)
+        b = engine.run(dm.test_set[i][0][:, None], record=True)
+        assert a.stats[0].input_events == b.stats[0].input_events > 0
+        np.testing.assert_array_equal(a.spikes[0], b.spikes[0])
+        np.testing.assert_array_equal(a.output, b.output)
     args = [str(path), "--data", "sbnn.data.SHDDataModule", *(f"--data-arg={k}={v}" for k, v in data.items())]
     result = run(args)
     assert result["samples"] == 12 and result["accuracy"] == correct / 12
     assert result["rates"][0] > 0.01
     assert "layer 0 Dense" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("framing", [{}, {"time_window": 100_000.0, "duration": 1_500_000.0, "binary": False}])
+def test_sbnn_run_on_dvs_gesture_fixture(tmp_path, no_network, framing):
+    """DVS Gesture frames (bins, or time windows of counts) through an exported SpikingConvNet."""
+    from sbnn.data import DVSGestureDataModule
+    from sbnn.data._fixtures import write_dvs_gesture
+
+    root = write_dvs_gesture(tmp_path / "data", n_events=300)
+    data = dict(root=str(root), downsample=8, batch_size=32, download=False, **framing)  # 128×128 → 16×16
+    dm = DVSGestureDataModule(**data)
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    net = SpikingConvNet(2, 16, (4,), 11, fc=(16,), readout="spike_count")
+    net.calibrate(batches[0][0])
+    path = export.save(net, tmp_path / "dvs.sbnn")
+    engine = export.load(path)
+    correct = 0
+    with evaluation(net, "mode"), torch.no_grad():
+        for x, y in batches:
+            counts, _ = net.forward_with_spikes(x)
+            np.testing.assert_array_equal(engine.run(x).output, counts.numpy().astype(np.int64))
+            correct += int((counts.argmax(1) == y).sum())
+    result = run([str(path), "--data", "sbnn.data.DVSGestureDataModule", *(f"--data-arg={k}={v}" for k, v in data.items())])
+    assert result["samples"] == 110 and result["accuracy"] == correct / 110
+    assert min(result["rates"][:3]) > 0.01
