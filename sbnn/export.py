@@ -9,7 +9,7 @@ deterministic neurons (``ε = 0``). :func:`to_graph` turns a model into a
 (returning a ``Graph``); an exporter registered for its class with :func:`register_exporter`
 (the most specific class in the MRO wins). :func:`dense_node` and :func:`conv_node` build nodes
 from sbnn's layers and neurons, so a new model's exporter is a few lines (see the
-``SpikingMLP`` exporter below).
+``SpikingMLP``, ``SpikingRecurrentNet`` and ``SpikingConvNet`` exporters below).
 
 **File format, version 1** (all integers little-endian)::
 
