@@ -176,12 +176,17 @@ def events_from_tonic(
 
     Event ``e`` falls in step ``⌊(t_e − start) / time_window⌋`` (events past the last step are
     dropped) and channel ``(p·H + y)·W + x`` (``sensor_size = (W, H, P)`` as tonic; missing
-    ``y``/``p`` fields count as 0), i.e. PyTorch's flattening of ``[P, H, W]`` frames. With
-    ``binary`` the counts are clamped to 1 (spikes), otherwise they are kept as counts.
+    ``y``/``p`` fields count as 0; with ``P = 1`` a single polarity value counts as 0, as in tonic's
+    ``ToFrame``: tonic's SHD events carry ``p = 1``), i.e. PyTorch's flattening of ``[P, H, W]``
+    frames. With ``binary`` the counts are clamped to 1 (spikes), otherwise they are kept as counts.
+    Steps are tonic's ``ToFrame(time_window=..., start_time=start)`` windows
+    ``[start + k·time_window, start + (k+1)·time_window)``; the two agree exactly when
+    ``time_window`` and ``start`` are whole numbers of the timestamps' unit (both sides then
+    compute exactly), as with the data modules' defaults.
 
     Raises:
         ValueError: missing ``t``/``x`` fields, unsorted or negative timestamps, indices outside
-            ``sensor_size``, or bad ``n_steps``/``time_window``.
+            ``sensor_size`` (two polarities on a ``P = 1`` sensor), or bad ``n_steps``/``time_window``.
     """
     if not isinstance(events, np.ndarray) or events.dtype.names is None or not {"t", "x"} <= set(events.dtype.names):
         raise ValueError("events_from_tonic: events must be a structured array with fields 't' and 'x' (tonic format)")
@@ -199,6 +204,15 @@ def events_from_tonic(
     fields = {}
     for name, size in (("x", w), ("y", h), ("p", p)):
         col = events[name].astype(np.int64) if name in events.dtype.names else np.zeros(t.size, np.int64)
+        if name == "p" and p == 1 and col.size:
+            # tonic's ToFrame rule for a single-polarity sensor: one polarity value, whatever it is,
+            # is polarity 0 (tonic's SHD loader writes an artificial p = 1 on a (700, 1, 1) sensor)
+            if (col != col[0]).any():
+                raise ValueError(
+                    f"events_from_tonic: sensor_size={tuple(sensor_size)} has a single polarity but the events hold "
+                    f"polarities {np.unique(col).tolist()}; use P = 2 in sensor_size"
+                )
+            col = np.zeros_like(col)
         if col.size and (col.min() < 0 or col.max() >= size):
             bad = int(np.argmax((col < 0) | (col >= size)))
             raise ValueError(

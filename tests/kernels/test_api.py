@@ -164,12 +164,21 @@ def test_events_from_tonic_bins_and_clamps():
     assert sorted(counts.idx[: counts.ptr[1]].tolist()) == [1, 1, 3]
 
 
+
+def test_events_from_tonic_single_polarity_as_tonic():
+    # tonic's SHD writes p = 1 on its (700, 1, 1) sensor; ToFrame maps a single polarity to 0
+    ev = _tonic_events([0, 5, 12], [3, 1, 0], [1, 1, 1])
+    got = api.events_from_tonic(ev, (4, 1, 1), n_steps=2, time_window=10.0)
+    assert [sorted(got.idx[got.ptr[r]:got.ptr[r + 1]].tolist()) for r in range(2)] == [[1, 3], [0]]
+
+
 @pytest.mark.parametrize(
     "events, sensor, match",
     [
         (_tonic_events([0, 5, 3], [0, 1, 1]), (4, 1, 1), "sorted"),
         (_tonic_events([0, 5], [0, 4]), (4, 1, 1), "x=4 outside the sensor"),
         (_tonic_events([0, 5], [0, 1], [0, 2]), (4, 1, 2), "p=2 outside"),
+        (_tonic_events([0, 5], [0, 1], [0, 1]), (4, 1, 1), "single polarity but the events hold polarities \\[0, 1\\]"),
         (np.zeros(3), (4, 1, 1), "structured array"),
     ],
 )
