@@ -153,6 +153,19 @@ class BernoulliLayer(nn.Module):
         self.drawn_weight = self.posterior().sample(generator=generator)
         return self.drawn_weight
 
+    def set_fixed_weight(self, weight: Tensor) -> None:
+        """Run in the ``fixed`` mode with ``weight`` (λ's shape) from now on.
+
+        For training methods that compute the weight from ``λ`` themselves (a quantiser, a
+        relaxed sample, a latent real weight; :mod:`sbnn.methods`): the gradient reaches ``λ``
+        through ``weight``'s own graph.
+        """
+        if weight.shape != self.lam.shape:
+            raise ValueError(f"weight must have λ's shape {tuple(self.lam.shape)}, got {tuple(weight.shape)}")
+        # a Parameter assigned to a buffer attribute would be registered as a new parameter
+        self.drawn_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
+        self._mode = "fixed"
+
     def binary_weight(self) -> Tensor:
         """The ±1 (or mean) weight of the current deterministic mode, without the scale."""
         if self._mode == "mode":

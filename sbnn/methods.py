@@ -76,17 +76,18 @@ def weights_from(network: nn.Module, fn: Callable[[Tensor], Tensor]) -> Iterator
     """
     layers = bernoulli_layers(network)
     neurons = [m for m in network.modules() if isinstance(m, StochasticLIF)]
-    saved = [(layer, layer._mode, layer.drawn_weight) for layer in layers]
+    saved = [(layer, layer.mode, layer.drawn_weight) for layer in layers]
     saved_neurons = [(n, n.stochastic) for n in neurons]
     try:
         for layer in layers:
-            layer.drawn_weight, layer._mode = fn(layer.lam), "fixed"
+            layer.set_fixed_weight(fn(layer.lam))
         for n in neurons:
             n.stochastic = False
         yield network
     finally:
         for layer, mode, drawn in saved:
-            layer._mode, layer.drawn_weight = mode, drawn
+            layer.drawn_weight = drawn
+            layer.mode = mode
         for n, stochastic in saved_neurons:
             n.stochastic = stochastic
 
@@ -101,9 +102,7 @@ def _cosine(epoch: int, epochs: int) -> float:
 
 
 def _identity(w: Tensor) -> Tensor:
-    # a view, not the Parameter itself: assigning a Parameter to the layer's drawn_weight buffer
-    # would register it as a new parameter of the layer
-    return w.view_as(w)
+    return w
 
 
 class TrainingMethod:

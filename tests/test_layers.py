@@ -245,3 +245,16 @@ def test_spike_shortcut_keeps_the_gradient_of_x_squared():
     a = torch.autograd.grad(layer.time_weighted(x, w).sum(), x)[0]
     b = torch.autograd.grad(torch.einsum("t,tbo->bo", w, layer(x)).sum(), x)[0]
     torch.testing.assert_close(a, b)
+
+
+def test_set_fixed_weight_runs_the_given_weight_and_keeps_parameters_unchanged():
+    layer = BernoulliLinear(4, 3)
+    n_params = len(list(layer.parameters()))
+    layer.set_fixed_weight(layer.lam)  # a Parameter: must not become a new parameter of the layer
+    assert layer.mode == "fixed" and len(list(layer.parameters())) == n_params
+    x = torch.rand(2, 4)
+    torch.testing.assert_close(layer(x), (x @ layer.lam.T) * layer.scale)
+    layer(x).sum().backward()  # the gradient reaches λ through the given weight
+    assert layer.lam.grad is not None and layer.lam.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="λ's shape"):
+        layer.set_fixed_weight(torch.zeros(4, 3))
