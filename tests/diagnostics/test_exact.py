@@ -39,7 +39,7 @@ def test_one_unit_by_hand():
             logits = net.output.scale * torch.tanh(net.output.lam)[:, 0] * s + net.output.bias
         losses.append(float(F.cross_entropy(logits[None], y)))
     expected = (1 - fire) * losses[0] + fire * losses[1]
-    assert float(exact_objective(net, x, y)) == pytest.approx(expected, rel=1e-10)
+    assert exact_objective(net, x, y).item() == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize(
