@@ -31,7 +31,7 @@ from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, 
 from .modes import evaluation, lrt_predict, mc_predict
 from .posterior import sign_mean
 
-__all__ = ["SpikingClassificationTask", "TwoPhaseCosine"]
+__all__ = ["SpikingClassificationTask", "TwoPhaseCosine", "training_set_size"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,23 @@ class TwoPhaseCosine:
             return 0.5 * (1.0 + math.cos(math.pi * min(epoch, main) / main))
         k = epoch - main
         return self.finetune_factor * 0.5 * (1.0 + math.cos(math.pi * k / self.finetune_epochs))
+
+
+def training_set_size(module: L.LightningModule, owner: str) -> int:
+    """``N_train`` for the KL term: ``hparams.train_size``, else the datamodule's ``n_train``, else
+    the length of the training set."""
+    if module.hparams.get("train_size") is not None:
+        return int(module.hparams.train_size)
+    dm = getattr(module.trainer, "datamodule", None)
+    if dm is not None and getattr(dm, "n_train", None):
+        return int(dm.n_train)
+    try:
+        return len(module.trainer.train_dataloader.dataset)
+    except (AttributeError, TypeError):
+        raise ValueError(
+            f"{owner} needs the number of training examples for the KL term: "
+            "give train_size=... or use a datamodule with an n_train attribute"
+        ) from None
 
 
 class SpikingClassificationTask(L.LightningModule):
@@ -120,18 +137,7 @@ class SpikingClassificationTask(L.LightningModule):
 
     # -- setup -------------------------------------------------------------------------------------
     def _n_train(self) -> int:
-        if self.hparams.train_size is not None:
-            return int(self.hparams.train_size)
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and getattr(dm, "n_train", None):
-            return int(dm.n_train)
-        try:
-            return len(self.trainer.train_dataloader.dataset)
-        except (AttributeError, TypeError):
-            raise ValueError(
-                "SpikingClassificationTask needs the number of training examples for the KL term: "
-                "give train_size=... or use a datamodule with an n_train attribute"
-            ) from None
+        return training_set_size(self, "SpikingClassificationTask")
 
     def on_fit_start(self) -> None:
         self.loss_fn = ELBOLoss(

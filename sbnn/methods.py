@@ -43,7 +43,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_in_range, check_positive_int
-from .lightning import TwoPhaseCosine
+from .lightning import TwoPhaseCosine, training_set_size
 from .losses import kl_divergence
 from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy
 from .modes import evaluation, set_mode
@@ -574,12 +574,7 @@ class MethodTask(L.LightningModule):
         return self.network(x)
 
     def _n_train(self) -> int:
-        if self.hparams.train_size is not None:
-            return int(self.hparams.train_size)
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and getattr(dm, "n_train", None):
-            return int(dm.n_train)
-        raise ValueError("MethodTask needs the training-set size: give train_size=... or a datamodule with n_train")
+        return training_set_size(self, "MethodTask")
 
     def configure_optimizers(self):
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1

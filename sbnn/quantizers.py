@@ -103,25 +103,12 @@ class _SignSwishBackward(torch.autograd.Function):
         return grad * sign_swish_grad(w, ctx.mu), None
 
 
-class _SignSwish(torch.autograd.Function):
+class _SignSwish(_SignSwishBackward):
     """Forward ``SS_μ(w)``, backward ``SS'_μ(w)·g`` (its exact derivative, in closed form)."""
 
     @staticmethod
     def forward(w: Tensor, mu: float) -> Tensor:
         return sign_swish(w, mu)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        w, mu = inputs
-        ctx.save_for_backward(w)
-        ctx.mu = mu
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        (w,) = ctx.saved_tensors
-        return grad * sign_swish_grad(w, ctx.mu), None
 
 
 def bnn_quantize(w: Tensor) -> Tensor:
