@@ -245,3 +245,23 @@ def test_functional_imports_nothing_else_of_sbnn():
         for module, level in _imports(path):
             assert level <= 1, (path.name, module)  # a sibling under functional/, never a parent
             assert not module.startswith("sbnn"), (path.name, module)
+
+
+def test_calibration_defaults_are_the_recipes_targets():
+    """Spiking nets calibrate to (2ϑ, logit std 3), the residual nets to a logit std of 0.5."""
+    for net in (SpikingMLP(4, (3,), 2), SpikingRecurrentNet(4, (3,), 2), SpikingConvNet(1, 4, (2,), 2, fc=())):
+        assert (net.calibration.hidden_gain, net.calibration.readout_std) == (2.0, 3.0)
+    for net in (ResidualSpikingMLP(4, 2, depth=4, width=3), SpikingResNet(1, 2, depth=8, widths=(2, 2, 2), input_size=(4, 4))):
+        assert (net.calibration.hidden_gain, net.calibration.readout_std) == (2.0, 0.5)
+
+
+def test_nested_settings_parse_as_a_cli_config():
+    """The YAML form ``neuron: {...}`` fills a settings record; unset fields keep the model's defaults."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SpikingRecurrentNet, "net")
+    cfg = parser.parse_string("net:\n  hidden: [3]\n  neuron:\n    estimator: agr\n    estimator_kwargs: {tau: 0.5}\n")
+    net = parser.instantiate_classes(cfg).net
+    assert net.neuron_settings == NeuronSettings(beta=0.95, estimator="agr", estimator_kwargs={"tau": 0.5})
+    assert float(net.neurons[0].beta) == pytest.approx(0.95) and net.neurons[0].estimator == sbnn.get_estimator("agr", tau=0.5)

@@ -16,12 +16,11 @@ stages, i.e. ``depth = 2 + 2·len(widths)·k``: 8, 14, 20, 26, 32, ... for three
 
 Calibration (:meth:`~sbnn.models.SpikingClassifier.calibrate`): the stem gives the first neuron a
 free-membrane RMS of ``hidden_gain·ϑ``; each block calibrates itself (its branch matches the
-stream's scale); the readout's logits get ``calibration.readout_std``. That target defaults to 3,
-as for every model, but deep residual nets train better from 0.5: a net started with noisy,
-confident logits silences its last neuron (cutting the readout's LRT noise, which grows with the
-input spikes) and then stalls; a small initial logit scale, as Fixup/SkipInit's zero-initialised
-last layer, avoids it (``docs/depth_study.md``). Their recipes set
-``calibration: {readout_std: 0.5}``.
+stream's scale); the readout's logits get ``calibration.readout_std``. Other models default to 3;
+these two default to ``CalibrationSettings(readout_std=0.5)``: a deep residual net started with
+noisy, confident logits silences its last neuron (cutting the readout's LRT noise, which grows
+with the input spikes) and then stalls; a small initial logit scale, as Fixup/SkipInit's
+zero-initialised last layer, avoids it (``docs/depth_study.md``). Their recipes set it explicitly.
 """
 
 from __future__ import annotations
@@ -184,7 +183,7 @@ class SpikingResNet(_ResidualClassifier):
         gamma_init: float = 0.2,
         neuron: NeuronSettings = NeuronSettings(),
         layer: LayerSettings = LayerSettings(),
-        calibration: CalibrationSettings = CalibrationSettings(),
+        calibration: CalibrationSettings = CalibrationSettings(readout_std=0.5),
         readout_beta: float = 0.9,
     ) -> None:
         check_positive_int("SpikingResNet", in_channels=in_channels, num_classes=num_classes, stem_stride=stem_stride)
@@ -287,7 +286,7 @@ class ResidualSpikingMLP(_ResidualClassifier):
         gamma_init: float = 0.2,
         neuron: NeuronSettings = NeuronSettings(),
         layer: LayerSettings = LayerSettings(),
-        calibration: CalibrationSettings = CalibrationSettings(),
+        calibration: CalibrationSettings = CalibrationSettings(readout_std=0.5),
         readout_beta: float = 0.9,
     ) -> None:
         check_positive_int("ResidualSpikingMLP", in_features=in_features, num_classes=num_classes, width=width)

@@ -139,10 +139,11 @@ class LayerSettings:
 class CalibrationSettings:
     """Targets of a model's data-dependent scale initialisation (:meth:`SpikingClassifier.calibrate`).
 
-    The defaults are the values every recipe trained with (``docs/design.md §7``): hidden
+    The defaults are the values the recipes train with (``docs/design.md §7``): hidden
     free-membrane standard deviation ``2ϑ`` and logit standard deviation 3. Deep residual
-    networks train better from a small logit scale, 0.5 (``docs/depth_study.md``); their recipes
-    set ``readout_std: 0.5``.
+    networks train better from a small logit scale, 0.5 (``docs/depth_study.md``):
+    :class:`~sbnn.models.SpikingResNet` and :class:`~sbnn.models.ResidualSpikingMLP` default to
+    ``CalibrationSettings(readout_std=0.5)``, and their recipes set it.
 
     Args:
         hidden_gain: target standard deviation of a hidden layer's free membrane
