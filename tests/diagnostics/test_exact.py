@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,9 +14,9 @@ from sbnn.functional.noise import get_noise
 from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
-def _net(hidden, **kw):
-    kw.setdefault("sigma0", 0.3)
-    return SpikingMLP(5, hidden, 3, layer=LayerSettings(bias=True), **kw).double()
+def _net(hidden, neuron: NeuronSettings = NeuronSettings(), **kw):
+    neuron = dataclasses.replace(neuron, sigma0=0.3) if neuron.sigma0 == NeuronSettings.sigma0 else neuron
+    return SpikingMLP(5, hidden, 3, layer=LayerSettings(bias=True), neuron=neuron, **kw).double()
 
 
 def _data(T, B=4, seed=0):
