@@ -73,8 +73,13 @@ class ModeState(NamedTuple):
 class BernoulliLayer(nn.Module):
     """Shared machinery of Bernoulli-posterior layers (parameters, modes, KL, initialisation).
 
-    Subclasses implement :meth:`_lrt` (moments in ``sample`` mode) and :meth:`_apply_weight`
-    (the layer's linear map with explicit weights), plus input validation.
+    Subclasses implement :meth:`_lrt` (moments in ``sample`` mode), :meth:`_unit_lrt` (the same
+    at ``α = 1`` without bias) and :meth:`_apply_weight` (the layer's linear map with explicit
+    weights), plus input validation.
+
+    **Mode state.** The pair ``(mode, weight)`` (:class:`ModeState`) is written only by
+    :meth:`set_mode`, :meth:`draw_weights`, :meth:`set_fixed_weight` and
+    :meth:`restore_mode_state`; :func:`sbnn.evaluation` saves and restores it whole.
 
     Args:
         weight_shape: shape of ``λ``; dimension 0 is the output channel.

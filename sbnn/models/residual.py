@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_input, check_positive_int
-from ..layers import BernoulliLayer, Moments
+from ..layers import BernoulliLayer
 from ..modes import evaluation
 from .base import SpikingClassifier
 from .blocks import ConvResidualBlock, LinearResidualBlock, lrt_second_moment

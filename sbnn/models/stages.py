@@ -28,10 +28,20 @@ from ..functional.neurons import StochasticLIFState, leaky_integrate, time_avera
 from ..layers import BernoulliLayer, BernoulliLinear, Moments
 from ..neurons import StochasticLIF
 from . import graph
-from .blocks import lrt_second_moment
+from .blocks import calibrate_rms_
 from .settings import CalibrationSettings
 
-__all__ = ["Stage", "SpikingStage", "Flatten", "ResidualStem", "ResidualBlockStage", "SpikeOut", "Pool", "Readout"]
+__all__ = [
+    "Stage",
+    "SpikingStage",
+    "Flatten",
+    "ResidualStem",
+    "ResidualBlockStage",
+    "SpikeOut",
+    "Pool",
+    "Readout",
+    "recurrent_sequence",
+]
 
 
 class Stage:
@@ -173,8 +183,6 @@ class ResidualStem(Stage):
         return Moments(spk, None), False, [spk]
 
     def calibrate(self, x: Tensor, binary: bool, settings: CalibrationSettings) -> tuple[Moments, bool, list[float]]:
-        from .blocks import calibrate_rms_
-
         calibrate_rms_(self.layer, x, settings.hidden_gain * float(self.first.threshold.mean()), self.first.beta)
         out, binary, spikes = self.forward(x, binary)
         return out, binary, [float(s.mean()) for s in spikes]
@@ -257,7 +265,3 @@ class Readout:
     def export(self) -> list:
         return [graph.dense_node(self.output, self.neuron if self.neuron is not None else self.beta)]
 
-
-def stream_second_moment(stream: Moments) -> float:
-    """``E[μ² + v]`` of a residual stream (see :func:`sbnn.models.blocks.lrt_second_moment`)."""
-    return float(lrt_second_moment(stream))
