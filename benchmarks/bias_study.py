@@ -38,7 +38,7 @@ from sbnn.diagnostics.report import DiagnoseConfig, _mean_rows, run_report
 from sbnn.functional.estimators import get_estimator
 from sbnn.lightning import SpikingClassificationTask
 from sbnn.losses import BiasProxyLoss
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -127,7 +127,7 @@ def part_membrane(quick: bool) -> None:
         for seed in ([0] if quick else [0, 1]):
             L.seed_everything(seed, verbose=False)
             dm = RandmanDataModule(n_classes=10, n_channels=50, n_steps=50, n_train=1000, n_val=200, n_test=500, seed=42)
-            net = SpikingMLP(50, (128,), 10, membrane_noise=model, binary_input=True)
+            net = SpikingMLP(50, (128,), 10, binary_input=True, neuron=NeuronSettings(membrane_noise=model))
             monitor = GradientFlowMonitor()
             t0 = time.perf_counter()
             _, test = _fit(SpikingClassificationTask(net), dm, epochs, [monitor])
@@ -158,9 +158,7 @@ class ExactBiasTracker(L.Callback):
         self.x, self.y, self.every, self.samples, self.rows = x.double(), y, every, samples, []
 
     def _measure(self, epoch: int, network) -> None:
-        net = copy.deepcopy(network).double()
-        for n in net.neurons:
-            n.record_drive = False
+        net = copy.deepcopy(network).double()  # a copy has no drive hooks
         _, exact = exact_gradient(net, self.x, self.y)
         samples = estimator_gradients(net, self.x, self.y, get_estimator("st"), self.samples, seed=epoch)
         row = {"epoch": epoch}
@@ -198,7 +196,7 @@ def part_aux(quick: bool) -> None:
             dm = DigitsDataModule(encoding="rate", n_steps=1, batch_size=64, seed=42)
             dm.setup("fit")
             x, y = next(iter(dm.train_dataloader()))
-            net = SpikingMLP(64, (12,), 10, beta=0.0, reset_mechanism="none", estimator="st", sigma0=0.3, binary_input=True)
+            net = SpikingMLP(64, (12,), 10, binary_input=True, neuron=NeuronSettings(beta=0.0, reset_mechanism='none', estimator='st', sigma0=0.3))
             tracker = ExactBiasTracker(x[:, :32], y[:32], every=2 if quick else 5, samples=100 if quick else 600)
             task = SpikingClassificationTask(net, aux_weight=aux_weight, aux_fn=BiasProxyLoss(detach_drive=detach) if aux_weight else None)
             t0 = time.perf_counter()

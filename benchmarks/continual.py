@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sbnn.methods import fit, make_method, predict_samples
 from sbnn.metrics import accuracy
-from sbnn.models import BinaryMLP
+from sbnn.models import BinaryMLP, LayerSettings
 from sbnn.optim import bernoulli_layers
 
 FIG = Path(__file__).resolve().parents[1] / "docs" / "figures" / "continual_digits.png"
@@ -81,7 +81,7 @@ def method_for_task(name: str, task: int, kl_weight: float = 0.1):
 
 def run(name: str, tasks, epochs: int, seed: int, kl_weight: float = 0.1, bias: bool = False) -> dict:
     torch.manual_seed(seed)
-    net = BinaryMLP(64, (100, 100), 10, activation="relu", bias=bias)
+    net = BinaryMLP(64, (100, 100), 10, activation='relu', layer=LayerSettings(bias=bias))
     acc_mode, acc_mc = [], []
     for t, ((xtr, ytr), _) in enumerate(tasks):
         loader = DataLoader(TensorDataset(xtr, ytr), batch_size=100, shuffle=True, generator=torch.Generator().manual_seed(seed + t))

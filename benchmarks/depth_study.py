@@ -14,14 +14,14 @@ three stages of ``k`` residual blocks ``x + γ·F(x)`` with membrane shortcut an
 downsampling, γ0 = 0.2, a final LIF, the readout over every position of the last 2×2 feature map
 (``--readout-pool flatten``; ``avg`` is global average pooling), time-averaged leaky membrane
 readout), widths ``--widths`` (8, 16, 32), LIF ``β = 0.9``, threshold 1, subtract reset, no biases,
-no normalisation. Initial scales: the LRT-moment calibration of :mod:`sbnn.blocks` on the first
+no normalisation. Initial scales: the LRT-moment calibration of :mod:`sbnn.models.blocks` on the first
 training batch, with the initial logit std ``--readout-std`` 0.5 (at the library's default 3 the
 deep conv nets first silence their last neuron to cut the logit noise and then stall; see
 ``docs/depth_study.md``).
 
 Arms:
 
-(a) ``sbnn``: :class:`sbnn.resnet.SpikingResNet` with ``--sbnn-estimator`` (default ``agr``,
+(a) ``sbnn``: :class:`sbnn.models.SpikingResNet` with ``--sbnn-estimator`` (default ``agr``,
     τ = 0.5), KL at ``--kl-weight`` (0.1) and the auxiliary loss at ``--aux-weight`` through
     ``--aux-fn module:function`` (default weight 0: the auxiliary loss is not on this branch yet).
 (b) ``st``: the same network with the plain ``st`` estimator and ``kl_weight = 0``.
@@ -69,7 +69,7 @@ from torch import Tensor, nn
 ARMS = ("sbnn", "st", "float")
 BETA = 0.9
 THRESHOLD = 1.0
-HIDDEN_GAIN = 2.0  # as SpikingClassificationTask's calibration defaults
+HIDDEN_GAIN = 2.0  # the models' CalibrationSettings defaults
 READOUT_STD = 3.0
 GAMMA_INIT = 0.2
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ class FloatBlock(nn.Module):
 
 
 class FloatResNet(nn.Module):
-    """Arm (c): :class:`sbnn.resnet.SpikingResNet`'s topology with float convolutions and snnTorch LIFs."""
+    """Arm (c): :class:`sbnn.models.SpikingResNet`'s topology with float convolutions and snnTorch LIFs."""
 
     def __init__(
         self, in_channels: int, num_classes: int, depth: int, widths: tuple[int, ...], init: str,
@@ -218,7 +218,7 @@ class FloatResNet(nn.Module):
         return self._run(x, False)[0]
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor, hidden_gain: float = HIDDEN_GAIN, readout_std: float = READOUT_STD) -> list[float]:
+    def calibrate(self, x: Tensor) -> list[float]:
         """The SBNN calibration targets applied to the float weights (only with ``init='calibrated'``)."""
         if self.init != "calibrated":
             return []
@@ -231,7 +231,7 @@ class FloatResNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 def gradient_profile(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> dict[str, dict[str, float]]:
     """Per-layer ``{"norm", "rms", "branch"}``: ``‖∂NLL/∂w‖``, ``‖∂NLL/∂w‖/√n``, on a residual branch."""
-    from sbnn.resnet import lambda_gradient_norms
+    from sbnn.models import lambda_gradient_norms
 
     if any(n.endswith(".lam") for n, _ in model.named_parameters()):
         norms = lambda_gradient_norms(model, x, y, n_draws=draws)
@@ -285,19 +285,18 @@ def load_aux_fn(spec: str | None) -> Callable | None:
 
 
 def build(arm: str, depth: int, args: argparse.Namespace) -> nn.Module:
-    from sbnn.resnet import SpikingResNet
+    from sbnn.models import CalibrationSettings, NeuronSettings, SpikingResNet
 
     widths = tuple(args.widths)
     size = 8 * args.upsample
     if arm == "float":
         return FloatResNet(1, 10, depth, widths, args.float_init, size, args.readout_pool, args.readout_std)
     common = dict(depth=depth, widths=widths, input_size=(size, size), gamma_init=GAMMA_INIT,
-                  readout_pool=args.readout_pool)
+                  readout_pool=args.readout_pool, calibration=CalibrationSettings(readout_std=args.readout_std))
     if arm == "sbnn":
-        return SpikingResNet(
-            1, 10, estimator=args.sbnn_estimator, estimator_kwargs=json.loads(args.sbnn_estimator_kwargs), **common
-        )
-    return SpikingResNet(1, 10, estimator="st", **common)
+        neuron = NeuronSettings(estimator=args.sbnn_estimator, estimator_kwargs=json.loads(args.sbnn_estimator_kwargs))
+        return SpikingResNet(1, 10, neuron=neuron, **common)
+    return SpikingResNet(1, 10, neuron=NeuronSettings(estimator="st"), **common)
 
 
 def run_one(arm: str, depth: int, args: argparse.Namespace, dm) -> dict[str, Any]:
@@ -307,7 +306,7 @@ def run_one(arm: str, depth: int, args: argparse.Namespace, dm) -> dict[str, Any
     L.seed_everything(args.seed, verbose=False)
     net = build(arm, depth, args)
     x_cal, _ = next(iter(dm.train_dataloader()))
-    rates = net.calibrate(x_cal, readout_std=args.readout_std)
+    rates = net.calibrate(x_cal)  # the float arm's targets are its constructor's, the SBNN arms' their calibration
     x_g, y_g = split_tensors(dm, "train", args.grad_batch)
     grad_init = gradient_profile(net, x_g, y_g, args.grad_draws)
     task_kwargs: dict[str, Any] = dict(calibrate=False, mc_samples=10)

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 import snntorch
 
 import sbnn
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
 
 N_TRAIN_SHD = 8156
 
@@ -135,7 +135,7 @@ class Variant:
 
 def make_sbnn(args, x: Tensor, y: Tensor, estimator: str) -> Variant:
     # the inputs are 0/1 spikes: declaring it lets the first layer use x² = x (one matmul)
-    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, estimator=estimator, binary_input=True)
+    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, binary_input=True, neuron=NeuronSettings(estimator=estimator))
     net.calibrate(x)
     criterion = sbnn.ELBOLoss(n_train=N_TRAIN_SHD, kl_weight=0.1)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)

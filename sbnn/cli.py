@@ -13,8 +13,8 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import sbnn
 
-# so short class paths resolve in configs (sbnn.nets.*, sbnn.callbacks.EpochSeed, sbnn.methods.*)
-from . import callbacks, data, lightning, methods, models, nets  # noqa: F401
+# so short class paths resolve in configs (sbnn.models.*, sbnn.callbacks.EpochSeed, sbnn.methods.*)
+from . import callbacks, data, lightning, methods, models  # noqa: F401
 from .runtime import keep_freed_memory
 
 __all__ = ["SBNNCLI", "main", "with_tensorboard"]

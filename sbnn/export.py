@@ -7,9 +7,9 @@ deterministic neurons (``ε = 0``). :func:`to_graph` turns a model into a
 
 **Export protocol.** :func:`to_graph` asks, in order: the model's own ``export_graph()`` method
 (returning a ``Graph``); an exporter registered for its class with :func:`register_exporter`
-(the most specific class in the MRO wins). :func:`dense_node` and :func:`conv_node` build nodes
-from sbnn's layers and neurons, so a new model's exporter is a few lines (see the
-``SpikingMLP``, ``SpikingRecurrentNet`` and ``SpikingConvNet`` exporters below).
+(the most specific class in the MRO wins). Every :class:`sbnn.models.SpikingClassifier` exports
+itself; :func:`dense_node` and :func:`conv_node` (from :mod:`sbnn.models.graph`) build nodes from
+sbnn's layers and neurons, so a new model's exporter is a few lines.
 
 **File format, version 1** (all integers little-endian)::
 
@@ -49,11 +49,7 @@ from torch import nn
 from .kernels.api import pack_signs, unpack_signs
 from .kernels.engine import Engine
 from .kernels.graph import LIF, Conv2d, Dense, Graph, MaxPool2d, MembraneReadout, Synapses
-from .layers import BernoulliConv2d, BernoulliLinear
-from .models import SpikingMLP
-from .nets import SpikingConvNet, SpikingRecurrentNet
-from .neurons import StochasticLIF
-from .posterior import sign_mode
+from .models.graph import conv_node, dense_node, lif, synapses
 
 __all__ = [
     "FORMAT_VERSION",
@@ -94,108 +90,6 @@ def register_exporter(cls: type) -> Callable:
         return fn
 
     return deco
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy().copy()
-
-
-def synapses(layer: BernoulliLinear | BernoulliConv2d) -> Synapses:
-    """The ``mode`` synapses of a Bernoulli layer: ``sign(λ)`` (ties to +1), ``α``, bias."""
-    if not isinstance(layer, (BernoulliLinear, BernoulliConv2d)):
-        raise ValueError(f"synapses: expected a BernoulliLinear or BernoulliConv2d, got {type(layer).__name__}")
-    sign = sign_mode(layer.lam.detach()).to(torch.int8).cpu().numpy()
-    bias = None if layer.bias is None else _np(layer.bias)
-    return Synapses(sign, _np(layer.scale), bias)
-
-
-def lif(neuron: StochasticLIF) -> LIF:
-    """The deterministic LIF constants of a :class:`~sbnn.StochasticLIF` (its noise is off in ``mode``)."""
-    if not isinstance(neuron, StochasticLIF):
-        raise ValueError(f"lif: expected a StochasticLIF, got {type(neuron).__name__}")
-    return LIF(_np(neuron.beta), _np(neuron.threshold), neuron.reset_mechanism)
-
-
-def dense_node(layer: BernoulliLinear, neuron: StochasticLIF | float, recurrent: BernoulliLinear | None = None) -> Dense:
-    """A :class:`Dense` node; ``neuron`` is a LIF module or, for a membrane readout, its leak β."""
-    if not isinstance(layer, BernoulliLinear):
-        raise ValueError(f"dense_node: layer must be a BernoulliLinear, got {type(layer).__name__}")
-    cell = MembraneReadout(float(neuron)) if isinstance(neuron, (int, float)) else lif(neuron)
-    return Dense(synapses(layer), cell, None if recurrent is None else synapses(recurrent))
-
-
-def conv_node(layer: BernoulliConv2d, neuron: StochasticLIF, in_shape: tuple[int, int, int]) -> Conv2d:
-    """A :class:`Conv2d` node for an input of shape ``(C, H, W)`` per step."""
-    if not isinstance(layer, BernoulliConv2d):
-        raise ValueError(f"conv_node: layer must be a BernoulliConv2d, got {type(layer).__name__}")
-    if layer.groups != 1 or isinstance(layer.padding, str):
-        raise ValueError("conv_node: the engine supports groups=1 and integer padding only")
-    return Conv2d(synapses(layer), lif(neuron), tuple(in_shape), layer.stride, layer.padding, layer.dilation)
-
-
-@register_exporter(SpikingMLP)
-def _export_spiking_mlp(model: SpikingMLP) -> Graph:
-    nodes = [dense_node(layer, neuron) for layer, neuron in zip(model.layers, model.neurons)]
-    readout = model.output_neuron if model.output_neuron is not None else model.readout_beta
-    nodes.append(dense_node(model.output, readout))
-    return Graph((model.in_features,), tuple(nodes), {"model": "SpikingMLP", "binary_input": bool(model.binary_input)})
-
-
-def _readout_node(model: SpikingRecurrentNet | SpikingConvNet) -> Dense:
-    """The readout of the two event-data nets: membrane (leak ``readout_beta``) or spiking LIF."""
-    readout = model.output_neuron if model.output_neuron is not None else model.readout_beta
-    return dense_node(model.output, readout)
-
-
-@register_exporter(SpikingRecurrentNet)
-def _export_spiking_recurrent_net(model: SpikingRecurrentNet) -> Graph:
-    # the net computes μ[t] = ff(x)[t] + rec(S[t−1]) and skips the recurrent term at t = 0; the
-    # engine adds rec(S[−1] = 0) = fl(0·α_r) + b_r there, which is +0 only without a recurrent bias
-    nodes = []
-    for i, (layer, neuron) in enumerate(zip(model.layers, model.neurons)):
-        rec = None if model.recurrent is None else model.recurrent[i]
-        if rec is not None and rec.bias is not None:
-            raise ValueError(
-                f"SpikingRecurrentNet: recurrent[{i}] has a bias, which the net adds from t = 1 on but the engine "
-                "at every step; the engine cannot run it exactly (the net never builds one: remove it with "
-                f"net.recurrent[{i}].bias = None, or fold it into layers[{i}].bias)"
-            )
-        nodes.append(dense_node(layer, neuron, recurrent=rec))
-    nodes.append(_readout_node(model))
-    meta = {"model": "SpikingRecurrentNet", "binary_input": bool(model.binary_input), "readout": model.readout}
-    return Graph((model.in_features,), tuple(nodes), meta)
-
-
-@register_exporter(SpikingConvNet)
-def _export_spiking_conv_net(model: SpikingConvNet) -> Graph:
-    size = (model.input_size, model.input_size) if isinstance(model.input_size, int) else tuple(model.input_size)
-    shape = (model.in_channels, *size)
-    nodes: list = []
-    for i, (conv, neuron, pool) in enumerate(zip(model.convs, model.conv_neurons, model.pools)):
-        node = conv_node(conv, neuron, shape)
-        nodes.append(node)
-        shape = node.out_shape
-        if isinstance(pool, nn.Identity):
-            continue
-        if not isinstance(pool, nn.MaxPool2d):
-            raise ValueError(
-                f"SpikingConvNet: pool_type={model.pool_type!r} cannot be exported: average pooling turns spikes into "
-                "fractions, which the event-driven engine (binary spikes between layers) cannot represent; train "
-                "with pool_type='max' (an OR over the window) or pool=1"
-            )
-        if pool.dilation not in (1, (1, 1)) or pool.ceil_mode:
-            raise ValueError(f"SpikingConvNet: pools[{i}] uses dilation or ceil_mode, which the engine's MaxPool2d lacks")
-        node = MaxPool2d(shape, _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding))
-        nodes.append(node)
-        shape = node.out_shape
-    nodes.extend(dense_node(layer, neuron) for layer, neuron in zip(model.fcs, model.fc_neurons))
-    nodes.append(_readout_node(model))
-    meta = {"model": "SpikingConvNet", "pool_type": model.pool_type, "readout": model.readout}
-    return Graph((model.in_channels, *size), tuple(nodes), meta)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def to_graph(model: nn.Module) -> Graph:

@@ -35,7 +35,16 @@ from ._validation import check_choice, check_in_range, check_input, check_positi
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 
-__all__ = ["Moments", "BernoulliLayer", "BernoulliLinear", "BernoulliConv2d", "LAYER_MODES", "BAYESBINN_LAMBDA"]
+__all__ = [
+    "Moments",
+    "ModeState",
+    "BernoulliLayer",
+    "BernoulliLinear",
+    "BernoulliConv2d",
+    "LAYER_MODES",
+    "BAYESBINN_LAMBDA",
+    "sample_moments",
+]
 
 LAYER_MODES = ("sample", "mode", "mean", "fixed")
 #: magnitude of BayesBiNN's random ±λ initialisation (Meng et al. 2020, arXiv:2002.10778)
@@ -49,11 +58,28 @@ class Moments(NamedTuple):
     var: Tensor | None
 
 
+class ModeState(NamedTuple):
+    """A layer's whole mode state: the mode and the explicit weight the ``fixed`` mode uses.
+
+    ``weight`` is ``None`` until :meth:`BernoulliLayer.draw_weights` or
+    :meth:`BernoulliLayer.set_fixed_weight` gives one; it is kept when the layer leaves the
+    ``fixed`` mode, so that going back runs the same network.
+    """
+
+    mode: str
+    weight: Tensor | None
+
+
 class BernoulliLayer(nn.Module):
     """Shared machinery of Bernoulli-posterior layers (parameters, modes, KL, initialisation).
 
-    Subclasses implement :meth:`_lrt` (moments in ``sample`` mode) and :meth:`_apply_weight`
-    (the layer's linear map with explicit weights), plus input validation.
+    Subclasses implement :meth:`_lrt` (moments in ``sample`` mode), :meth:`_unit_lrt` (the same
+    at ``α = 1`` without bias) and :meth:`_apply_weight` (the layer's linear map with explicit
+    weights), plus input validation.
+
+    **Mode state.** The pair ``(mode, weight)`` (:class:`ModeState`) is written only by
+    :meth:`set_mode`, :meth:`draw_weights`, :meth:`set_fixed_weight` and
+    :meth:`restore_mode_state`; :func:`sbnn.evaluation` saves and restores it whole.
 
     Args:
         weight_shape: shape of ``λ``; dimension 0 is the output channel.
@@ -96,7 +122,9 @@ class BernoulliLayer(nn.Module):
             self.register_buffer("log_scale", log_scale)
         self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
         self.register_buffer("prior_lam", torch.as_tensor(prior_lam, dtype=torch.float32).clone())
-        self.register_buffer("drawn_weight", torch.zeros(0), persistent=False)
+        # the mode state (mode, weight) is written only by set_mode, draw_weights, set_fixed_weight
+        # and restore_mode_state; a buffer, so that .to() moves a drawn weight with the layer
+        self.register_buffer("_fixed_weight", torch.zeros(0), persistent=False)
         self.lam_init, self.lam_std, self.return_moments = lam_init, lam_std, return_moments
         self._mode = "sample"
         self.reset_parameters()
@@ -124,10 +152,36 @@ class BernoulliLayer(nn.Module):
 
     @mode.setter
     def mode(self, value: str) -> None:
-        check_choice(f"{type(self).__name__}.mode", value, LAYER_MODES)
-        if value == "fixed" and self.drawn_weight.numel() == 0:
+        self.set_mode(value)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``mode`` (one of :data:`LAYER_MODES`); ``fixed`` needs a weight already given.
+
+        Raises:
+            ValueError: for an unknown mode, or ``fixed`` before :meth:`draw_weights` or
+                :meth:`set_fixed_weight`.
+        """
+        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
+        if mode == "fixed" and self._fixed_weight.numel() == 0:
             raise ValueError("mode 'fixed' needs drawn weights: call layer.draw_weights() first")
-        self._mode = value
+        self._mode = mode
+
+    def mode_state(self) -> ModeState:
+        """The whole mode state ``(mode, weight)``, e.g. to restore it later with :meth:`restore_mode_state`."""
+        return ModeState(self._mode, self._fixed_weight if self._fixed_weight.numel() else None)
+
+    def restore_mode_state(self, state: ModeState) -> None:
+        """Put back a state returned by :meth:`mode_state` (both the mode and the weight)."""
+        mode, weight = state
+        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
+        if weight is None:
+            if mode == "fixed":
+                raise ValueError("a 'fixed' mode state needs its weight")
+            self._fixed_weight = self._fixed_weight.new_zeros(0)
+        else:
+            self._check_weight(weight)
+            self._fixed_weight = weight
+        self._mode = mode
 
     def posterior(self) -> BernoulliSign:
         """The weight posterior ``q(w)`` as a distribution (shares ``λ``, keeps its gradient)."""
@@ -149,9 +203,17 @@ class BernoulliLayer(nn.Module):
 
     @torch.no_grad()
     def draw_weights(self, generator: torch.Generator | None = None) -> Tensor:
-        """Draw explicit ±1 weights ``w ~ q`` and keep them for the ``fixed`` mode; returns them."""
-        self.drawn_weight = self.posterior().sample(generator=generator)
-        return self.drawn_weight
+        """Draw explicit ±1 weights ``w ~ q`` and keep them for the ``fixed`` mode; returns them.
+
+        The mode is left as it is (:func:`sbnn.set_mode` with ``"mc"`` draws and switches).
+        """
+        self._fixed_weight = self.posterior().sample(generator=generator)
+        return self._fixed_weight
+
+    def _check_weight(self, weight: Tensor) -> None:
+        if not isinstance(weight, Tensor) or weight.shape != self.lam.shape:
+            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(f"weight must have λ's shape {tuple(self.lam.shape)}, got {shape}")
 
     def set_fixed_weight(self, weight: Tensor) -> None:
         """Run in the ``fixed`` mode with ``weight`` (λ's shape) from now on.
@@ -160,10 +222,9 @@ class BernoulliLayer(nn.Module):
         relaxed sample, a latent real weight; :mod:`sbnn.methods`): the gradient reaches ``λ``
         through ``weight``'s own graph.
         """
-        if weight.shape != self.lam.shape:
-            raise ValueError(f"weight must have λ's shape {tuple(self.lam.shape)}, got {tuple(weight.shape)}")
+        self._check_weight(weight)
         # a Parameter assigned to a buffer attribute would be registered as a new parameter
-        self.drawn_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
+        self._fixed_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
         self._mode = "fixed"
 
     def binary_weight(self) -> Tensor:
@@ -175,7 +236,7 @@ class BernoulliLayer(nn.Module):
         if self._mode == "mean":
             return sign_mean(self.lam)
         if self._mode == "fixed":
-            return self.drawn_weight
+            return self._fixed_weight
         raise RuntimeError("binary_weight() is defined in the 'mode', 'mean' and 'fixed' modes only")
 
     # -- computation ---------------------------------------------------------------------------
@@ -188,15 +249,38 @@ class BernoulliLayer(nn.Module):
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _moments(self, x: Tensor) -> Moments:
+    def _unit_lrt(self, x: Tensor, x_sq: Tensor | None) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def moments(self, x: Tensor, *, binary: bool = False, validate: bool = True) -> Moments:
+        """Pre-activation moments ``(μ, v)`` of the current mode (``v`` is ``None`` unless ``sample``).
+
+        Args:
+            x: the layer's input (see the subclass for its shape).
+            binary: ``x`` holds 0/1 spikes. In ``sample`` mode, for an input that needs no
+                gradient, a linear layer then uses ``x² = x`` and computes both moments in one
+                matmul. Spikes that carry a straight-through gradient keep ``x·x``: the values
+                agree but the derivatives do not (``2x`` against 1), and the estimator's variance
+                path was validated with ``x·x`` (``x`` lowered Randman ``mode`` accuracy from
+                95.3 ± 0.6 to 93.5 ± 0.6 %, 3 seeds each).
+            validate: check the input (models that validated their own input pass ``False``).
+        """
+        if validate:
+            self._check(x)
         if self._mode == "sample":
-            return Moments(*self._lrt(x))
+            x_sq = x if (binary and not x.requires_grad) else None
+            return Moments(*self._lrt(x, x_sq))
         return Moments(self._apply_weight(x, self.binary_weight()), None)
 
-    def moments(self, x: Tensor) -> Moments:
-        """Pre-activation moments ``(μ, v)`` of the current mode (``v`` is ``None`` unless ``sample``)."""
-        self._check(x)
-        return self._moments(x)
+    def unit_moments(self, x: Tensor, *, validate: bool = True) -> Moments:
+        """LRT moments at unit scale and without bias, ``α = 1``, whatever the current mode.
+
+        What calibration measures: both moments scale with ``α`` (``μ = α μ₁``, ``v = α² v₁``).
+        The layer is not changed.
+        """
+        if validate:
+            self._check(x)
+        return Moments(*self._unit_lrt(x, None))
 
     def forward(self, x: Tensor) -> Tensor | Moments:
         """The pre-activation: an LRT sample in ``sample`` mode, deterministic otherwise.
@@ -225,14 +309,7 @@ class BernoulliLayer(nn.Module):
         """
         check_in_range("target_std", target_std, 0.0, low_open=True)
         self._check(x)
-        saved_log_scale, saved_bias, saved_mode = self.log_scale.clone(), self.bias, self._mode
-        try:
-            self.log_scale.zero_()
-            self.bias, self._mode = None, "sample"
-            h = sample_moments(self._moments(x))
-        finally:
-            self.log_scale.copy_(saved_log_scale)
-            self.bias, self._mode = saved_bias, saved_mode
+        h = sample_moments(self.unit_moments(x, validate=False))
         std = float((statistic(h) if statistic is not None else h).std())
         if not math.isfinite(std) or std < 1e-8:  # an all-silent batch leaves only the sqrt floor
             warnings.warn(
@@ -309,24 +386,15 @@ class BernoulliLinear(BernoulliLayer):
     def _lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return lrt_linear(x, self.lam, self.scale, self.bias, x_sq)
 
+    def _unit_lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return lrt_linear(x, self.lam, torch.ones_like(self.log_scale), None, x_sq)
+
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         # α after the ±1 matmul: for spike or count inputs the sum is then an exact integer, so
         # the deterministic network computes exactly fl(α·n) + b, what the event-driven engine
         # computes (sbnn.kernels' bit-identity guarantee)
         out = F.linear(x, weight) * self.scale
         return out if self.bias is None else out + self.bias
-
-    def _spike_moments(self, x: Tensor) -> Moments:
-        """Moments for a binary (spike) input: ``x² = x``, one matmul, when ``x`` needs no gradient.
-
-        For spikes that carry a straight-through gradient the value of ``x²`` and ``x`` agree but
-        their derivatives do not (``2x`` against 1): keeping ``x * x`` keeps the estimator the
-        variance path was validated with (using ``x`` lowered Randman ``mode`` accuracy from
-        95.3 ± 0.6 to 93.5 ± 0.6 %, 3 seeds each).
-        """
-        if self._mode == "sample" and not x.requires_grad:
-            return Moments(*self._lrt(x, x))
-        return self._moments(x)
 
     def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input, ``h[t]`` this layer's pre-activation.
@@ -428,8 +496,13 @@ class BernoulliConv2d(BernoulliLayer):
             return tuple(o.reshape(t, b, *o.shape[1:]) for o in out)
         return out.reshape(t, b, *out.shape[1:])
 
-    def _lrt(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # the convolution has no one-pass x² = x path: ``binary`` changes nothing here
         return self._folded(lambda z: lrt_conv2d(z, self.lam, self.scale, self.bias, **self._conv_kwargs()), x)
+
+    def _unit_lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        one = torch.ones_like(self.log_scale)
+        return self._folded(lambda z: lrt_conv2d(z, self.lam, one, None, **self._conv_kwargs()), x)
 
     def _apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         # α after the ±1 convolution, as in BernoulliLinear (exact integer sums for spikes)

@@ -88,8 +88,6 @@ class SpikingClassificationTask(L.LightningModule):
         mode_finetune_lr_factor: the learning rates restart at this fraction of their base values
             for the fine-tune (see :class:`TwoPhaseCosine`).
         calibrate: set the scales from the first training batch before training.
-        hidden_gain: calibration target of the hidden free-membrane std, in thresholds.
-        readout_std: calibration target of the logits' std.
         train_size: number of training examples; read from the datamodule (``n_train`` attribute
             or its training set's length) when ``None``.
         aux_fn: the auxiliary loss, ``aux_fn(network) -> Tensor`` (default
@@ -107,8 +105,6 @@ class SpikingClassificationTask(L.LightningModule):
         mode_finetune_epochs: NonNegativeInt = 3,
         mode_finetune_lr_factor: NonNegativeFloat = 0.3,
         calibrate: bool = True,
-        hidden_gain: PositiveFloat = 2.0,
-        readout_std: PositiveFloat = 3.0,
         train_size: PositiveInt | None = None,
         aux_fn: Any = None,
     ) -> None:
@@ -145,9 +141,8 @@ class SpikingClassificationTask(L.LightningModule):
         )
         if self.hparams.calibrate and not bool(self.calibrated) and hasattr(self.network, "calibrate"):
             x, _ = next(iter(self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else self.trainer.train_dataloader))
-            rates = self.network.calibrate(
-                x.to(self.device), hidden_gain=self.hparams.hidden_gain, readout_std=self.hparams.readout_std
-            )
+            # the targets are the network's own settings (e.g. SpikingMLP(calibration=...))
+            rates = self.network.calibrate(x.to(self.device))
             self.calibrated.fill_(True)
             self._broadcast_from_rank_zero()
             self.print(f"sbnn: scales calibrated on a first batch; hidden firing rates {[round(r, 4) for r in rates]}")
@@ -252,5 +247,5 @@ class SpikingClassificationTask(L.LightningModule):
             rank_zero_warn(
                 f"sbnn: the posterior is collapsing to the uniform prior (mean |m| = {float(mean_abs_m):.3f}) "
                 f"while the network is silent (firing rate {float(rate):.1e}); lower kl_weight "
-                f"(now {self.hparams.kl_weight}) or raise hidden_gain"
+                f"(now {self.hparams.kl_weight}) or raise the network's calibration.hidden_gain"
             )

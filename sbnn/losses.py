@@ -15,16 +15,18 @@ computed from the forward pass just run; :class:`BiasProxyLoss` is sbnn's (deriv
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_in_range, check_positive_int
-from .functional.neurons import time_average_weights
+from torch.utils.hooks import RemovableHandle
+
+from .functional.neurons import Drive, time_average_weights
 from .layers import BernoulliLayer
-from .neurons import StochasticLIF
+from .neurons import DriveRecorder, StochasticLIF
 from .posterior import sign_mean
 
 __all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss", "BiasProxyLoss", "bias_proxy_terms"]
@@ -102,7 +104,7 @@ def _readout_probabilities(model: nn.Module, spikes: Tensor, weights: Tensor) ->
     return logits.softmax(-1)
 
 
-def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tensor]:
+def bias_proxy_terms(model: nn.Module, drives: Mapping[str, Drive], detach_drive: bool = False) -> list[Tensor]:
     r"""Per hidden layer, the second-order ``st`` bias bound of every unit-step, ``[T, B, n_l]``.
 
     .. math::
@@ -113,23 +115,24 @@ def bias_proxy_terms(model: nn.Module, detach_drive: bool = False) -> list[Tenso
     hidden layer under a membrane readout ``c_j[t] = w_t^2 \operatorname{Var}_{k∼p}(α_k m_{kj})``,
     the cross-entropy's curvature along the flip (``w_t`` the readout's time weights, ``p`` the
     softmax of the readout's mean logits for the recorded spikes).
-    Needs the drives of the forward pass just run (``record_drive`` on every hidden neuron; see
-    :meth:`BiasProxyLoss.attach`). Works on :class:`sbnn.models.SpikingMLP`-shaped models
-    (``layers``, ``neurons``, ``output`` and ``output_neuron`` attributes). With
+    Needs the drives of the forward pass just run, by neuron name (:func:`sbnn.neurons.record_drives`
+    returns them; :meth:`BiasProxyLoss.attach` records them). Works on
+    :class:`sbnn.models.SpikingMLP`-shaped models (``layers``, ``neurons``, ``output`` and
+    ``output_neuron`` attributes). With
     ``detach_drive`` the drive-dependent factors (``p(θ_j)|F(θ_j) − ½|`` and ``|p'(θ_k)|``) are
     weights without gradient, so only the flip-to-noise ratio ``(α_k m_kj / s_k)²`` is trained.
     """
     neurons = list(model.neurons)
-    drives = [n.last_drive for n in neurons]
+    hidden = [drives.get(f"neurons.{i}") for i in range(len(neurons))]
     next_layers = list(model.layers[1:]) + [model.output]
-    next_drives = drives[1:] + [model.output_neuron.last_drive if model.output_neuron is not None else None]
-    if any(d is None for d in drives) or (model.output_neuron is not None and next_drives[-1] is None):
+    next_drives = hidden[1:] + [drives.get("output_neuron") if model.output_neuron is not None else None]
+    if any(d is None for d in hidden) or (model.output_neuron is not None and next_drives[-1] is None):
         raise RuntimeError(
-            "the bias proxy needs the drives of the last forward pass: call BiasProxyLoss().attach(model) "
-            "once before training (it sets record_drive on every StochasticLIF)"
+            "the bias proxy needs the drives of the last noisy forward pass: call BiasProxyLoss().attach(model) "
+            "once before training, or run the forward pass inside sbnn.neurons.record_drives(model)"
         )
     terms = []
-    for neuron, drive, layer, nxt in zip(neurons, drives, next_layers, next_drives):
+    for neuron, drive, layer, nxt in zip(neurons, hidden, next_layers, next_drives):
         theta = drive.theta
         noise = neuron.noise
         flip = _signed_weights(layer)  # [n_next, n]
@@ -178,18 +181,41 @@ class BiasProxyLoss:
 
     def __init__(self, detach_drive: bool = True) -> None:
         self.detach_drive = bool(detach_drive)
+        self._drives: dict[str, Drive] = {}
+        self._handles: list[RemovableHandle] = []
 
     def attach(self, model: nn.Module) -> "BiasProxyLoss":
-        """Make every :class:`~sbnn.StochasticLIF` in ``model`` keep the drive of its last forward."""
-        for module in model.modules():
+        """Record the drive of every :class:`~sbnn.StochasticLIF` in ``model`` (a drive hook each).
+
+        The drives are kept here, not on the model, until the loss is next computed; :meth:`detach`
+        removes the hooks.
+        """
+        self.detach()
+        for name, module in model.named_modules():
             if isinstance(module, StochasticLIF):
-                module.record_drive = True
+                self._handles.append(module.register_drive_hook(DriveRecorder(self._drives, name)))
         return self
 
-    def __call__(self, model: nn.Module) -> Tensor:
-        terms = bias_proxy_terms(model, self.detach_drive)
+    def detach(self) -> None:
+        """Remove the hooks :meth:`attach` registered and forget the recorded drives."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._drives.clear()
+
+    def __call__(self, model: nn.Module, drives: Mapping[str, Drive] | None = None) -> Tensor:
+        """The loss from ``drives`` (default: those recorded since :meth:`attach`, which are then released)."""
+        recorded = drives is None
+        terms = bias_proxy_terms(model, self._drives if recorded else drives, self.detach_drive)
+        if recorded:
+            self._drives.clear()  # one forward pass's graph: do not keep it past its loss
         steps_and_batch = terms[0].shape[0] * terms[0].shape[1]
         return torch.stack([t.sum() for t in terms]).sum() / steps_and_batch
 
+    def __getstate__(self) -> dict:
+        # hooks and drives belong to one attached model and one forward pass
+        return {"detach_drive": self.detach_drive, "_drives": {}, "_handles": []}
+
     def __repr__(self) -> str:
         return f"BiasProxyLoss(detach_drive={self.detach_drive})"
+

@@ -17,7 +17,7 @@ parameter ``λ`` is read in the way each method needs:
   evaluation; Adam.
 
 Weights are swapped in without touching the layers' code: a method puts each layer in its
-``fixed`` mode with ``drawn_weight = Q(λ)`` (``Q`` the method's weight function, carrying the
+``fixed`` mode with the weight ``Q(λ)`` (``Q`` the method's weight function, carrying the
 gradient back to ``λ``) for the duration of one forward/backward pass. The scale ``α`` and the
 biases stay float parameters and are trained by Adam in every method (they are BayesBiNN's and
 Bop's "other parameters"). Outside ``sbnn``, stochastic neurons run deterministically (``ε = 0``;
@@ -46,8 +46,7 @@ from ._validation import check_choice, check_in_range, check_positive_int
 from .lightning import TwoPhaseCosine, training_set_size
 from .losses import kl_divergence
 from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy
-from .modes import evaluation, set_mode
-from .neurons import StochasticLIF
+from .modes import deterministic_neurons, evaluation, set_mode
 from .optim import BayesBiNN, Bop, bernoulli_layers
 from .quantizers import bnn_quantize, get_quantizer
 
@@ -75,21 +74,15 @@ def weights_from(network: nn.Module, fn: Callable[[Tensor], Tensor]) -> Iterator
     ``fn`` is applied once on entry, so use one context per forward/backward pass.
     """
     layers = bernoulli_layers(network)
-    neurons = [m for m in network.modules() if isinstance(m, StochasticLIF)]
-    saved = [(layer, layer.mode, layer.drawn_weight) for layer in layers]
-    saved_neurons = [(n, n.stochastic) for n in neurons]
+    saved = [(layer, layer.mode_state()) for layer in layers]
     try:
         for layer in layers:
             layer.set_fixed_weight(fn(layer.lam))
-        for n in neurons:
-            n.stochastic = False
-        yield network
+        with deterministic_neurons(network):
+            yield network
     finally:
-        for layer, mode, drawn in saved:
-            layer.drawn_weight = drawn
-            layer.mode = mode
-        for n, stochastic in saved_neurons:
-            n.stochastic = stochastic
+        for layer, state in saved:
+            layer.restore_mode_state(state)
 
 
 def _float_params(network: nn.Module) -> list[Tensor]:
@@ -380,15 +373,8 @@ class BayesBiNNMethod(TrainingMethod):
 
     def train_step(self, network, loss_fn, x, y):
         self._zero()
-        neurons = [m for m in network.modules() if isinstance(m, StochasticLIF)]
-        saved = [n.stochastic for n in neurons]
-        try:
-            for n in neurons:
-                n.stochastic = False
+        with deterministic_neurons(network):
             loss = self.optimizers[0].step(lambda: loss_fn(network(x), y))
-        finally:
-            for n, s in zip(neurons, saved):
-                n.stochastic = s
         for opt in self.optimizers[1:]:
             opt.step()
         return loss

@@ -26,7 +26,16 @@ from ._validation import check_choice
 from .layers import BernoulliLayer
 from .neurons import StochasticLIF
 
-__all__ = ["NETWORK_MODES", "set_mode", "get_mode", "evaluation", "reset", "mc_predict", "lrt_predict"]
+__all__ = [
+    "NETWORK_MODES",
+    "set_mode",
+    "get_mode",
+    "evaluation",
+    "deterministic_neurons",
+    "reset",
+    "mc_predict",
+    "lrt_predict",
+]
 
 NETWORK_MODES = ("sample", "mode", "mean", "mc")
 
@@ -42,11 +51,11 @@ def set_mode(model: nn.Module, mode: Literal["sample", "mode", "mean", "mc"], ge
         if isinstance(module, BernoulliLayer):
             if mode == "mc":
                 module.draw_weights(generator)
-                module.mode = "fixed"
+                module.set_mode("fixed")
             else:
-                module.mode = mode
+                module.set_mode(mode)
         elif isinstance(module, StochasticLIF):
-            module.stochastic = mode == "sample"
+            module.set_stochastic(mode == "sample")
 
 
 def get_mode(model: nn.Module) -> str:
@@ -68,20 +77,47 @@ def evaluation(model: nn.Module, mode: Literal["sample", "mode", "mean", "mc"], 
         >>> with evaluation(net, "mode"):
         ...     logits = net(torch.rand(5, 2, 4).round())
     """
-    saved = [
-        (m, m.mode if isinstance(m, BernoulliLayer) else m.stochastic)
-        for m in model.modules()
-        if isinstance(m, (BernoulliLayer, StochasticLIF))
-    ]
+    saved = _save_state(model)
     try:
         set_mode(model, mode, generator)
         yield model
     finally:
-        for module, setting in saved:
-            if isinstance(module, BernoulliLayer):
-                module._mode = setting  # restore without re-validation: it was valid before
-            else:
-                module.stochastic = setting
+        _restore_state(saved)
+
+
+def _save_state(model: nn.Module) -> list[tuple[nn.Module, object]]:
+    """Every layer's whole mode state ``(mode, weight)`` and every neuron's noise switch."""
+    return [
+        (m, m.mode_state() if isinstance(m, BernoulliLayer) else m.stochastic)
+        for m in model.modules()
+        if isinstance(m, (BernoulliLayer, StochasticLIF))
+    ]
+
+
+def _restore_state(saved: list[tuple[nn.Module, object]]) -> None:
+    for module, setting in saved:
+        if isinstance(module, BernoulliLayer):
+            module.restore_mode_state(setting)
+        else:
+            module.set_stochastic(setting)
+
+
+@contextlib.contextmanager
+def deterministic_neurons(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: every :class:`~sbnn.StochasticLIF` of ``model`` runs with ``ε = 0``; the layers keep their mode.
+
+    For training methods that give the network explicit weights and want deterministic neurons
+    (:mod:`sbnn.methods`). Each neuron's previous setting is restored on exit.
+    """
+    neurons = [m for m in model.modules() if isinstance(m, StochasticLIF)]
+    saved = [n.stochastic for n in neurons]
+    try:
+        for n in neurons:
+            n.set_stochastic(False)
+        yield model
+    finally:
+        for n, s in zip(neurons, saved):
+            n.set_stochastic(s)
 
 
 def reset(model: nn.Module) -> nn.Module:

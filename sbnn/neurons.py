@@ -21,10 +21,13 @@ at once (one fused autograd node) and is what sbnn's models use.
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from collections import OrderedDict
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ._validation import check_choice, check_in_range, check_input
 from .functional.estimators import Estimator, get_estimator
@@ -40,7 +43,10 @@ from .functional.neurons import (
 from .functional.noise import NoiseFamily, get_noise
 from .layers import Moments
 
-__all__ = ["StochasticLIF"]
+__all__ = ["StochasticLIF", "DriveHook", "DriveRecorder", "record_drives"]
+
+#: ``hook(neuron, drive)``, called after every noisy :meth:`StochasticLIF.sequence`
+DriveHook = Callable[["StochasticLIF", Drive], None]
 
 
 def _constant(module: nn.Module, name: str, value: float | Tensor, learn: bool) -> None:
@@ -118,21 +124,39 @@ class StochasticLIF(nn.Module):
         self.reset_mechanism, self.detach_reset = reset_mechanism, bool(detach_reset)
         self.membrane_noise = membrane_noise
         self.init_hidden, self.output = bool(init_hidden), bool(output)
-        #: draw noise (``False`` in the deterministic ``mode``/``mean``/``mc`` evaluations)
-        self.stochastic = True
-        #: keep the last :class:`~sbnn.functional.neurons.Drive` of :meth:`sequence` in
-        #: ``last_drive`` (set by the auxiliary loss and the gradient-flow monitor)
-        self.record_drive = False
-        self.last_drive: Drive | None = None
+        self._stochastic = True
+        # hooks that receive the Drive of every noisy sequence (register_drive_hook)
+        self._drive_hooks: OrderedDict[int, DriveHook] = OrderedDict()
         self.register_buffer("mem", torch.zeros(0), persistent=False)
         self.register_buffer("spk", torch.zeros(0), persistent=False)
         self.register_buffer("var", torch.zeros(0), persistent=False)
 
     def __getstate__(self) -> dict:
-        # the recorded drive belongs to one forward pass (and holds its graph): never copy or pickle it
+        # drive hooks belong to whoever registered them on this instance (and may hold a forward
+        # pass's graph): a copy or a pickle starts without them, as it starts without hidden state
         state = self.__dict__.copy()
-        state["last_drive"] = None
+        state["_drive_hooks"] = OrderedDict()
         return state
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the neuron draws noise (``False`` in the deterministic ``mode``/``mean``/``mc`` evaluations)."""
+        return self._stochastic
+
+    def set_stochastic(self, stochastic: bool) -> None:
+        """Draw noise (``True``, training) or run deterministically (``ε = 0``)."""
+        self._stochastic = bool(stochastic)
+
+    def register_drive_hook(self, hook: DriveHook) -> RemovableHandle:
+        """Call ``hook(neuron, drive)`` after every noisy :meth:`sequence` with its :class:`~sbnn.functional.neurons.Drive`.
+
+        As a torch forward hook: the returned handle's ``remove()`` unregisters it. Deterministic
+        passes (``stochastic`` off) are not reported. Hooks are not copied or pickled with the
+        neuron. :func:`record_drives` is the context-manager form for a whole model.
+        """
+        handle = RemovableHandle(self._drive_hooks)
+        self._drive_hooks[handle.id] = hook
+        return handle
 
     def parameters_tuple(self) -> StochasticLIFParameters:
         """The neuron's constants as the record the functional code takes."""
@@ -173,7 +197,7 @@ class StochasticLIF(nn.Module):
                 raise ValueError(f"{name}: variance shape {tuple(var.shape)} differs from mean shape {tuple(mu.shape)}")
 
     def _noise(self, mu: Tensor) -> Tensor:
-        if self.stochastic:
+        if self._stochastic:
             return self.noise.sample(mu.shape, like=mu)
         return torch.zeros_like(mu)
 
@@ -236,17 +260,58 @@ class StochasticLIF(nn.Module):
         mu, var = self._split(x)
         if validate:
             self._check_input(mu, var, 2)
+        report = bool(self._drive_hooks) and self._stochastic  # deterministic passes are not reported
         out = stochastic_lif_sequence(
-            mu, var, self.parameters_tuple(), state=state, stochastic=self.stochastic, eps=eps,
-            generator=generator, return_drive=self.record_drive,
+            mu, var, self.parameters_tuple(), state=state, stochastic=self._stochastic, eps=eps,
+            generator=generator, return_drive=report,
         )
-        if self.record_drive and self.stochastic:  # a deterministic evaluation pass keeps the training drive
-            self.last_drive = out[3]
+        if report:
+            for hook in list(self._drive_hooks.values()):
+                hook(self, out[3])
         return out[0], out[1]
 
     def extra_repr(self) -> str:
         return (
             f"noise={self.noise.name}, estimator={self.estimator!r}, reset_mechanism={self.reset_mechanism}, "
             f"membrane_noise={self.membrane_noise}, "
-            f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self.stochastic}"
+            f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self._stochastic}"
         )
+
+
+@contextlib.contextmanager
+def record_drives(model: nn.Module) -> Iterator[dict[str, Drive]]:
+    """Record the :class:`~sbnn.functional.neurons.Drive` of every :class:`StochasticLIF` in ``model``.
+
+    Yields a dict, filled as the model runs, from each neuron's qualified name (as in
+    ``model.named_modules()``, e.g. ``"neurons.0"``) to the drive of its last noisy sequence.
+    The hooks are removed on exit; the dict (and the graph its drives hold) belongs to the
+    caller, not to the model.
+
+    Example:
+        >>> from sbnn.models import SpikingMLP
+        >>> net = SpikingMLP(4, (8,), 3)
+        >>> with record_drives(net) as drives:
+        ...     logits = net(torch.rand(5, 2, 4).round())
+        >>> sorted(drives), tuple(drives["neurons.0"].theta.shape)
+        (['neurons.0'], (5, 2, 8))
+    """
+    drives: dict[str, Drive] = {}
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if isinstance(module, StochasticLIF):
+                handles.append(module.register_drive_hook(DriveRecorder(drives, name)))
+        yield drives
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class DriveRecorder:
+    """A drive hook (:meth:`StochasticLIF.register_drive_hook`) keeping the last drive in ``drives[name]``."""
+
+    def __init__(self, drives: dict[str, Drive], name: str) -> None:
+        self.drives, self.name = drives, name
+
+    def __call__(self, neuron: StochasticLIF, drive: Drive) -> None:
+        self.drives[self.name] = drive

@@ -176,7 +176,7 @@ class BayesBiNN(torch.optim.Optimizer):
         group = self.param_groups[0]
         tau, n_samples = group["temperature"], group["num_samples"]
         lams = group["params"]
-        saved_modes = [(layer, layer._mode, layer.drawn_weight) for layer in self.layers]
+        saved_modes = [(layer, layer.mode_state()) for layer in self.layers]
         grad_hat = [torch.zeros_like(lam) for lam in lams]
         losses = []
         try:
@@ -185,7 +185,7 @@ class BayesBiNN(torch.optim.Optimizer):
                 for layer, lam in zip(self.layers, lams):
                     u = (lam.detach() + _half_logistic(self._uniform(lam))) / tau
                     w_r = torch.tanh(u).requires_grad_(True)
-                    layer.drawn_weight, layer._mode = w_r, "fixed"
+                    layer.set_fixed_weight(w_r)
                     samples.append((u, w_r))
                 with torch.enable_grad():
                     loss = closure()
@@ -197,8 +197,8 @@ class BayesBiNN(torch.optim.Optimizer):
                     if w_r.grad is not None:  # None: a layer the loss does not use
                         acc.add_(self._scale(lam.detach(), u, tau, group["eps"]) * w_r.grad)
         finally:
-            for layer, mode, drawn in saved_modes:
-                layer._mode, layer.drawn_weight = mode, drawn
+            for layer, state in saved_modes:
+                layer.restore_mode_state(state)
         # each w_r.grad already carries the 1/S of the backward
         with torch.no_grad():
             for layer, lam, g in zip(self.layers, lams, grad_hat):

@@ -19,22 +19,9 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
+from .functional.signs import sign_mean, sign_mode, sign_variance
+
 __all__ = ["BernoulliSign", "kl_bernoulli_sign", "sign_mean", "sign_variance", "sign_mode"]
-
-
-def sign_mean(lam: Tensor) -> Tensor:
-    """``E[w] = tanh λ``."""
-    return torch.tanh(lam)
-
-
-def sign_variance(lam: Tensor) -> Tensor:
-    """``Var[w] = 1 − tanh²λ``, as ``4σ(2λ)σ(−2λ)`` so it stays accurate (not 0) for large ``|λ|``."""
-    return 4.0 * torch.sigmoid(2.0 * lam) * torch.sigmoid(-2.0 * lam)
-
-
-def sign_mode(lam: Tensor) -> Tensor:
-    """The most likely weight ``sign(λ)``, with ties (``λ = 0``) going to ``+1``."""
-    return torch.where(lam >= 0, 1.0, -1.0).to(lam.dtype)
 
 
 def kl_bernoulli_sign(lam: Tensor, prior_lam: Tensor | float = 0.0) -> Tensor:

@@ -9,7 +9,8 @@ from sbnn.functional.neurons import time_average_weights
 from sbnn.functional.noise import get_noise
 from sbnn.lightning import SpikingClassificationTask
 from sbnn.losses import BiasProxyLoss, ELBOLoss, bias_proxy_terms
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
+from sbnn.neurons import record_drives
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "logistic"])
@@ -39,11 +40,13 @@ def test_pdf_derivative_matches_autograd():
 
 def test_value_by_hand_on_two_layers():
     torch.manual_seed(0)
-    net = SpikingMLP(6, (4, 3), 2, beta=0.5)
-    aux = BiasProxyLoss().attach(net)
+    net = SpikingMLP(6, (4, 3), 2, neuron=NeuronSettings(beta=0.5))
+    aux = BiasProxyLoss()
     x = torch.rand(5, 3, 6).round()
-    net(x)
-    d0, d1 = net.neurons[0].last_drive, net.neurons[1].last_drive
+    torch.manual_seed(1)
+    with record_drives(net) as drives:
+        net(x)
+    d0, d1 = drives["neurons.0"], drives["neurons.1"]
     fam = get_noise("gaussian")
     am1 = net.layers[1].scale.reshape(-1, 1) * torch.tanh(net.layers[1].lam)  # [3, 4]
     amo = net.output.scale.reshape(-1, 1) * torch.tanh(net.output.lam)  # [2, 3]
@@ -62,8 +65,13 @@ def test_value_by_hand_on_two_layers():
                 variance = float((probs[b] * d**2).sum() - (probs[b] * d).sum() ** 2)
                 th = d1.theta[t, b, j]
                 total += float(fam.pdf(th) * (fam.cdf(th) - 0.5).abs()) * float(w[t]) ** 2 * variance
-    assert float(aux(net)) == pytest.approx(total / 15, rel=1e-5)
-    assert [tuple(t.shape) for t in bias_proxy_terms(net)] == [(5, 3, 4), (5, 3, 3)]
+    assert float(aux(net, drives)) == pytest.approx(total / 15, rel=1e-5)
+    assert [tuple(t.shape) for t in bias_proxy_terms(net, drives)] == [(5, 3, 4), (5, 3, 3)]
+    # attached, the loss records the same drives itself
+    attached = BiasProxyLoss().attach(net)
+    torch.manual_seed(1)
+    net(x)
+    assert float(attached(net)) == pytest.approx(total / 15, rel=1e-5)
 
 
 def test_aux_loss_needs_recorded_drives_and_reaches_the_parameters():
@@ -76,14 +84,17 @@ def test_aux_loss_needs_recorded_drives_and_reaches_the_parameters():
     assert terms.aux > 0
     terms.loss.backward()
     assert net.layers[0].lam.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="attach"):  # the drives (and their graph) were released
+        aux(net)
 
 
 def test_task_attaches_the_bias_proxy_when_aux_weight_is_positive():
     net = SpikingMLP(6, (4,), 2)
     task = SpikingClassificationTask(net, aux_weight=0.1, train_size=10)
     assert isinstance(task.aux_fn, BiasProxyLoss)
-    assert all(n.record_drive for n in net.neurons)
-    assert not any(n.record_drive for n in SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).network.neurons)
+    net(torch.rand(3, 2, 6).round())
+    assert float(task.aux_fn(net)) > 0  # the task's loss recorded the drives of the forward pass
+    assert SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).aux_fn is None
 
 
 def test_recorded_drives_do_not_block_copy_or_pickle():
@@ -91,12 +102,16 @@ def test_recorded_drives_do_not_block_copy_or_pickle():
     import pickle
 
     net = SpikingMLP(6, (4,), 2)
-    BiasProxyLoss().attach(net)
-    net(torch.rand(3, 2, 6).round())
+    aux = BiasProxyLoss().attach(net)
+    x = torch.rand(3, 2, 6).round()
+    net(x)
     clone = copy.deepcopy(net)
-    assert clone.neurons[0].last_drive is None and clone.neurons[0].record_drive
-    assert pickle.loads(pickle.dumps(net)).neurons[0].last_drive is None
-    assert net.neurons[0].last_drive is not None
+    pickle.loads(pickle.dumps(net))(x)
+    assert float(aux(net)) > 0  # the original's hooks recorded its pass
+    clone(x)  # a copy comes without the hooks: it feeds nothing to the loss
+    with pytest.raises(RuntimeError, match="attach"):
+        aux(net)
+    assert pickle.loads(pickle.dumps(aux)).detach_drive == aux.detach_drive
 
 
 def test_detach_drive_trains_only_the_flip_to_noise_ratio():

@@ -1,4 +1,4 @@
-"""sbnn.blocks: moment arithmetic, pooling shortcut, LRT-moment calibration and the residual blocks."""
+"""sbnn.models.blocks: moment arithmetic, pooling shortcut, LRT-moment calibration and the residual blocks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sbnn
-from sbnn.blocks import (
+from sbnn.models.blocks import (
     ConvResidualBlock,
     LinearResidualBlock,
     add_moments,

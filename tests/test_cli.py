@@ -53,9 +53,9 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override, match",
     [
-        (["--model.init_args.network.init_args.estimator", "nope"], "valid names"),
+        (["--model.init_args.network.init_args.neuron.estimator", "nope"], "valid names"),
         (["--model.init_args.lam_lr", "-0.1"], "lam_lr"),
-        (["--model.init_args.network.init_args.beta", "1.5"], "beta"),
+        (["--model.init_args.network.init_args.neuron.beta", "1.5"], "beta"),
         (["--model.init_args.mc_samples", "0"], "mc_samples"),
     ],
 )

@@ -12,11 +12,11 @@ import torch
 from sbnn import evaluation, export
 from sbnn.kernels import Dense, Graph, LIF, MembraneReadout
 from sbnn.lightning import SpikingClassificationTask
-from sbnn.models import SpikingMLP
+from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
 def _net(**kw) -> SpikingMLP:
-    net = SpikingMLP(20, (33,), 5, bias=True, **kw)
+    net = SpikingMLP(20, (33,), 5, layer=LayerSettings(bias=True), **kw)
     with torch.no_grad():
         net.layers[0].lam[0, :4] = 0.0  # ties export as +1
     return net
@@ -45,7 +45,7 @@ def _same_graph(a: Graph, b: Graph) -> None:
 
 @pytest.mark.parametrize("readout", ["membrane", "spike_count"])
 def test_save_load_round_trip(tmp_path, readout):
-    net = _net(readout=readout, reset_mechanism="zero")
+    net = _net(readout=readout, neuron=NeuronSettings(reset_mechanism='zero'))
     path = export.save(net, tmp_path / "m.sbnn", meta={"n_steps": 12})
     graph = export.load_graph(path)
     _same_graph(graph, export.to_graph(net))
@@ -163,7 +163,7 @@ def test_export_checkpoint_from_cli_config(tmp_path, capsys):
     (run_dir / "config.yaml").write_text(
         "model:\n  class_path: sbnn.lightning.SpikingClassificationTask\n  init_args:\n    network:\n"
         "      class_path: sbnn.models.SpikingMLP\n      init_args:\n        in_features: 20\n"
-        "        hidden: [33]\n        out_features: 5\n        bias: true\n"
+        "        hidden: [33]\n        num_classes: 5\n        layer:\n          bias: true\n"
     )
     export.main([str(ckpt), str(tmp_path / "m.sbnn")])  # config.yaml found two folders up
     assert "wrote" in capsys.readouterr().out

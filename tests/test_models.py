@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import sbnn
-from sbnn.models import SpikingMLP
+from sbnn.models import CalibrationSettings, NeuronSettings, SpikingMLP
 
 
 def _batch(t=20, b=16, n=12, gen_seed=0):
@@ -52,19 +52,19 @@ def test_mode_forward_is_deterministic_and_equals_explicit_network():
 
 def test_calibration_sets_firing_and_logit_scale():
     torch.manual_seed(0)
-    net = SpikingMLP(12, (32,), 3)
+    net = SpikingMLP(12, (32,), 3, calibration=CalibrationSettings(hidden_gain=2.0, readout_std=3.0))
     x, _ = _batch(b=64)
-    rates = net.calibrate(x, hidden_gain=2.0, readout_std=3.0)
+    rates = net.calibrate(x)
     assert 0.01 < rates[0] < 0.5
     assert 2.0 < net(x).std().item() < 4.5  # one noisy draw around the target 3
 
 
 def test_calibration_warns_on_silent_network():
-    net = SpikingMLP(12, (8,), 3)
+    net = SpikingMLP(12, (8,), 3, calibration=CalibrationSettings(hidden_gain=0.01))
     x = torch.zeros(10, 4, 12)
     x[0, 0, 0] = 1.0  # almost no activity
-    with pytest.warns(RuntimeWarning):
-        net.calibrate(x, hidden_gain=0.01)
+    with pytest.warns(RuntimeWarning, match="layer 0 fires at rate"):
+        net.calibrate(x)
 
 
 def test_mc_prediction_is_a_probability_average_over_drawn_networks():
@@ -109,7 +109,7 @@ def test_elbo_terms():
 @pytest.mark.parametrize("estimator, kwargs", [("st", {}), ("agr", {"tau": 0.5}), ("iwst", {"p": 0.5}), ("gumbel_rao", {"k": 4})])
 def test_spiking_mlp_trains(estimator, kwargs):
     torch.manual_seed(0)
-    net = SpikingMLP(12, (32,), 3, estimator=estimator, estimator_kwargs=kwargs)
+    net = SpikingMLP(12, (32,), 3, neuron=NeuronSettings(estimator=estimator, estimator_kwargs=kwargs))
     x, y = _batch(b=32)
     net.calibrate(x)
     loss_fn = sbnn.ELBOLoss(n_train=32, kl_weight=0.1)

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from sbnn.layers import BernoulliLayer
-from sbnn.models import SpikingMLP
+from sbnn.models import CalibrationSettings, NeuronSettings, SpikingMLP
 from sbnn.modes import evaluation
-from sbnn.nets import SpikingConvNet, SpikingRecurrentNet
+from sbnn.models import SpikingConvNet, SpikingRecurrentNet
+from sbnn.models.stages import recurrent_sequence
 from sbnn.posterior import sign_mode
 
 
@@ -44,7 +45,7 @@ def _membrane_readout(x: torch.Tensor, layer, beta: float) -> torch.Tensor:
 
 
 def test_recurrent_mode_pass_matches_a_hand_loop(gen):
-    net = SpikingRecurrentNet(12, (9,), 4, beta=0.8, readout_beta=0.7)
+    net = SpikingRecurrentNet(12, (9,), 4, readout_beta=0.7, neuron=NeuronSettings(beta=0.8))
     x = _spikes(15, 3, 12, rate=0.4, gen=gen)
     net.calibrate(x)
     with torch.no_grad():
@@ -69,7 +70,7 @@ def test_recurrent_mode_pass_matches_a_hand_loop(gen):
 def test_feed_forward_variant_equals_spiking_mlp(gen):
     """recurrent=False is SpikingMLP: same parameters give bit-identical logits in `mode` and `sample`."""
     rnn = SpikingRecurrentNet(10, (8, 6), 3, recurrent=False)
-    mlp = SpikingMLP(10, (8, 6), 3, beta=0.95, readout_beta=0.95, binary_input=True)
+    mlp = SpikingMLP(10, (8, 6), 3, readout_beta=0.95, binary_input=True, neuron=NeuronSettings(beta=0.95))
     mlp.load_state_dict(rnn.state_dict())
     x = _spikes(12, 4, 10, rate=0.5, gen=gen)
     with evaluation(rnn, "mode"), evaluation(mlp, "mode"):
@@ -94,16 +95,16 @@ def test_recurrent_variances_add(gen):
 
     neuron.sequence = spy
     with torch.no_grad():
-        spikes = net._hidden(0, x)
-    ff_mu, ff_var = layer._moments(x)
+        spikes = recurrent_sequence(layer.moments(x), rec, neuron)
+    ff_mu, ff_var = layer.moments(x)
     for t in range(1, 4):
-        r_mu, r_var = rec._moments(spikes[t - 1])
+        r_mu, r_var = rec.moments(spikes[t - 1])
         torch.testing.assert_close(seen[t].mean[0], ff_mu[t] + r_mu)
         torch.testing.assert_close(seen[t].var[0], ff_var[t] + r_var)
 
 
 def test_conv_mode_pass_matches_a_hand_loop(gen):
-    net = SpikingConvNet(2, 8, (3, 4), 5, fc=(7,), beta=0.85, readout_beta=0.6)
+    net = SpikingConvNet(2, 8, (3, 4), 5, fc=(7,), readout_beta=0.6, neuron=NeuronSettings(beta=0.85))
     x = _spikes(6, 2, 2, 8, 8, rate=0.3, gen=gen)
     net.calibrate(x)
     with evaluation(net, "mode"), torch.no_grad():
@@ -140,7 +141,7 @@ def test_training_pass_reaches_every_parameter(readout, gen):
 def test_calibration_hits_the_readout_target(gen):
     net = SpikingConvNet(2, 8, (4,), 3, fc=())
     x = _spikes(10, 64, 2, 8, 8, rate=0.3, gen=gen)
-    net.calibrate(x, readout_std=3.0)
+    net.calibrate(x)  # the default target, readout_std = 3
     torch.manual_seed(1)
     with evaluation(net, "sample"), torch.no_grad():
         logits = net(x)
@@ -162,7 +163,7 @@ def test_state_dict_round_trip(tmp_path, gen):
     [
         (lambda: SpikingRecurrentNet(10, (), 3), "at least one layer"),
         (lambda: SpikingRecurrentNet(0, (8,), 3), "in_features"),
-        (lambda: SpikingRecurrentNet(10, (8,), 3, recurrent_gain=0.0), "recurrent_gain"),
+        (lambda: SpikingRecurrentNet(10, (8,), 3, calibration=CalibrationSettings(recurrent_gain=0.0)), "recurrent_gain"),
         (lambda: SpikingRecurrentNet(10, (8,), 3, readout="max"), "readout"),
         (lambda: SpikingConvNet(2, 8, (), 3), "at least one convolution"),
         (lambda: SpikingConvNet(2, 8, (4,), 3, kernel_size=2), "odd"),

@@ -84,7 +84,7 @@ def test_bayesbinn_at_tiny_temperature_runs_the_network_on_hard_signs():
     seen = []
 
     def closure():
-        seen.append(layer.drawn_weight.detach().clone())
+        seen.append(layer.mode_state().weight.detach().clone())
         return (layer(torch.ones(1, 2)) ** 2).mean()
 
     opt = BayesBiNN(layer, train_size=1, lr=1e-3, temperature=1e-8, num_samples=1, lam_init=None, generator=gen)

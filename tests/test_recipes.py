@@ -168,7 +168,7 @@ def test_missing_root_fails_before_anything_is_written(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override, match",
     [
-        (["--model.init_args.network.class_path", "sbnn.nets.NoSuchNet"], "NoSuchNet"),
+        (["--model.init_args.network.class_path", "sbnn.models.NoSuchNet"], "NoSuchNet"),
         (["--model.init_args.lr", "-0.01"], "PositiveFloat"),
         (["--data.init_args.batch_size", "0"], "PositiveInt"),
     ],

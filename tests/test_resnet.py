@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sbnn
-from sbnn.resnet import ResidualSpikingMLP, SpikingResNet, lambda_gradient_norms
+from sbnn.models import ResidualSpikingMLP, SpikingResNet, lambda_gradient_norms
 
 
 def _frames(t=3, b=16, c=2, size=8, n_classes=5, seed=0):
@@ -191,7 +191,7 @@ def test_residual_mlp_trains(shortcut):
         (dict(input_size=(16, 16), stem_stride=8), r"too small.*at least 32"),
         (dict(input_size=(32,)), "two positive integers"),
         (dict(in_channels=0), "in_channels must be a positive integer"),
-        (dict(estimator="nope"), "valid names"),
+        (dict(neuron={"estimator": "nope"}), "valid names"),
         (dict(shortcut="sew"), "shortcut"),
         (dict(downsample="stride"), "downsample"),
     ],

@@ -9,7 +9,7 @@ import torch
 
 from sbnn import evaluation, export
 from sbnn.data import RandmanDataModule
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
 from sbnn.run import parse_data_args, resolve_data_module, run
 
 DATA = ["--data-arg", "n_channels=30", "--data-arg", "n_steps=20", "--data-arg", "n_train=10",
@@ -18,7 +18,7 @@ DATA = ["--data-arg", "n_channels=30", "--data-arg", "n_steps=20", "--data-arg",
 
 @pytest.fixture
 def model_file(tmp_path):
-    net = SpikingMLP(30, (40,), 10, readout="spike_count", beta=0.5)
+    net = SpikingMLP(30, (40,), 10, readout='spike_count', neuron=NeuronSettings(beta=0.5))
     with torch.no_grad():  # power-of-two scales: the torch mode path is exact (see docs/kernels.md)
         net.layers[0].log_scale.fill_(math.log(1.0))  # ~15 % hidden and ~19 % output firing
         net.output.log_scale.fill_(math.log(0.5))

@@ -155,7 +155,7 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
 
 
 class CIFAR10DataModule(SpikeDataModule):
-    """CIFAR-10 (10 classes, 32×32 RGB) as time-major frames for :class:`sbnn.resnet.SpikingResNet`.
+    """CIFAR-10 (10 classes, 32×32 RGB) as time-major frames for :class:`sbnn.models.SpikingResNet`.
 
     The validation split is ``n_val`` images drawn (seeded) from the 50 000 training images; the
     test split is ``test_batch``. ``"direct"`` encoding normalises with the training split's

@@ -127,7 +127,7 @@ def exact_objective(
         inputs = x  # [T, B or K_{l-1}, n_{l-1}]
         binary = net.binary_input
         for layer, neuron in zip(net.layers, net.neurons):
-            mu, var = layer._spike_moments(inputs) if binary else layer._moments(inputs)
+            mu, var = layer.moments(inputs, binary=binary, validate=False)
             hist = _histories(layer.out_features, n_steps, x)  # [T, K, n]
             # log P(H_l = k | H_{l-1} = j) for all pairs: [T, J, K, n] summed over time and units
             log_t = spike_train_log_prob(mu[:, :, None], var[:, :, None], hist[:, None], _neuron_params(neuron)).sum((0, 3))

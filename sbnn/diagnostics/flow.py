@@ -19,8 +19,11 @@ import lightning as L
 import torch
 from torch import nn
 
+from torch.utils.hooks import RemovableHandle
+
+from ..functional.neurons import Drive
 from ..layers import BernoulliLayer
-from ..neurons import StochasticLIF
+from ..neurons import DriveRecorder, StochasticLIF
 from ..posterior import sign_mean
 
 __all__ = ["FlowAccumulator", "layer_statistics", "GradientFlowMonitor"]
@@ -34,20 +37,31 @@ class FlowAccumulator:
             raise ValueError(f"threshold must be positive, got {threshold!r}")
         self.threshold = threshold
         self._sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self._drives: dict[str, Drive] = {}
+        self._handles: list[RemovableHandle] = []
 
     @staticmethod
     def neurons(model: nn.Module) -> list[tuple[str, StochasticLIF]]:
         return [(n or "neuron", m) for n, m in model.named_modules() if isinstance(m, StochasticLIF)]
 
     def attach(self, model: nn.Module) -> None:
-        for _, neuron in self.neurons(model):
-            neuron.record_drive = True
+        """Record the drive of every neuron of ``model`` (drive hooks, removed by :meth:`detach`)."""
+        self.detach()
+        for name, neuron in self.neurons(model):
+            self._handles.append(neuron.register_drive_hook(DriveRecorder(self._drives, name)))
+
+    def detach(self) -> None:
+        """Remove the hooks of :meth:`attach` and forget unread drives."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._drives.clear()
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Add the drives of ``model``'s last forward pass."""
+        """Add the drives recorded since the last update (``model``'s last noisy forward pass)."""
         for name, neuron in self.neurons(model):
-            drive = neuron.last_drive
+            drive = self._drives.pop(name, None)
             if drive is None:
                 continue
             factor = neuron.estimator.factor(drive.theta.detach(), drive.spikes.detach(), drive.eps, neuron.noise)
@@ -100,6 +114,9 @@ class GradientFlowMonitor(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.accumulator.attach(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.accumulator.detach()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.accumulator.update(pl_module)

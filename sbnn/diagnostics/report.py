@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..functional.estimators import ESTIMATORS, Estimator, get_estimator
-from ..models import SpikingMLP
+from ..models import CalibrationSettings, LayerSettings, NeuronSettings, SpikingMLP
 from .exact import MAX_UNIT_STEPS, NotEnumerableError, check_enumerable, diagnostic_mode, exact_gradient
 from .flow import FlowAccumulator
 from .metrics import gradient_metrics
@@ -100,13 +100,17 @@ def _problem(cfg: DiagnoseConfig, noise: str, seed: int) -> tuple[SpikingMLP, to
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        neuron = NeuronSettings(
+            beta=cfg.beta, reset_mechanism=cfg.reset_mechanism, membrane_noise=cfg.membrane_noise, sigma0=cfg.sigma0,
+            noise=noise,
+        )
         net = SpikingMLP(
-            cfg.in_features, tuple(cfg.hidden), cfg.classes, beta=cfg.beta, reset_mechanism=cfg.reset_mechanism,
-            membrane_noise=cfg.membrane_noise, sigma0=cfg.sigma0, noise=noise, bias=True, binary_input=True,
+            cfg.in_features, tuple(cfg.hidden), cfg.classes, binary_input=True, neuron=neuron,
+            layer=LayerSettings(bias=True), calibration=CalibrationSettings(hidden_gain=cfg.hidden_gain),
         ).double()
         x = (torch.rand(cfg.steps, cfg.batch, cfg.in_features, generator=g, dtype=torch.float64) < cfg.input_rate).double()
         y = torch.randint(0, cfg.classes, (cfg.batch,), generator=g)
-        net.calibrate(x, hidden_gain=cfg.hidden_gain)
+        net.calibrate(x)
     return net, x, y
 
 

@@ -109,13 +109,13 @@ def _sample_log_prob(net: SpikingMLP, x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         inputs, trains = x, []
         for i, (layer, neuron) in enumerate(zip(net.layers, net.neurons)):
-            moments = layer._spike_moments(inputs) if (i > 0 or net.binary_input) else layer._moments(inputs)
+            moments = layer.moments(inputs, binary=i > 0 or net.binary_input, validate=False)
             spk, mem = neuron.sequence(moments, validate=False)
             trains.append((inputs, spk, mem))
             inputs = spk
     log_p = x.new_zeros(x.shape[1])
     for i, ((inputs, spk, mem), layer, neuron) in enumerate(zip(trains, net.layers, net.neurons)):
-        mu, var = layer._spike_moments(inputs) if (i > 0 or net.binary_input) else layer._moments(inputs)
+        mu, var = layer.moments(inputs, binary=i > 0 or net.binary_input, validate=False)
         if neuron.membrane_noise == "marginal" or not bool((neuron.beta != 0).any()):
             p = neuron.parameters_tuple()._replace(membrane_noise="marginal")
             step_log_p = spike_train_log_prob(mu, var, spk, p)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..posterior import sign_mean, sign_variance
+from .signs import sign_mean, sign_variance
 
 __all__ = ["lrt_linear", "lrt_conv2d", "scale_shape"]
 

@@ -16,7 +16,7 @@ from sbnn.diagnostics.metrics import gradient_metrics
 from sbnn.diagnostics.sampling import estimator_gradients, reinforce_gradients
 from sbnn.functional.estimators import IWST, ST, get_estimator
 from sbnn.functional.noise import get_noise
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
 
 
 def _expected_unit_gradient(estimator, theta: float, f, noise="gaussian") -> tuple[float, float]:
@@ -72,7 +72,7 @@ def test_a_wrong_estimator_is_detected_on_one_unit():
 
 def _small_problem():
     torch.manual_seed(3)
-    net = SpikingMLP(5, (3, 2), 3, beta=0.6, membrane_noise="marginal", sigma0=0.3).double()
+    net = SpikingMLP(5, (3, 2), 3, neuron=NeuronSettings(beta=0.6, membrane_noise='marginal', sigma0=0.3)).double()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 6, 5, dtype=torch.float64, generator=g).round()
     y = torch.randint(0, 3, (6,), generator=g)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,12 +11,12 @@ import torch.nn.functional as F
 
 from sbnn.diagnostics.exact import NotEnumerableError, exact_gradient, exact_objective
 from sbnn.functional.noise import get_noise
-from sbnn.models import SpikingMLP
+from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
-def _net(hidden, **kw):
-    kw.setdefault("sigma0", 0.3)
-    return SpikingMLP(5, hidden, 3, bias=True, **kw).double()
+def _net(hidden, neuron: NeuronSettings = NeuronSettings(), **kw):
+    neuron = dataclasses.replace(neuron, sigma0=0.3) if neuron.sigma0 == NeuronSettings.sigma0 else neuron
+    return SpikingMLP(5, hidden, 3, layer=LayerSettings(bias=True), neuron=neuron, **kw).double()
 
 
 def _data(T, B=4, seed=0):
@@ -24,7 +25,7 @@ def _data(T, B=4, seed=0):
 
 
 def test_one_unit_by_hand():
-    net = _net((1,), beta=0.0, reset_mechanism="none")
+    net = _net((1,), neuron=NeuronSettings(beta=0.0, reset_mechanism='none'))
     x, y = _data(1, B=1)
     layer = net.layers[0]
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_one_unit_by_hand():
     ],
 )
 def test_exact_gradient_equals_finite_differences(hidden, T, kw):
-    net = _net(hidden, **kw)
+    net = _net(hidden, neuron=NeuronSettings(**kw))
     x, y = _data(T)
     _, grads = exact_gradient(net, x, y)
     h = 1e-6
@@ -70,7 +71,7 @@ def test_exact_gradient_equals_finite_differences(hidden, T, kw):
 
 def test_probabilities_sum_to_one_through_the_layers():
     # a readout that ignores the spikes makes E[L] the loss itself: the messages must sum to 1
-    net = _net((2, 2), beta=0.6, membrane_noise="marginal")
+    net = _net((2, 2), neuron=NeuronSettings(beta=0.6, membrane_noise='marginal'))
     with torch.no_grad():
         net.output.lam.zero_()  # tanh(0) = 0: logits = bias·Σw for every history
     x, y = _data(3)
@@ -80,19 +81,19 @@ def test_probabilities_sum_to_one_through_the_layers():
 
 
 def test_too_large_network_is_refused_with_the_count_and_the_limit():
-    net = _net((8, 8), beta=0.5, membrane_noise="marginal")
+    net = _net((8, 8), neuron=NeuronSettings(beta=0.5, membrane_noise='marginal'))
     x, y = _data(2)
     with pytest.raises(NotEnumerableError, match=r"needs 32 binary unit-steps.*the limit is 22"):
         exact_objective(net, x, y)
 
 
 def test_pathwise_spiking_network_is_refused():
-    net = _net((2,), beta=0.9)
+    net = _net((2,), neuron=NeuronSettings(beta=0.9))
     with pytest.raises(ValueError, match="membrane_noise='marginal'"):
         exact_objective(net, *_data(2))
 
 
 def test_spike_count_readout_is_refused():
-    net = SpikingMLP(5, (2,), 3, beta=0.0, readout="spike_count")
+    net = SpikingMLP(5, (2,), 3, readout='spike_count', neuron=NeuronSettings(beta=0.0))
     with pytest.raises(ValueError, match="readout='membrane'"):
         exact_objective(net, torch.zeros(1, 2, 5), torch.zeros(2, dtype=torch.long))

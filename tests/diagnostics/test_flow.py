@@ -11,25 +11,33 @@ import torch
 from sbnn.data import RandmanDataModule
 from sbnn.diagnostics import FlowAccumulator, GradientFlowMonitor, layer_statistics
 from sbnn.lightning import SpikingClassificationTask
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
+from sbnn.neurons import record_drives
 from sbnn.posterior import sign_mean
 
 
 def test_vanishing_share_and_rate_by_hand():
-    net = SpikingMLP(4, (3,), 2, estimator="st", sigma0=0.1)
+    net = SpikingMLP(4, (3,), 2, neuron=NeuronSettings(estimator='st', sigma0=0.1))
     acc = FlowAccumulator(threshold=1e-3)
     acc.attach(net)
-    net(torch.rand(6, 5, 4).round())
-    drive = net.neurons[0].last_drive
+    with record_drives(net) as drives:
+        net(torch.rand(6, 5, 4).round())
+    drive = drives["neurons.0"]
     density = torch.exp(-0.5 * drive.theta.detach() ** 2) / math.sqrt(2 * math.pi)  # st: factor = φ(θ)
     acc.update(net)
     stats = acc.compute()["neurons.0"]
     assert stats["vanishing"] == pytest.approx(float((density < 1e-3).double().mean()))
     assert stats["rate"] == pytest.approx(float(drive.spikes.mean()))
-    # a deterministic (mode) pass does not overwrite the recorded training drive
-    net.neurons[0].stochastic = False
+    # a deterministic (mode) pass records nothing
+    net.neurons[0].set_stochastic(False)
     net(torch.zeros(6, 5, 4))
-    assert net.neurons[0].last_drive is drive
+    acc.update(net)
+    assert acc.compute()["neurons.0"] == stats
+    acc.detach()  # the hooks are gone: a noisy pass adds nothing either
+    net.neurons[0].set_stochastic(True)
+    net(torch.rand(6, 5, 4).round())
+    acc.update(net)
+    assert acc.compute()["neurons.0"] == stats
 
 
 def test_layer_statistics_by_hand():

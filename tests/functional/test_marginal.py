@@ -119,7 +119,7 @@ def test_step_and_module_match_the_sequence(gen):
 def test_init_hidden_marginal_carries_the_variance():
     mu, var = torch.randn(6, 2, 3) + 0.8, torch.rand(6, 2, 3)
     lif = StochasticLIF(beta=0.8, sigma0=0.3, membrane_noise="marginal", init_hidden=True, output=True)
-    lif.stochastic = False
+    lif.set_stochastic(False)
     steps = [lif((mu[t], var[t]))[0] for t in range(6)]
     spk, _ = lif.sequence((mu, var))
     assert torch.equal(torch.stack(steps), spk)

@@ -14,7 +14,7 @@ from sbnn.export import conv_node, dense_node, to_graph
 from sbnn.functional.neurons import StochasticLIFState
 from sbnn.kernels import Engine, Graph, MaxPool2d
 from sbnn.layers import BernoulliLayer
-from sbnn.models import SpikingMLP
+from sbnn.models import NeuronSettings, SpikingMLP
 
 
 def random_scales_(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -63,7 +63,7 @@ def test_spiking_mlp_spikes_bit_identical(gen, weights, rate):
 
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
 def test_spike_count_readout_and_resets(gen, reset):
-    net = _mlp(gen, readout="spike_count", reset_mechanism=reset, beta=0.75)
+    net = _mlp(gen, readout='spike_count', neuron=NeuronSettings(reset_mechanism=reset, beta=0.75))
     x = spikes((30, 5, 40), 0.15, gen)
     with evaluation(net, "mode"), torch.no_grad():
         counts, hidden = net.forward_with_spikes(x)
@@ -75,13 +75,13 @@ def test_spike_count_readout_and_resets(gen, reset):
 
 def test_thresholds_exactly_hit(gen):
     # α = 1/4, β = 1/2, ϑ = 1: every membrane is a small dyadic number, so many land exactly on ϑ
-    net = SpikingMLP(30, (20,), 4, beta=0.5, threshold=1.0, readout="spike_count")
+    net = SpikingMLP(30, (20,), 4, readout='spike_count', neuron=NeuronSettings(beta=0.5, threshold=1.0))
     with torch.no_grad():
         for layer in (*net.layers, net.output):
             layer.log_scale.fill_(math.log(0.25))
     x = spikes((40, 8, 30), 0.3, gen)
     with evaluation(net, "mode"), torch.no_grad():
-        moments = net.layers[0]._moments(x)
+        moments = net.layers[0].moments(x)
         spk_t, mem_t = net.neurons[0].sequence(moments)
         counts, _ = net.forward_with_spikes(x)
     assert int((mem_t == 1.0).sum()) > 10  # the edge case really occurs

@@ -23,7 +23,7 @@ from sbnn.data.events import EventFramer
 from sbnn.kernels import Conv2d, Dense, MaxPool2d
 from sbnn.kernels.api import events_from_tonic
 from sbnn.lightning import SpikingClassificationTask
-from sbnn.nets import SpikingConvNet, SpikingRecurrentNet
+from sbnn.models import LayerSettings, NeuronSettings, SpikingConvNet, SpikingRecurrentNet
 from sbnn.run import run
 
 
@@ -67,7 +67,7 @@ def _check(net, engine, x, hidden_nodes):
 
 # -- SpikingRecurrentNet -------------------------------------------------------------------------
 def _recurrent_net(gen, **kw) -> SpikingRecurrentNet:
-    net = SpikingRecurrentNet(24, (33, 18), 5, bias=True, **kw)
+    net = SpikingRecurrentNet(24, (33, 18), 5, layer=LayerSettings(bias=True), **kw)
     _calibrate(net, spikes((20, 16, 24), 0.2, gen))  # data-dependent scales: not powers of two
     _biases_(net, gen)
     return net
@@ -83,7 +83,7 @@ def _calibrate(net, x) -> None:
 @pytest.mark.parametrize("readout", ["membrane", "spike_count"])
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.3, 1.0])
 def test_recurrent_net_bit_identical(gen, tmp_path, readout, rate):
-    net = _recurrent_net(gen, readout=readout, beta=0.9, readout_beta=0.85)
+    net = _recurrent_net(gen, readout=readout, readout_beta=0.85, neuron=NeuronSettings(beta=0.9))
     assert _not_powers_of_two(net)
     engine = _deploy(net, tmp_path)
     assert [type(n) for n in engine.graph.nodes] == [Dense, Dense, Dense]
@@ -103,7 +103,7 @@ def test_recurrent_net_bit_identical(gen, tmp_path, readout, rate):
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
 def test_recurrent_net_resets_counts_and_formats(gen, tmp_path, weights, reset):
     # integer counts as input (binary_input=False, SHD with binary=False), both kernel formats
-    net = _recurrent_net(gen, readout="spike_count", reset_mechanism=reset, beta=0.75, binary_input=False)
+    net = _recurrent_net(gen, readout='spike_count', binary_input=False, neuron=NeuronSettings(reset_mechanism=reset, beta=0.75))
     x = torch.poisson(torch.full((25, 4, 24), 0.3), generator=gen)
     assert float(x.max()) > 1
     hidden = _check(net, _deploy(net, tmp_path, weights), x, [0, 1])
@@ -126,8 +126,8 @@ def test_recurrent_bias_is_refused(gen):
 
 # -- SpikingConvNet ------------------------------------------------------------------------------
 def _conv_net(gen, x, **kw) -> SpikingConvNet:
-    kw = {"bias": True, "fc": (13,), "channels": (6, 5), **kw}
-    net = SpikingConvNet(2, (10, 12), out_features=4, **kw)
+    kw = {"layer": LayerSettings(bias=True), "fc": (13,), "channels": (6, 5), **kw}
+    net = SpikingConvNet(2, (10, 12), num_classes=4, **kw)
     _calibrate(net, x)
     _biases_(net, gen)
     return net
@@ -150,7 +150,7 @@ def test_conv_net_bit_identical(gen, tmp_path, readout, rate):
 def test_conv_net_counts_no_pool_no_fc(gen, tmp_path, weights):
     # frame counts (DVS Gesture with binary=False), pool=1 (no pooling node), readout on the conv maps
     x = torch.poisson(torch.full((10, 3, 2, 10, 12), 0.4), generator=gen)
-    net = _conv_net(gen, x, pool=1, fc=(), readout="spike_count", reset_mechanism="zero", kernel_size=5)
+    net = _conv_net(gen, x, pool=1, fc=(), readout='spike_count', kernel_size=5, neuron=NeuronSettings(reset_mechanism='zero'))
     engine = _deploy(net, tmp_path, weights)
     assert [type(n) for n in engine.graph.nodes] == [Conv2d, Conv2d, Dense]
     hidden = _check(net, engine, x, [0, 1])
@@ -170,7 +170,7 @@ def test_export_checkpoint_of_shd_recipe(gen, tmp_path, capsys):
     with open("recipes/shd.yaml") as f:
         config = yaml.safe_load(f)
     net_spec = config["model"]["init_args"]["network"]
-    assert net_spec["class_path"] == "sbnn.nets.SpikingRecurrentNet"
+    assert net_spec["class_path"] == "sbnn.models.SpikingRecurrentNet"
     net_spec["init_args"].update(in_features=24, hidden=[16])  # small, otherwise the recipe's settings
     run_dir = tmp_path / "logs" / "version_0"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -241,7 +241,7 @@ def test_sbnn_run_on_shd_fixture(gen, tmp_path, no_network, capsys):
     dm = SHDDataModule(**data)
     dm.setup("test")
     batches = list(dm.test_dataloader())
-    net = SpikingRecurrentNet(35, (24,), 20, bias=True)
+    net = SpikingRecurrentNet(35, (24,), 20, layer=LayerSettings(bias=True))
     net.calibrate(batches[0][0])
     path = export.save(net, tmp_path / "shd.sbnn")
     correct, agree = 0, 0

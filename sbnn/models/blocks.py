@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_in_range, check_input, check_positive_int
-from .functional.neurons import leaky_integrate
-from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
-from .neurons import StochasticLIF
+from .._validation import check_choice, check_in_range, check_input, check_positive_int
+from ..functional.neurons import leaky_integrate
+from ..layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
+from ..neurons import StochasticLIF
 
 __all__ = [
     "SHORTCUTS",
@@ -166,14 +166,7 @@ def calibrate_rms_(
         input is silent.
     """
     check_in_range("target_rms", target_rms, 0.0, low_open=True)
-    saved_log_scale, saved_bias, saved_mode = layer.log_scale.clone(), layer.bias, layer.mode
-    try:
-        layer.log_scale.zero_()
-        layer.bias, layer._mode = None, "sample"
-        second = float(lrt_second_moment(layer._moments(x), beta))
-    finally:
-        layer.log_scale.copy_(saved_log_scale)
-        layer.bias, layer._mode = saved_bias, saved_mode
+    second = float(lrt_second_moment(layer.unit_moments(x), beta))
     if not math.isfinite(second) or second < 1e-12:
         warnings.warn(
             f"calibrate_rms_: {type(layer).__name__} gets a silent calibration batch (second moment "
@@ -222,15 +215,15 @@ class _ResidualBlock(nn.Module):
     def _pool(self, x: Moments) -> Moments:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
-        return layer._moments(x)
+    def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
+        return layer.moments(x, validate=False)
 
     # -- computation ---------------------------------------------------------------------------------
     def _shortcut(self, x: Moments, spikes_in: Tensor | None) -> Moments:
         if self.proj is not None:
             if self.shortcut == "membrane":
-                return self._moments(self.proj, spikes_in, True)
-            spk, _ = self.lif_proj.sequence(self._moments(self.proj, x.mean, False), validate=False)
+                return self._layer_moments(self.proj, spikes_in, True)
+            spk, _ = self.lif_proj.sequence(self._layer_moments(self.proj, x.mean, False), validate=False)
             return Moments(spk, None)
         if self.needs_downsample:
             return self._pool(x)
@@ -259,15 +252,15 @@ class _ResidualBlock(nn.Module):
                 )
         if self.shortcut == "membrane":
             spk_in, _ = self.lif_in.sequence(x, validate=False)
-            spk_mid, _ = self.lif_mid.sequence(self._moments(self.layer1, spk_in, True), validate=False)
-            branch = self._moments(self.layer2, spk_mid, True)
+            spk_mid, _ = self.lif_mid.sequence(self._layer_moments(self.layer1, spk_in, True), validate=False)
+            branch = self._layer_moments(self.layer2, spk_mid, True)
             return add_moments(self._shortcut(x, spk_in), branch, self.gamma), [spk_in, spk_mid]
         if x.var is not None:
             raise ValueError(
                 f"{type(self).__name__} with shortcut='spike' takes a spike-sum stream, not LRT moments"
             )
-        spk_mid, _ = self.lif_mid.sequence(self._moments(self.layer1, x.mean, False), validate=False)
-        spk_out, _ = self.lif_out.sequence(self._moments(self.layer2, spk_mid, True), validate=False)
+        spk_mid, _ = self.lif_mid.sequence(self._layer_moments(self.layer1, x.mean, False), validate=False)
+        spk_out, _ = self.lif_out.sequence(self._layer_moments(self.layer2, spk_mid, True), validate=False)
         short = self._shortcut(x, None)
         return Moments(short.mean + self.gamma * spk_out, None), [spk_mid, spk_out]
 
@@ -296,13 +289,13 @@ class _ResidualBlock(nn.Module):
             stream_rms = math.sqrt(float(lrt_second_moment(x)))
             spk_in, _ = self.lif_in.sequence(x, validate=False)
             calibrate_rms_(self.layer1, spk_in, target(self.lif_mid), self.lif_mid.beta)
-            spk_mid, _ = self.lif_mid.sequence(self._moments(self.layer1, spk_in, True), validate=False)
+            spk_mid, _ = self.lif_mid.sequence(self._layer_moments(self.layer1, spk_in, True), validate=False)
             calibrate_rms_(self.layer2, spk_mid, stream_rms)
             if self.proj is not None:
                 calibrate_rms_(self.proj, spk_in, stream_rms)
         else:
             calibrate_rms_(self.layer1, x.mean, target(self.lif_mid), self.lif_mid.beta)
-            spk_mid, _ = self.lif_mid.sequence(self._moments(self.layer1, x.mean, False), validate=False)
+            spk_mid, _ = self.lif_mid.sequence(self._layer_moments(self.layer1, x.mean, False), validate=False)
             calibrate_rms_(self.layer2, spk_mid, target(self.lif_out), self.lif_out.beta)
             if self.proj is not None:
                 calibrate_rms_(self.proj, x.mean, target(self.lif_proj), self.lif_proj.beta)
@@ -365,9 +358,9 @@ class LinearResidualBlock(_ResidualBlock):
     def _check(self, x: Tensor) -> None:
         check_input(x, type(self).__name__, ndims=(3,), size=self.in_features, what="([T, B, in_features])")
 
-    def _moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
+    def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
         # spikes: x² = x saves a matmul when no gradient flows into x (calibration, evaluation)
-        return layer._spike_moments(x) if binary else layer._moments(x)
+        return layer.moments(x, binary=binary, validate=False)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, shortcut={self.shortcut}"

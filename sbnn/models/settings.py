@@ -1,0 +1,187 @@
+"""Frozen settings records shared by every model of :mod:`sbnn.models`.
+
+One record per concern, so that a neuron or layer option is declared once and every model gets
+it: :class:`NeuronSettings` (every :class:`~sbnn.StochasticLIF` constant), :class:`LayerSettings`
+(every Bernoulli layer option a model exposes) and :class:`CalibrationSettings` (the targets of
+the data-dependent scale initialisation). They are plain frozen dataclasses: they pickle, compare
+by value, and a LightningCLI/jsonargparse YAML gives them in nested form::
+
+    network:
+      class_path: sbnn.models.SpikingMLP
+      init_args:
+        in_features: 50
+        hidden: [128]
+        num_classes: 10
+        neuron: {beta: 0.9, estimator: st}
+        layer: {bias: false}
+        calibration: {hidden_gain: 2.0, readout_std: 3.0}
+
+Every constraint is checked in ``__post_init__``, so a wrong value fails when the record is built,
+with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, TypeVar
+
+from .._validation import check_choice, check_in_range
+from ..functional.estimators import Estimator, get_estimator
+from ..functional.neurons import MEMBRANE_NOISE_MODELS, RESET_MECHANISMS
+from ..layers import BernoulliConv2d, BernoulliLinear
+from ..neurons import StochasticLIF
+
+__all__ = ["NeuronSettings", "LayerSettings", "CalibrationSettings", "as_settings"]
+
+
+@dataclass(frozen=True)
+class NeuronSettings:
+    """Constants of every :class:`~sbnn.StochasticLIF` of a model (see that class for each one).
+
+    Args:
+        beta: membrane leak ``β ∈ [0, 1]``.
+        threshold: firing threshold ``ϑ > 0``.
+        sigma0: intrinsic noise standard deviation ``σ0 ≥ 0``.
+        eps_min: floor of the noise standard deviation (``> 0``).
+        noise: ``"gaussian"`` (probit link) or ``"logistic"``.
+        estimator: spike-gradient estimator name (see :mod:`sbnn.estimators`).
+        estimator_kwargs: its hyper-parameters, e.g. ``{"tau": 0.5}``.
+        reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``.
+        detach_reset: stop the gradient through the reset term.
+        membrane_noise: ``"pathwise"`` or ``"marginal"`` (see :mod:`sbnn.functional.neurons`).
+        learn_beta, learn_threshold: make ``β``/``ϑ`` trainable.
+
+    Raises:
+        ValueError: for a value out of range or an unknown name; TypeError for an estimator
+            hyper-parameter the estimator does not take.
+    """
+
+    beta: float = 0.9
+    threshold: float = 1.0
+    sigma0: float = 0.1
+    eps_min: float = 1e-3
+    noise: Literal["gaussian", "logistic"] = "gaussian"
+    estimator: str = "st"
+    estimator_kwargs: dict[str, float] | None = None
+    reset_mechanism: Literal["subtract", "zero", "none"] = "subtract"
+    detach_reset: bool = True
+    membrane_noise: Literal["pathwise", "marginal"] = "pathwise"
+    learn_beta: bool = False
+    learn_threshold: bool = False
+
+    def __post_init__(self) -> None:
+        check_in_range("neuron.beta", self.beta, 0.0, 1.0)
+        check_in_range("neuron.threshold", self.threshold, 0.0, low_open=True)
+        check_in_range("neuron.sigma0", self.sigma0, 0.0)
+        check_in_range("neuron.eps_min", self.eps_min, 0.0, low_open=True)
+        check_choice("neuron.noise", self.noise, ("gaussian", "logistic"))
+        check_choice("neuron.reset_mechanism", self.reset_mechanism, RESET_MECHANISMS)
+        check_choice("neuron.membrane_noise", self.membrane_noise, MEMBRANE_NOISE_MODELS)
+        self.make_estimator()  # an unknown name or hyper-parameter fails here, not at the first neuron
+
+    def make_estimator(self) -> Estimator:
+        """The configured estimator instance."""
+        return get_estimator(self.estimator, **(self.estimator_kwargs or {}))
+
+    def lif_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~sbnn.StochasticLIF` (the estimator as an instance)."""
+        kwargs: dict[str, Any] = asdict(self)
+        kwargs.pop("estimator_kwargs")
+        kwargs["estimator"] = self.make_estimator()
+        return kwargs
+
+    def build(self) -> StochasticLIF:
+        """A new :class:`~sbnn.StochasticLIF` with these constants."""
+        return StochasticLIF(**self.lif_kwargs())
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Options of every Bernoulli layer of a model (see :class:`~sbnn.BernoulliLayer`).
+
+    Args:
+        bias: learn float biases.
+        lam_std: standard deviation of the ``λ ~ N(0, lam_std²)`` initialisation (``> 0``).
+        prior_lam: natural parameter of the Bernoulli prior (0: uniform).
+        lam_init: ``"normal"``, ``"bayesbinn"`` (``±10``) or ``"zero"``.
+        scale: ``"layer"`` (one ``α``) or ``"channel"`` (one per output channel).
+        learn_scale: make ``log α`` trainable.
+    """
+
+    bias: bool = False
+    lam_std: float = 0.5
+    prior_lam: float = 0.0
+    lam_init: Literal["normal", "bayesbinn", "zero"] = "normal"
+    scale: Literal["layer", "channel"] = "layer"
+    learn_scale: bool = True
+
+    def __post_init__(self) -> None:
+        check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
+        check_in_range("layer.prior_lam", self.prior_lam)
+        check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))
+        check_choice("layer.scale", self.scale, ("layer", "channel"))
+
+    def kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments of :class:`~sbnn.BernoulliLinear`/:class:`~sbnn.BernoulliConv2d`."""
+        return {**asdict(self), **overrides}
+
+    def linear(self, in_features: int, out_features: int, **overrides: Any) -> BernoulliLinear:
+        """A new :class:`~sbnn.BernoulliLinear` (``overrides``, e.g. ``bias=False``, win)."""
+        return BernoulliLinear(in_features, out_features, **self.kwargs(**overrides))
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> BernoulliConv2d:
+        """A new :class:`~sbnn.BernoulliConv2d`."""
+        return BernoulliConv2d(in_channels, out_channels, kernel_size, stride, padding, **self.kwargs())
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Targets of a model's data-dependent scale initialisation (:meth:`SpikingClassifier.calibrate`).
+
+    The defaults are the values the recipes train with (``docs/design.md §7``): hidden
+    free-membrane standard deviation ``2ϑ`` and logit standard deviation 3. Deep residual
+    networks train better from a small logit scale, 0.5 (``docs/depth_study.md``):
+    :class:`~sbnn.models.SpikingResNet` and :class:`~sbnn.models.ResidualSpikingMLP` default to
+    ``CalibrationSettings(readout_std=0.5)``, and their recipes set it.
+
+    Args:
+        hidden_gain: target standard deviation of a hidden layer's free membrane
+            ``U[t] = βU[t−1] + h[t]``, in thresholds (``> 0``).
+        readout_std: target standard deviation of the membrane readout's logits (``> 0``).
+        recurrent_gain: target of a recurrent input's free-membrane standard deviation, as a
+            fraction of the feed-forward one (``> 0``; recurrent layers only).
+    """
+
+    hidden_gain: float = 2.0
+    readout_std: float = 3.0
+    recurrent_gain: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_in_range("calibration.hidden_gain", self.hidden_gain, 0.0, low_open=True)
+        check_in_range("calibration.readout_std", self.readout_std, 0.0, low_open=True)
+        check_in_range("calibration.recurrent_gain", self.recurrent_gain, 0.0, low_open=True)
+
+
+_S = TypeVar("_S", NeuronSettings, LayerSettings, CalibrationSettings)
+
+
+def as_settings(cls: type[_S], value: _S | Mapping[str, Any], owner: str, name: str) -> _S:
+    """``value`` as a ``cls`` record: a record is returned as is, a mapping (e.g. read from a
+    config file) is validated field by field.
+
+    Raises:
+        ValueError: for another type, an unknown key (listing the valid ones) or a bad value.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(value) - set(valid))
+        if unknown:
+            raise ValueError(f"{owner}: {name} has unknown keys {unknown}; valid keys are {valid}")
+        return cls(**value)
+    raise ValueError(
+        f"{owner}: {name} must be a {cls.__name__} or a mapping of its fields (in YAML: {name}: {{...}}), "
+        f"got {type(value).__name__}"
+    )

@@ -1,0 +1,267 @@
+r"""The stages a :class:`~sbnn.models.SpikingClassifier` runs its input through, and its readout.
+
+A stage is a light view over modules its model owns (it is not itself a module, so the model's
+parameter names stay those of its own attributes). It knows three things:
+
+- ``forward(x, binary) -> (x, binary, spikes)``: run the whole time-major sequence; ``binary``
+  says whether ``x`` holds 0/1 spikes (a linear layer then uses ``x² = x``, one matmul);
+- ``calibrate(x, binary, settings) -> (x, binary, rates)``: set the stage's scales ``α`` from the
+  batch (``docs/design.md §7``), then run it;
+- ``export(shape) -> (nodes, shape)``: the deployable ``mode`` nodes (:mod:`sbnn.models.graph`).
+
+Calibration of a spiking stage: the free membrane ``U[t] = βU[t−1] + h[t]`` of its neurons
+gets standard deviation ``hidden_gain·ϑ``; a recurrent input gets ``recurrent_gain`` times that,
+measured on the layer's own spikes without recurrence, shifted by one step. The membrane
+readout's logits get standard deviation ``readout_std``; a spike-count readout is calibrated
+as a hidden layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.neurons import StochasticLIFState, leaky_integrate, time_average_weights
+from ..layers import BernoulliLayer, BernoulliLinear, Moments
+from ..neurons import StochasticLIF
+from . import graph
+from .blocks import calibrate_rms_
+from .settings import CalibrationSettings
+
+__all__ = [
+    "Stage",
+    "SpikingStage",
+    "Flatten",
+    "ResidualStem",
+    "ResidualBlockStage",
+    "SpikeOut",
+    "Pool",
+    "Readout",
+    "recurrent_sequence",
+]
+
+
+class Stage:
+    """Interface of a stage (see the module docstring)."""
+
+    def forward(self, x: Any, binary: bool) -> tuple[Any, bool, list[Tensor]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def calibrate(self, x: Any, binary: bool, settings: CalibrationSettings) -> tuple[Any, bool, list[float]]:
+        out, binary, spikes = self.forward(x, binary)
+        return out, binary, [float(s.mean()) for s in spikes]
+
+    def export(self, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+        raise ValueError(f"{type(self).__name__} has no counterpart in the event-driven engine")
+
+
+def _free_membrane(beta: Tensor | float):
+    return lambda h: leaky_integrate(h, beta)
+
+
+def _pool_frames(pool: nn.Module, x: Tensor) -> Tensor:
+    t, b = x.shape[:2]
+    out = pool(x.reshape(t * b, *x.shape[2:]))
+    return out.reshape(t, b, *out.shape[1:])
+
+
+def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> Tensor:
+    """Spikes ``[T, B, H]`` of a layer whose step-``t`` moments are ``ff[t] + rec(S[t−1])``.
+
+    Means add and, the two weight sets being independent under the posterior, variances add.
+    ``S[−1] = 0`` adds nothing at ``t = 0``.
+    """
+    means = ff.mean.unbind(0)
+    variances = ff.var.unbind(0) if ff.var is not None else [None] * len(means)
+    state: StochasticLIFState | None = None
+    spikes: list[Tensor] = []
+    for t, (mu, var) in enumerate(zip(means, variances)):
+        if t > 0:
+            r = rec.moments(spikes[-1], validate=False)
+            mu = mu + r.mean
+            var = var + r.var if (var is not None and r.var is not None) else var
+        spk, mem = neuron.sequence(Moments(mu[None], None if var is None else var[None]), state=state, validate=False)
+        state = StochasticLIFState(mem[0], spk[0])
+        spikes.append(spk[0])
+    return torch.stack(spikes)
+
+
+class SpikingStage(Stage):
+    """``layer → neuron`` (optionally with recurrent weights, optionally followed by pooling).
+
+    Args:
+        layer: a :class:`~sbnn.BernoulliLinear` or :class:`~sbnn.BernoulliConv2d`.
+        neuron: its :class:`~sbnn.StochasticLIF`.
+        recurrent: recurrent weights ``S[t−1] → h[t]`` (linear layers only).
+        pool: a pooling module on the spikes (``nn.Identity`` or ``None``: none).
+        output_binary: whether the stage's output is 0/1 (not after average pooling).
+    """
+
+    def __init__(
+        self,
+        layer: BernoulliLayer,
+        neuron: StochasticLIF,
+        *,
+        recurrent: BernoulliLinear | None = None,
+        pool: nn.Module | None = None,
+        output_binary: bool = True,
+    ) -> None:
+        self.layer, self.neuron, self.recurrent = layer, neuron, recurrent
+        self.pool = None if isinstance(pool, nn.Identity) else pool
+        self.output_binary = output_binary
+
+    def _spikes(self, x: Tensor, binary: bool) -> Tensor:
+        moments = self.layer.moments(x, binary=binary, validate=False)
+        if self.recurrent is None:
+            return self.neuron.sequence(moments, validate=False)[0]
+        return recurrent_sequence(moments, self.recurrent, self.neuron)
+
+    def forward(self, x: Tensor, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
+        spk = self._spikes(x, binary)
+        out = spk if self.pool is None else _pool_frames(self.pool, spk)
+        return out, self.output_binary, [spk]
+
+    def calibrate(self, x: Tensor, binary: bool, settings: CalibrationSettings) -> tuple[Tensor, bool, list[float]]:
+        target = settings.hidden_gain * float(self.neuron.threshold.mean())
+        integrate = _free_membrane(self.neuron.beta)
+        self.layer.calibrate_scale_(x, target, integrate)
+        if self.recurrent is not None:
+            alone, _ = self.neuron.sequence(self.layer.moments(x, validate=False), validate=False)
+            shifted = torch.cat([torch.zeros_like(alone[:1]), alone[:-1]])
+            if float(shifted.sum()) > 0:
+                self.recurrent.calibrate_scale_(shifted, settings.recurrent_gain * target, integrate)
+        else:
+            binary = False  # feed-forward layers calibrate on the general two-matmul moments
+        out, out_binary, spikes = self.forward(x, binary)
+        return out, out_binary, [float(spikes[0].mean())]
+
+    def export(self, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+        if isinstance(self.layer, BernoulliLinear):
+            return [graph.dense_node(self.layer, self.neuron, recurrent=self.recurrent)], (self.layer.out_features,)
+        node = graph.conv_node(self.layer, self.neuron, shape)
+        nodes, shape = [node], node.out_shape
+        if self.pool is not None:
+            if not isinstance(self.pool, nn.MaxPool2d):
+                raise ValueError(
+                    "pool_type='avg' cannot be exported: average pooling turns spikes into fractions, which the event-driven engine (binary spikes "
+                    "between layers) cannot represent; train with pool_type='max' (an OR over the window) or pool=1"
+                )
+            node = graph.maxpool_node(self.pool, shape, "a pooling layer")
+            nodes.append(node)
+            shape = node.out_shape
+        return nodes, shape
+
+
+class Flatten(Stage):
+    """``[T, B, C, H, W]`` → ``[T, B, C·H·W]``."""
+
+    def forward(self, x: Tensor, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
+        return x.flatten(2), binary, []
+
+    def export(self, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+        return [], (math.prod(shape),)
+
+
+class ResidualStem(Stage):
+    """A Bernoulli layer whose moments start a residual stream; with ``neuron`` (spike shortcut), its spikes do.
+
+    Calibration: the stem gives ``first`` (the neuron that integrates the stream first) a
+    free-membrane RMS of ``hidden_gain·ϑ`` (:func:`sbnn.models.blocks.calibrate_rms_`).
+    """
+
+    def __init__(self, layer: BernoulliLayer, neuron: StochasticLIF | None, first: StochasticLIF) -> None:
+        self.layer, self.neuron, self.first = layer, neuron, first
+
+    def forward(self, x: Tensor, binary: bool) -> tuple[Moments, bool, list[Tensor]]:
+        stream = self.layer.moments(x, binary=binary, validate=False)
+        if self.neuron is None:
+            return stream, False, []
+        spk, _ = self.neuron.sequence(stream, validate=False)
+        return Moments(spk, None), False, [spk]
+
+    def calibrate(self, x: Tensor, binary: bool, settings: CalibrationSettings) -> tuple[Moments, bool, list[float]]:
+        calibrate_rms_(self.layer, x, settings.hidden_gain * float(self.first.threshold.mean()), self.first.beta)
+        out, binary, spikes = self.forward(x, binary)
+        return out, binary, [float(s.mean()) for s in spikes]
+
+
+class ResidualBlockStage(Stage):
+    """One residual block (:mod:`sbnn.models.blocks`) on the stream."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+
+    def forward(self, x: Moments, binary: bool) -> tuple[Moments, bool, list[Tensor]]:
+        stream, spikes = self.block(x, validate=False)
+        return stream, False, spikes
+
+    def calibrate(self, x: Moments, binary: bool, settings: CalibrationSettings) -> tuple[Moments, bool, list[float]]:
+        stream, rates = self.block.calibrate(x, settings.hidden_gain)
+        return stream, False, rates
+
+
+class SpikeOut(Stage):
+    """The end of a residual stream: a neuron's spikes (membrane shortcut) or the spike sums themselves."""
+
+    def __init__(self, neuron: StochasticLIF | None) -> None:
+        self.neuron = neuron
+
+    def forward(self, x: Moments, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
+        if self.neuron is None:
+            return x.mean, False, []
+        spk, _ = self.neuron.sequence(x, validate=False)
+        return spk, False, [spk]
+
+
+class Pool(Stage):
+    """Global average pooling over space (``"avg"``) or flattening of every position (``"flatten"``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def forward(self, x: Tensor, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
+        if self.kind == "flatten":
+            return x.flatten(-3), binary, []  # [T, B, C·h·w]
+        return x.mean(dim=(-2, -1)), False, []  # [T, B, C]
+
+
+class Readout:
+    """The classifier's output layer: logits ``[B, K]`` from the last hidden activity ``[T, B, F]``.
+
+    ``membrane`` (``neuron`` is ``None``): the time average of a non-spiking leaky membrane
+    ``U[t] = β U[t−1] + output(x)[t]``, a fixed weighted sum over time whose LRT noise is
+    reparameterised, so the gradient reaches ``v`` through ``sqrt(v)·ξ``. ``spike_count``: the
+    spike counts of stochastic output neurons.
+
+    Args:
+        output: the readout's Bernoulli linear layer.
+        neuron: the output neurons (spike-count readout) or ``None``.
+        beta: leak ``β`` of the membrane readout.
+    """
+
+    def __init__(self, output: BernoulliLinear, neuron: StochasticLIF | None, beta: float) -> None:
+        self.output, self.neuron, self.beta = output, neuron, beta
+
+    def forward(self, x: Tensor, binary: bool) -> Tensor:
+        if self.neuron is not None:
+            moments = self.output.moments(x, binary=binary, validate=False)
+            return self.neuron.sequence(moments, validate=False)[0].sum(0)
+        weights = time_average_weights(x.shape[0], self.beta, like=x)
+        return self.output.time_weighted(x, weights)
+
+    def calibrate(self, x: Tensor, settings: CalibrationSettings) -> list[float]:
+        """Set the readout's scale; returns the output neurons' firing rate (spike-count readout only)."""
+        if self.neuron is not None:
+            neuron = self.neuron
+            self.output.calibrate_scale_(x, settings.hidden_gain * float(neuron.threshold.mean()), _free_membrane(neuron.beta))
+            spk, _ = neuron.sequence(self.output.moments(x, validate=False), validate=False)
+            return [float(spk.mean())]
+        self.output.calibrate_scale_(x, settings.readout_std, lambda h: leaky_integrate(h, self.beta).mean(0))
+        return []
+
+    def export(self) -> list:
+        return [graph.dense_node(self.output, self.neuron if self.neuron is not None else self.beta)]
+
