@@ -273,8 +273,18 @@ def _encode(graph: Graph) -> bytes:
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), len(payload), digest) + header + payload
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: restore at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save(model: nn.Module | Graph, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write ``model``'s deployable ``mode`` network to ``path`` (atomically: temp file, then rename).
+
+    The file gets the permissions of a plain ``open(path, "w")``: ``0666`` less the umask (``0644``
+    under the usual ``022``).
 
     Args:
         model: a module with an exporter (see :func:`to_graph`) or a ``Graph``.
@@ -295,8 +305,12 @@ def save(model: nn.Module | Graph, path: str | os.PathLike, meta: dict | None = 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name + ".", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), as torch.save does
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
