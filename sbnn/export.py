@@ -368,7 +368,7 @@ class _Reader:
             raise self.fail(field, f"names no tensor of the file ({name!r})")
         spec, tf = tensors[name], f"tensors[{name!r}]"
         got = self.get(spec, "dtype", tf)
-        if got not in _TENSOR_DTYPES:
+        if not isinstance(got, str) or got not in _TENSOR_DTYPES:
             raise self.fail(f"{tf}.dtype", f"expected one of {sorted(_TENSOR_DTYPES)}, got {got!r}")
         if got != dtype:
             raise self.fail(f"{tf}.dtype", f"expected {dtype!r} for {field}, got {got!r}")
@@ -382,6 +382,14 @@ class _Reader:
         if nbytes != _TENSOR_DTYPES[dtype] * math.prod(shape) or offset < 0 or offset % 8 or offset + nbytes > len(self.payload):
             raise ModelFileError(f"{self.where}: tensor {name!r} lies outside the payload (offset {offset}, {nbytes} bytes)")
         return name, shape
+
+    def n_values(self, name, field: str, units: int) -> int:
+        """How many values the per-unit tensor ``name`` holds: 1 (shared) or ``units``."""
+        tensors = self.get(self.header, "tensors", "tensors")
+        if not isinstance(tensors, dict) or not isinstance(name, str) or name not in tensors:
+            raise self.fail(field, f"names no tensor of the file ({name!r})")
+        shape = self.get(tensors[name], "shape", f"tensors[{name!r}]")
+        return 1 if shape == [1] else units
 
     def array(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         offset = self.header["tensors"][name]["offset"]
@@ -538,9 +546,7 @@ def _build(r: _Reader, plans: list[dict]) -> Graph:
         rows_shape = (shape[1], math.ceil(out / 8)) if len(shape) == 2 else (*shape[1:], math.ceil(out / 8))
         sign_name, _ = r.tensor_spec(r.get(spec, "sign", field), f"{field}.sign", "u1", rows_shape)
         alpha_name = r.get(spec, "alpha", field)
-        if not isinstance(alpha_name, str) or alpha_name not in r.header["tensors"]:
-            raise r.fail(f"{field}.alpha", f"names no tensor of the file ({alpha_name!r})")
-        n_alpha = 1 if r.header["tensors"][alpha_name].get("shape") == [1] else out
+        n_alpha = r.n_values(alpha_name, f"{field}.alpha", out)
         r.tensor_spec(alpha_name, f"{field}.alpha", "f4", (n_alpha,))
         bias_name = r.get(spec, "bias", field)
         if bias_name is not None:
@@ -551,9 +557,7 @@ def _build(r: _Reader, plans: list[dict]) -> Graph:
         return Synapses(sign, r.array(alpha_name, (n_alpha,), "f4"), bias)
 
     def per_unit(name, field: str, units: int) -> np.ndarray:
-        if not isinstance(name, str) or name not in r.header["tensors"]:
-            raise r.fail(field, f"names no tensor of the file ({name!r})")
-        n = 1 if r.header["tensors"][name].get("shape") == [1] else units
+        n = r.n_values(name, field, units)
         r.tensor_spec(name, field, "f4", (n,))
         return r.array(name, (n,), "f4")
 
@@ -736,21 +740,15 @@ def network_from_config(config: str | os.PathLike) -> nn.Module:
 
 
 def _checkpoint_safe_globals() -> list:
-    """The classes Lightning writes into a checkpoint besides tensors and plain containers.
+    """The classes Lightning may write into a checkpoint besides tensors and plain containers.
 
-    ``hyper_parameters`` may be an ``AttributeDict`` and callback states may hold paths; both are
-    rebuilt from plain data and run nothing else.
+    Lightning stores ``hyper_parameters`` as a plain ``dict`` and loop/optimizer/callback states as
+    containers of numbers, strings and tensors; callback states may hold paths (``dirpath``), which
+    are rebuilt from strings and run nothing else.
     """
     import pathlib
 
-    safe: list = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
-    try:
-        from lightning.fabric.utilities.data import AttributeDict
-
-        safe.append(AttributeDict)
-    except ImportError:  # pragma: no cover - lightning is a dependency
-        pass
-    return safe
+    return [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 
 
 def load_checkpoint(checkpoint: str | os.PathLike) -> dict:
@@ -769,10 +767,12 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(_checkpoint_safe_globals()):
             ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        reason = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        # torch's message wraps the one line that says what was refused in general advice
+        skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
+        lines = [line.strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if line and not line.startswith(skip)), lines[0] if lines else "")
         raise ValueError(
-            f"{checkpoint}: refusing to load: the checkpoint holds objects other than tensors and plain data "
+            f"{checkpoint}: refusing to load: not a checkpoint of tensors and plain data only "
             f"({reason.strip()}); sbnn reads checkpoints with weights_only=True because a pickle can run code. "
             "If you trust the file, load it yourself with torch.load(weights_only=False) and export the network "
             "with sbnn.export.save (see docs/security.md)"
