@@ -26,8 +26,12 @@ from sbnn's layers and neurons, so a new model's exporter is a few lines (see th
 ±1 weights are stored one row per presynaptic neuron, bit-packed along the postsynaptic axis
 (``bitorder="little"``, bit 1 = +1): dense ``[in, ceil(out/8)]`` uint8, conv
 ``[C_in, kH, kW, ceil(C_out/8)]``. Scales, biases, leaks and thresholds are float32.
-Readers refuse a newer version, a bad magic, a checksum mismatch and truncated files with a
-:class:`ModelFileError` (a ``ValueError``) before anything runs.
+Readers refuse a newer version, a bad magic, a checksum mismatch, truncated files, any invalid
+header field and models above a memory budget (:data:`MAX_MODEL_BYTES`, ``load(path,
+max_bytes=...)``) with a :class:`ModelFileError` (a ``ValueError``) before anything runs.
+
+**Trust model** (``docs/security.md``): checkpoints are read with ``weights_only=True`` and a
+run's ``config.yaml`` may only build sbnn networks from plain data; files never run code.
 """
 
 from __future__ import annotations
