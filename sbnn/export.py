@@ -634,7 +634,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def _registered(class_path: str) -> type | None:
-    """The registered exporter class (or ``export_graph`` owner already imported) named ``class_path``."""
+    """The class registered with :func:`register_exporter` whose dotted name is ``class_path``, if any."""
     for cls in _EXPORTERS:
         if f"{cls.__module__}.{cls.__qualname__}" == class_path:
             return cls
