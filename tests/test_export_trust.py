@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from sbnn import export
-from sbnn.kernels import Conv2d, Dense, Engine, Graph, LIF, MaxPool2d, MembraneReadout, Synapses
+from sbnn.kernels import Conv2d, Dense, Graph, LIF, MaxPool2d, MembraneReadout, Synapses
 from sbnn.lightning import SpikingClassificationTask
 from sbnn.models import SpikingMLP
 
