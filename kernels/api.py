@@ -4,6 +4,12 @@ Everything here checks its input (dtype, shape, range, finiteness) and raises a 
 naming the argument before a kernel runs; the kernels in :mod:`sbnn.kernels._kernels` assume
 validated input.
 
+Memory: one call may allocate at most ``max_bytes`` (default :data:`MAX_CALL_BYTES`, 4 GiB; pass
+``max_bytes=`` to a call, or assign ``sbnn.kernels.api.MAX_CALL_BYTES`` to raise it for the
+process). The need is computed from the arguments before any allocation and a call above the
+limit raises a ``ValueError`` giving both figures, so a stray ``n_steps=10**12`` or an input count
+of 2·10⁹ is refused instead of exhausting the machine.
+
 Bit order: :func:`pack_signs` packs along the last axis with NumPy's ``bitorder="little"``: bit
 ``k`` (value ``1 << k``) of byte ``q`` is element ``8q + k``; a set bit is ``+1``, a clear bit
 ``−1``, padding bits are 0.
@@ -21,6 +27,8 @@ from . import _kernels as K
 
 __all__ = [
     "BITORDER",
+    "MAX_CALL_BYTES",
+    "check_call_bytes",
     "Events",
     "SynapseRows",
     "threads",
@@ -39,6 +47,9 @@ __all__ = [
 
 BITORDER = "little"
 WEIGHT_FORMATS = ("packed", "int8")
+
+#: default memory limit of one call (events, activations), in bytes: 4 GiB
+MAX_CALL_BYTES = 4 << 30
 
 
 class Events(NamedTuple):
@@ -93,6 +104,22 @@ def _array(name: str, value) -> np.ndarray:
     return np.asarray(value)
 
 
+def check_call_bytes(nbytes: int, max_bytes: int | None, what: str) -> None:
+    """Refuse a call that would allocate ``nbytes`` when the limit is ``max_bytes`` (``None``: :data:`MAX_CALL_BYTES`).
+
+    Raises:
+        ValueError: naming the call, its need and the limit, and how to raise it.
+    """
+    limit = MAX_CALL_BYTES if max_bytes is None else max_bytes
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"{what}: max_bytes must be a positive int, got {max_bytes!r}")
+    if nbytes > limit:
+        raise ValueError(
+            f"{what}: this call needs about {int(nbytes):,} bytes ({nbytes / 2**30:.3g} GiB), above the limit of "
+            f"{int(limit):,} bytes; pass max_bytes=... (or set sbnn.kernels.api.MAX_CALL_BYTES) if you mean it"
+        )
+
+
 def pack_signs(sign) -> np.ndarray:
     """Pack ±1 values along the last axis into bytes (``bitorder="little"``, +1 → bit 1).
 
@@ -133,11 +160,15 @@ def packed_words(packed) -> np.ndarray:
     return np.ascontiguousarray(np.ascontiguousarray(arr).view("<u8").astype(np.uint64))
 
 
-def events_from_dense(x, n_in: int | None = None) -> Events:
+def events_from_dense(x, n_in: int | None = None, *, max_bytes: int | None = None) -> Events:
     """CSR events of spikes or counts ``x`` ``[R, N]`` (or ``[T, B, N]``, flattened to ``R = T·B``).
 
+    A count ``c`` becomes ``c`` events: the events take ``8·(Σ counts + R + 1)`` bytes, which must
+    stay within ``max_bytes`` (see the module docstring).
+
     Raises:
-        ValueError: if ``x`` holds negative, non-integer or non-finite values.
+        ValueError: if ``x`` holds negative, non-integer or non-finite values, or its events
+            exceed ``max_bytes``.
     """
     arr = _array("x", x)
     if arr.ndim < 2:
@@ -157,10 +188,17 @@ def events_from_dense(x, n_in: int | None = None) -> Events:
         raise ValueError("events_from_dense: x must be non-negative (spikes or counts)")
     if arr.size and arr.max() > np.iinfo(np.int32).max:  # noqa: SIM102
         raise ValueError("events_from_dense: a count exceeds int32")
+    total = int(arr.sum(dtype=np.float64)) if arr.size else 0  # float64: no overflow on hostile counts
+    check_call_bytes(8 * (total + arr.shape[0] + 1), max_bytes, "events_from_dense")
     if arr.dtype.kind == "f" or arr.dtype.itemsize > 4:
         arr = arr.astype(np.int32)  # validated integer values above; the kernel takes any int type
     ptr, idx = K.dense_to_events(np.ascontiguousarray(arr))
     return Events(ptr, idx, int(arr.shape[1]))
+
+
+def tonic_call_bytes(n_steps: int, n_events: int) -> int:
+    """Bytes :func:`events_from_tonic` allocates: step pointers and counts, and per-event columns and keys."""
+    return 16 * (n_steps + 1) + 64 * n_events
 
 
 def events_from_tonic(
@@ -171,6 +209,7 @@ def events_from_tonic(
     time_window: float,
     start: float = 0.0,
     binary: bool = True,
+    max_bytes: int | None = None,
 ) -> Events:
     """Bin one tonic event array into ``n_steps`` rows of CSR events (batch of one).
 
@@ -184,16 +223,22 @@ def events_from_tonic(
     ``time_window`` and ``start`` are whole numbers of the timestamps' unit (both sides then
     compute exactly), as with the data modules' defaults.
 
+    The call takes about ``16·(n_steps + 1) + 64·len(events)`` bytes, which must stay within
+    ``max_bytes`` (see the module docstring).
+
     Raises:
         ValueError: missing ``t``/``x`` fields, unsorted or negative timestamps, indices outside
-            ``sensor_size`` (two polarities on a ``P = 1`` sensor), or bad ``n_steps``/``time_window``.
+            ``sensor_size`` (two polarities on a ``P = 1`` sensor), bad ``n_steps``/``time_window``,
+            or a call above ``max_bytes``.
     """
     if not isinstance(events, np.ndarray) or events.dtype.names is None or not {"t", "x"} <= set(events.dtype.names):
         raise ValueError("events_from_tonic: events must be a structured array with fields 't' and 'x' (tonic format)")
     if len(sensor_size) != 3 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in sensor_size):
         raise ValueError(f"events_from_tonic: sensor_size must be three positive ints (W, H, P), got {sensor_size!r}")
-    if not isinstance(n_steps, int) or n_steps < 1:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"events_from_tonic: n_steps must be a positive int, got {n_steps!r}")
+    n_steps = int(n_steps)
+    check_call_bytes(tonic_call_bytes(n_steps, events.size), max_bytes, "events_from_tonic")
     if not np.isfinite(time_window) or time_window <= 0:
         raise ValueError(f"events_from_tonic: time_window must be positive and finite, got {time_window!r}")
     w, h, p = (int(s) for s in sensor_size)

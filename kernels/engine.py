@@ -152,41 +152,67 @@ class Engine:
             raise ValueError(f"Engine.run: x needs at least one time step and one sample, got shape {tuple(arr.shape)}")
         return arr
 
-    def run(self, x, *, record: bool = False) -> EngineResult:
+    def call_bytes(self, rows: int, n_events: int, record: bool = False) -> int:
+        """Bytes a run over ``rows = T·B`` rows with ``n_events`` input events allocates (an upper estimate).
+
+        Input events take 8 bytes each plus 8 per row; every node then holds, per row and unit,
+        its int32 pre-activations, uint8 spikes and (at most one per unit) 8-byte output events:
+        16 bytes, plus 1 retained with ``record``.
+        """
+        per_unit = 16 + (1 if record else 0)
+        units = sum(math.prod(shape) for shape in self.graph.shapes())
+        return 8 * (n_events + rows + 1) + per_unit * rows * units
+
+    def run(self, x, *, record: bool = False, max_bytes: int | None = None) -> EngineResult:
         """Run on framed spikes (or integer counts) ``x`` (NumPy array or torch tensor).
 
         Args:
             x: time-major input.
             record: also return every node's spike trains.
+            max_bytes: memory limit of the call (:meth:`call_bytes`), checked before any work;
+                ``None``: :data:`sbnn.kernels.api.MAX_CALL_BYTES` (4 GiB).
 
         Shape:
             - x: ``[T, B, *input_shape]`` or ``[T, B, prod(input_shape)]``, values in {0, 1, 2, ...}.
             - output: ``[B, K]``; spikes (``record``): ``[T, B, *node_shape]`` per node.
 
         Raises:
-            ValueError: wrong shape, or values that are not non-negative integers.
+            ValueError: wrong shape, values that are not non-negative integers, or a call above
+                ``max_bytes``.
         """
         arr = self._check_input(x)
-        events = api.events_from_dense(arr)
+        total = float(arr.sum(dtype=np.float64))  # the input events; bad values are named by events_from_dense
+        if math.isfinite(total) and total >= 0:
+            api.check_call_bytes(self.call_bytes(arr.shape[0] * arr.shape[1], int(total), record), max_bytes, "Engine.run")
+        events = api.events_from_dense(arr, max_bytes=max_bytes)
         return self._run_events(events, arr.shape[0], arr.shape[1], record)
 
     def run_events(
         self, events: np.ndarray, sensor_size: tuple[int, int, int], *, n_steps: int, time_window: float,
-        start: float = 0.0, binary: bool = True, record: bool = False,
+        start: float = 0.0, binary: bool = True, record: bool = False, max_bytes: int | None = None,
     ) -> EngineResult:
         """Run on one tonic event array (a batch of one); see :func:`sbnn.kernels.api.events_from_tonic`.
 
+        ``max_bytes`` limits the memory of the call as in :meth:`run`, checked before any work.
+
         Raises:
-            ValueError: unsorted timestamps, indices outside the sensor, or a sensor whose size
-                differs from the network's input.
+            ValueError: unsorted timestamps, indices outside the sensor, a sensor whose size
+                differs from the network's input, or a call above ``max_bytes``.
         """
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+            raise ValueError(f"Engine.run_events: n_steps must be a positive int, got {n_steps!r}")
+        n_events = int(getattr(events, "size", 0))
+        need = api.tonic_call_bytes(int(n_steps), n_events) + self.call_bytes(int(n_steps), n_events, record)
+        api.check_call_bytes(need, max_bytes, "Engine.run_events")
         w, h, p = sensor_size
         if w * h * p != math.prod(self.graph.input_shape):
             raise ValueError(
                 f"Engine.run_events: sensor_size {tuple(sensor_size)} has {w * h * p} channels, the network takes "
                 f"{math.prod(self.graph.input_shape)} (input shape {self.graph.input_shape})"
             )
-        ev = api.events_from_tonic(events, sensor_size, n_steps=n_steps, time_window=time_window, start=start, binary=binary)
+        ev = api.events_from_tonic(
+            events, sensor_size, n_steps=int(n_steps), time_window=time_window, start=start, binary=binary, max_bytes=max_bytes
+        )
         return self._run_events(ev, n_steps, 1, record)
 
     def _counts(self, node, syn: _Prepared, events: api.Events, in_shape, out_shape, chunks: int) -> tuple[np.ndarray, int]:

@@ -7,7 +7,7 @@
 - :mod:`.flow`: gradient-flow statistics of training runs (:class:`GradientFlowMonitor`).
 """
 
-from .exact import MAX_UNIT_STEPS, NotEnumerableError, check_enumerable, exact_gradient, exact_objective
+from .exact import MAX_UNIT_STEPS, NotEnumerableError, check_enumerable, check_inputs, exact_gradient, exact_objective
 from .flow import FlowAccumulator, GradientFlowMonitor, layer_statistics
 from .metrics import GradientMetrics, gradient_metrics
 from .sampling import estimator_gradients, reinforce_gradients
@@ -16,6 +16,7 @@ __all__ = [
     "MAX_UNIT_STEPS",
     "NotEnumerableError",
     "check_enumerable",
+    "check_inputs",
     "exact_objective",
     "exact_gradient",
     "estimator_gradients",

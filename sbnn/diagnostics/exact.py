@@ -36,7 +36,7 @@ from ..functional.neurons import spike_train_log_prob, time_average_weights
 from ..models import SpikingMLP
 from ..modes import evaluation
 
-__all__ = ["MAX_UNIT_STEPS", "NotEnumerableError", "enumeration_size", "check_enumerable", "exact_objective", "exact_gradient", "diagnostic_mode"]
+__all__ = ["MAX_UNIT_STEPS", "NotEnumerableError", "enumeration_size", "check_enumerable", "check_inputs", "exact_objective", "exact_gradient", "diagnostic_mode"]
 
 #: default limit on the binary unit-steps of two adjacent layers (``T·(n_l + n_{l+1})``)
 MAX_UNIT_STEPS = 22
@@ -90,6 +90,32 @@ def check_enumerable(net: SpikingMLP, n_steps: int, max_unit_steps: int = MAX_UN
         )
 
 
+def check_inputs(net: SpikingMLP, x: Tensor, y: Tensor) -> None:
+    """Refuse inputs the diagnostics would silently misread: ``x`` must be a finite ``[T, B, in_features]``
+    tensor and ``y`` ``[B]`` integer labels in ``[0, K)`` (``K = out_features``).
+
+    Without this, label ``−1`` indexes the last class and a NaN input turns every result into NaN.
+
+    Raises:
+        ValueError: naming the argument, what was received and the valid range.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a [T, B, in_features] tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[2] != net.in_features or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must be [T, B, {net.in_features}] with T, B >= 1, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} NaN or infinite values; the inputs must be finite")
+    if not isinstance(y, Tensor) or y.shape != (x.shape[1],):
+        raise ValueError(f"y must be [B] = [{x.shape[1]}] labels, got shape {tuple(getattr(y, 'shape', ()))}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    k = net.out_features
+    bad = (y < 0) | (y >= k)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"y[{i}] = {int(y[i])} is not a class label: labels must lie in [0, {k}) for {k} classes")
+
+
 def _histories(n_units: int, n_steps: int, like: Tensor) -> Tensor:
     """All spike histories of a layer as ``[T, K, n]`` with ``K = 2^{T n}`` (history k = bits of k)."""
     n_bits = n_steps * n_units
@@ -111,17 +137,20 @@ def exact_objective(
     Args:
         net: a small :class:`~sbnn.models.SpikingMLP` (membrane readout; marginal membrane model
             or ``beta=0``).
-        x: ``[T, B, in_features]`` inputs.
-        y: ``[B]`` class labels.
+        x: ``[T, B, in_features]`` finite inputs.
+        y: ``[B]`` integer class labels in ``[0, out_features)``.
         max_unit_steps: refuse networks above this size (see :func:`check_enumerable`).
 
     Returns:
         A scalar tensor in the dtype of ``x`` (use float64 for gradient checks).
+
+    Raises:
+        ValueError: a network that cannot be enumerated, labels outside ``[0, K)``, or NaN/inf
+            inputs (see :func:`check_inputs`).
     """
+    check_enumerable(net, x.shape[0] if isinstance(x, Tensor) and x.dim() == 3 else 1, max_unit_steps)
+    check_inputs(net, x, y)
     n_steps = x.shape[0]
-    check_enumerable(net, n_steps, max_unit_steps)
-    if y.shape != (x.shape[1],):
-        raise ValueError(f"y must be [B] = [{x.shape[1]}] labels, got shape {tuple(y.shape)}")
     with diagnostic_mode(net):
         log_m = None  # log P(H_l | x_b), [B, K_l]
         inputs = x  # [T, B or K_{l-1}, n_{l-1}]

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..functional.estimators import Estimator
+from ..functional.estimators import Estimator, get_estimator
 from ..functional.neurons import noise_scale, spike_train_log_prob, time_average_weights
 from ..models import SpikingMLP
-from .exact import diagnostic_mode
+from .exact import check_inputs, diagnostic_mode
 
 __all__ = ["trainable_parameters", "estimator_gradients", "reinforce_gradients", "swap_estimator"]
 
@@ -51,8 +51,13 @@ def _one_thread() -> Iterator[None]:
 
 
 @contextmanager
-def swap_estimator(net: SpikingMLP, estimator: Estimator | None) -> Iterator[None]:
-    """Use ``estimator`` in every hidden neuron for the duration (``None``: keep the network's)."""
+def swap_estimator(net: SpikingMLP, estimator: str | Estimator | None) -> Iterator[None]:
+    """Use ``estimator`` (a name such as ``"iwst"``, or an estimator) in every hidden neuron for the duration.
+
+    ``None`` keeps the network's own. An unknown name raises a ``ValueError`` listing the valid ones.
+    """
+    if estimator is not None:
+        estimator = get_estimator(estimator)  # a name with default hyper-parameters, or the estimator itself
     saved = [n.estimator for n in net.neurons]
     try:
         if estimator is not None:
@@ -74,13 +79,28 @@ def _stack(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def estimator_gradients(
-    net: SpikingMLP, x: Tensor, y: Tensor, estimator: Estimator | None, n_samples: int, *, seed: int = 0
+    net: SpikingMLP, x: Tensor, y: Tensor, estimator: str | Estimator | None, n_samples: int, *, seed: int = 0
 ) -> dict[str, Tensor]:
     """``n_samples`` independent single-sample gradients of the mean cross-entropy.
 
+    Args:
+        net: a :class:`~sbnn.models.SpikingMLP` with a membrane readout.
+        x: ``[T, B, in_features]`` finite inputs.
+        y: ``[B]`` integer labels in ``[0, out_features)``.
+        estimator: an estimator name (``"st"``, ``"iwst"``, ... with default hyper-parameters), an
+            estimator object (``sbnn.get_estimator("iwst", p=0.5)``), or ``None`` for the network's own.
+        n_samples: number of independent single-sample gradients (a positive int).
+        seed: seed of the sampled noise.
+
     Returns:
         ``{parameter name: [n_samples, *shape]}``.
+
+    Raises:
+        ValueError: an unknown estimator name, bad labels or non-finite inputs.
     """
+    check_inputs(net, x, y)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"estimator_gradients: n_samples must be a positive int, got {n_samples!r}")
     params = trainable_parameters(net)
     out = []
     with torch.random.fork_rng(), _one_thread(), diagnostic_mode(net), swap_estimator(net, estimator):
@@ -138,6 +158,7 @@ def reinforce_gradients(
     The baseline ``c_b`` is the mean loss of example ``b`` over ``n_baseline`` independent pilot
     samples (0 disables it).
     """
+    check_inputs(net, x, y)
     params = trainable_parameters(net)
     out = []
     with torch.random.fork_rng(), _one_thread(), diagnostic_mode(net):
