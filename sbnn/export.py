@@ -522,7 +522,7 @@ def load(path: str | os.PathLike, weights: str = "auto", threads: int | None = N
 
 
 #: modules whose ``nn.Module`` classes a run's ``config.yaml`` may build (prefixes on a dotted-name boundary)
-NETWORK_MODULES = ("sbnn.models", "sbnn.nets", "sbnn.resnet", "sbnn.layers", "sbnn.neurons", "sbnn.blocks")
+NETWORK_MODULES = ("sbnn.models", "sbnn.layers", "sbnn.neurons")
 
 _PLAIN = (str, int, float, bool, type(None))
 

@@ -28,11 +28,11 @@ import torch
 from sbnn import export
 from sbnn.kernels import Conv2d, Dense, Graph, LIF, MaxPool2d, MembraneReadout, Synapses
 from sbnn.lightning import SpikingClassificationTask
-from sbnn.models import SpikingMLP
+from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
 def _net() -> SpikingMLP:
-    return SpikingMLP(20, (33,), 5, bias=True)
+    return SpikingMLP(20, (33,), 5, layer=LayerSettings(bias=True))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def _run_dir(tmp_path: Path, network_yaml: str) -> Path:
 def _mlp_yaml(extra: str = "") -> str:
     return (
         "      class_path: sbnn.models.SpikingMLP\n      init_args:\n        in_features: 20\n"
-        "        hidden: [33]\n        out_features: 5\n        bias: true\n" + extra
+        "        hidden: [33]\n        num_classes: 5\n        layer:\n          bias: true\n" + extra
     )
 
 
@@ -124,7 +124,7 @@ HOSTILE = {
     "nested": (_mlp_yaml("        estimator:\n          class_path: subprocess.run\n          init_args:\n"
                          "            args: [touch, {marker}]\n"), "'subprocess.run'"),
     "sbnn-prefixed non-network": ("      class_path: sbnn.cli.LightningCLI\n", "'sbnn.cli.LightningCLI'"),
-    "non-module in a network module": ("      class_path: sbnn.models.Tensor\n", "'sbnn.models.Tensor'.*not an nn.Module"),
+    "non-module in a network module": ("      class_path: sbnn.models.base.Tensor\n", "'sbnn.models.base.Tensor'.*not an nn.Module"),
     "yaml python tag": ("      !!python/object/apply:os.system [\"touch {marker}\"]\n", "not a readable YAML"),
     "object argument": (_mlp_yaml("        hidden: !!python/object/apply:os.system [\"touch {marker}\"]\n"), "not a readable YAML"),
 }
@@ -324,7 +324,7 @@ def test_header_fuzz_gives_model_file_error_or_a_correct_run(tmp_path, base):
     if base == "conv":
         graph = _conv_graph()
     else:
-        net = SpikingMLP(12, (9, 7), 4, bias=True, readout="spike_count")
+        net = SpikingMLP(12, (9, 7), 4, layer=LayerSettings(bias=True), readout="spike_count")
         graph = export.to_graph(net)
     header, payload = _split(export.save(graph, tmp_path / "base.sbnn").read_bytes())
     rng = random.Random(20250517)

@@ -92,7 +92,7 @@ def check_enumerable(net: SpikingMLP, n_steps: int, max_unit_steps: int = MAX_UN
 
 def check_inputs(net: SpikingMLP, x: Tensor, y: Tensor) -> None:
     """Refuse inputs the diagnostics would silently misread: ``x`` must be a finite ``[T, B, in_features]``
-    tensor and ``y`` ``[B]`` integer labels in ``[0, K)`` (``K = out_features``).
+    tensor and ``y`` ``[B]`` integer labels in ``[0, K)`` (``K = num_classes``).
 
     Without this, label ``−1`` indexes the last class and a NaN input turns every result into NaN.
 
@@ -109,7 +109,7 @@ def check_inputs(net: SpikingMLP, x: Tensor, y: Tensor) -> None:
         raise ValueError(f"y must be [B] = [{x.shape[1]}] labels, got shape {tuple(getattr(y, 'shape', ()))}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-    k = net.out_features
+    k = net.num_classes
     bad = (y < 0) | (y >= k)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -138,7 +138,7 @@ def exact_objective(
         net: a small :class:`~sbnn.models.SpikingMLP` (membrane readout; marginal membrane model
             or ``beta=0``).
         x: ``[T, B, in_features]`` finite inputs.
-        y: ``[B]`` integer class labels in ``[0, out_features)``.
+        y: ``[B]`` integer class labels in ``[0, num_classes)``.
         max_unit_steps: refuse networks above this size (see :func:`check_enumerable`).
 
     Returns:

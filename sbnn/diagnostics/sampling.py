@@ -86,7 +86,7 @@ def estimator_gradients(
     Args:
         net: a :class:`~sbnn.models.SpikingMLP` with a membrane readout.
         x: ``[T, B, in_features]`` finite inputs.
-        y: ``[B]`` integer labels in ``[0, out_features)``.
+        y: ``[B]`` integer labels in ``[0, num_classes)``.
         estimator: an estimator name (``"st"``, ``"iwst"``, ... with default hyper-parameters), an
             estimator object (``sbnn.get_estimator("iwst", p=0.5)``), or ``None`` for the network's own.
         n_samples: number of independent single-sample gradients (a positive int).

@@ -7,12 +7,12 @@ import torch
 
 import sbnn
 from sbnn.diagnostics import estimator_gradients, exact_gradient, exact_objective, reinforce_gradients
-from sbnn.models import SpikingMLP
+from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
 def _problem():
     g = torch.Generator().manual_seed(3)
-    net = SpikingMLP(5, (2,), 3, bias=True, sigma0=0.3, beta=0.0, reset_mechanism="none").double()
+    net = SpikingMLP(5, (2,), 3, neuron=NeuronSettings(sigma0=0.3, beta=0.0, reset_mechanism="none"), layer=LayerSettings(bias=True)).double()
     x = torch.rand(2, 4, 5, dtype=torch.float64, generator=g).round()
     y = torch.randint(0, 3, (4,), generator=g)
     return net, x, y
