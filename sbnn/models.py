@@ -175,7 +175,7 @@ class BinaryMLP(nn.Module):
 
     The architecture of BayesBiNN's synthetic experiments (seed 001 B.1: two hidden layers of 64
     tanh units) built from sbnn's Bernoulli layers, so that every training method of
-    :mod:`sbnn.methods` (BayesBiNN, SBNN's Adam-on-λ, STE, Bop, ProxConnect++ quantisers,
+    :mod:`sbnn.training.methods` (BayesBiNN, SBNN's Adam-on-λ, STE, Bop, ProxConnect++ quantisers,
     full-precision Adam) runs on the same network. A time-major input ``[T, B, N]`` (e.g. real
     values repeated over ``T`` steps) is averaged over time first, so ``T`` changes nothing for a
     constant input; ``[B, N]`` is accepted as well.

@@ -3,7 +3,7 @@
 Both are built only from :class:`~sbnn.layers.BernoulliLinear` / :class:`~sbnn.layers.BernoulliConv2d`,
 :class:`~sbnn.neurons.StochasticLIF` and pooling (no normalisation layers), expose
 ``forward_with_spikes`` and ``calibrate`` like :class:`sbnn.models.SpikingMLP` (so
-:class:`sbnn.lightning.SpikingClassificationTask` calibrates and logs them), and keep their layers
+:class:`sbnn.tasks.SpikingClassificationTask` calibrates and logs them), and keep their layers
 in named, ordered submodules so that an exporter can walk them:
 
 ``SpikingRecurrentNet`` (per hidden layer ``i``, then the readout)::

@@ -15,7 +15,7 @@ readout, so ``depth = 2 + 2·n_blocks`` (``SpikingResNet``: ``n_blocks`` spread 
 stages, i.e. ``depth = 2 + 2·len(widths)·k``: 8, 14, 20, 26, 32, ... for three stages).
 
 Both models follow :class:`~sbnn.models.SpikingMLP`'s contract (``forward``,
-``forward_with_spikes``, ``calibrate``), so :class:`sbnn.lightning.SpikingClassificationTask`
+``forward_with_spikes``, ``calibrate``), so :class:`sbnn.tasks.SpikingClassificationTask`
 trains them, calibrates them on a first batch and logs their firing rates.
 """
 
@@ -170,7 +170,7 @@ class _ResidualSBNN(nn.Module):
         residual net started with noisy, confident logits silences its last neuron (cutting the
         readout's LRT noise, which grows with the input spikes) and then stalls; a small initial
         logit scale, as Fixup/SkipInit's zero-initialised last layer, avoids it
-        (``docs/depth_study.md``). :class:`~sbnn.lightning.SpikingClassificationTask` passes its
+        (``docs/depth_study.md``). :class:`~sbnn.tasks.SpikingClassificationTask` passes its
         own ``readout_std``: set it to 0.5 in recipes for these models.
 
         Args:

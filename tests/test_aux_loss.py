@@ -7,8 +7,8 @@ import torch
 
 from sbnn.functional.neurons import time_average_weights
 from sbnn.functional.noise import get_noise
-from sbnn.lightning import SpikingClassificationTask
-from sbnn.losses import BiasProxyLoss, ELBOLoss, bias_proxy_terms
+from sbnn.tasks import SpikingClassificationTask
+from sbnn.training import BiasProxyLoss, ELBOLoss, bias_proxy_terms
 from sbnn.models import SpikingMLP
 
 
@@ -78,12 +78,22 @@ def test_aux_loss_needs_recorded_drives_and_reaches_the_parameters():
     assert net.layers[0].lam.grad.abs().sum() > 0
 
 
-def test_task_attaches_the_bias_proxy_when_aux_weight_is_positive():
+def test_task_uses_the_bias_proxy_without_changing_the_network(recwarn):
+    """The drives are recorded for the training step only: no flag left on the user's network and
+    no drive (holding the step's autograd graph) kept alive after it."""
+    torch.manual_seed(0)
     net = SpikingMLP(6, (4,), 2)
     task = SpikingClassificationTask(net, aux_weight=0.1, train_size=10)
     assert isinstance(task.aux_fn, BiasProxyLoss)
-    assert all(n.record_drive for n in net.neurons)
-    assert not any(n.record_drive for n in SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).network.neurons)
+    assert not any(n.record_drive for n in net.neurons)
+    x, y = torch.rand(3, 2, 6).round(), torch.tensor([0, 1])
+    torch.manual_seed(1)
+    with_aux = task.training_step((x, y), 0)
+    assert not any(n.record_drive for n in net.neurons)
+    assert all(n.last_drive is None for n in net.neurons)
+    torch.manual_seed(1)
+    without = SpikingClassificationTask(net, train_size=10).training_step((x, y), 0)
+    assert float(with_aux) > float(without)  # the auxiliary term was computed from the step's drives
 
 
 def test_recorded_drives_do_not_block_copy_or_pickle():

@@ -10,7 +10,7 @@ import torch
 
 from sbnn.data import RandmanDataModule
 from sbnn.diagnostics import FlowAccumulator, GradientFlowMonitor, layer_statistics
-from sbnn.lightning import SpikingClassificationTask
+from sbnn.tasks import SpikingClassificationTask
 from sbnn.models import SpikingMLP
 from sbnn.posterior import sign_mean
 
