@@ -20,7 +20,8 @@ __all__ = ["DivergenceGuard"]
 class DivergenceGuard(L.Callback):
     """Raise :class:`sbnn.training.TrainingDivergedError` at the first NaN/inf input, loss or parameter.
 
-    Before the first step of a fit: the parameters (a corrupt initial network or checkpoint).
+    At the start of a fit and before its first step: the parameters (a corrupt initial network
+    or checkpoint).
     Before every step: the input batch. After every step: the loss and every parameter.
     """
 
@@ -28,6 +29,10 @@ class DivergenceGuard(L.Callback):
         # our own count of training batches: under manual optimisation Lightning's global_step
         # does not see the methods' optimisers
         self.step = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after a checkpoint's weights are restored, before calibration and the sanity check
+        check_parameters(pl_module.named_parameters(), trainer.global_step, after_update=False)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.step = trainer.global_step
