@@ -291,3 +291,34 @@ def test_float64_training_through_the_cli(tmp_path, capsys):
     assert cli.model.network.layers[0].lam.dtype == torch.float64
     assert bool(cli.model.calibrated)
     assert all(math.isfinite(float(v)) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test_"))
+
+
+@pytest.mark.slow
+def test_ddp_metrics_equal_the_single_process_ones(tmp_path, capsys):
+    """The same checkpoint tested on 1 process and under DDP on 2 CPU processes, with a test set of
+    41 (shards of 21 and 20: the distributed sampler repeats one sample, which must not count)."""
+    import os
+    import subprocess
+    import sys
+
+    short = [*_short(tmp_path / "fit"), "--data.init_args.n_test", "41", "--data.init_args.batch_size", "8"]
+    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), *short])
+    (ckpt,) = (tmp_path / "fit").rglob("last.ckpt")
+    args = ["test", "--config", str(RECIPES / "quickstart.yaml"), "--ckpt_path", str(ckpt)]
+    main([*args, *_short(tmp_path / "one"), "--data.init_args.n_test", "41", "--data.init_args.batch_size", "8"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sbnn.cli", *args, *_short(tmp_path / "two"), "--data.init_args.n_test", "41",
+         "--data.init_args.batch_size", "8", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _test_metrics(tmp_path, "one"), _test_metrics(tmp_path, "two")
+    assert set(one) == set(two) and len(one) == 12
+    for name, value in one.items():
+        # every accuracy is a count over the 41 real examples, on both
+        if name.startswith("test_acc"):
+            assert round(value * 41, 3) == round(value * 41) and round(two[name] * 41, 3) == round(two[name] * 41)
+        if not name.endswith("_lrt"):  # mode and MC: the same numbers (LRT noise is drawn per batch)
+            assert two[name] == pytest.approx(value, abs=1e-6), name
