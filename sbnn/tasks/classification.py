@@ -4,7 +4,7 @@ Training minimises :class:`sbnn.training.ELBOLoss` in ``sample`` (LRT) mode. Bef
 step the scales ``α`` are set from the first training batch (``network.calibrate``; see
 :class:`~sbnn.tasks.SpikingTask`). The last ``mode_finetune_epochs`` epochs also train the deployed
 ``mode`` network (weights ``sign(λ)``, straight-through on ``λ``) alongside the LRT loss, which
-closes most of the train–deploy gap (DESIGN §7). Validation reports the ``mode`` network; testing
+closes most of the train–deploy gap (docs/design.md §7). Validation reports the ``mode`` network; testing
 reports ``mode``, MC (``mc_samples`` drawn binary networks) and LRT-averaged accuracy, NLL,
 expected calibration error and mean predictive entropy (:mod:`sbnn.training.metrics`), exactly
 reduced across ranks.
@@ -49,8 +49,9 @@ def _drives_recorded(network: nn.Module, enabled: bool) -> Iterator[None]:
         yield
     finally:
         for n, flag in zip(neurons, saved):
-            n.record_drive = flag
-            n.last_drive = None
+            if not flag:  # recording that someone else asked for (a monitor) is left alone
+                n.record_drive = False
+                n.last_drive = None
 
 
 class SpikingClassificationTask(SpikingTask):
@@ -59,8 +60,8 @@ class SpikingClassificationTask(SpikingTask):
     Args:
         network: the model, returning logits ``[B, K]`` (e.g. :class:`sbnn.models.SpikingMLP`).
         lr: Adam learning rate of the float parameters (scales, biases, leaks).
-        lam_lr: Adam learning rate of the natural parameters ``λ`` (a logit scale: ≈ 0.1, DESIGN §7).
-        kl_weight: weight of ``KL/N_train`` (0.1 by default for small data sets, DESIGN §7).
+        lam_lr: Adam learning rate of the natural parameters ``λ`` (a logit scale: ≈ 0.1, docs/design.md §7).
+        kl_weight: weight of ``KL/N_train`` (0.1 by default for small data sets, docs/design.md §7).
         aux_weight: weight of the bias-reducing auxiliary loss (0 disables it; see
             :class:`sbnn.training.BiasProxyLoss`).
         mc_samples: number of binary networks drawn for MC evaluation (and LRT passes averaged).
