@@ -362,7 +362,7 @@ def run_sbnn(dataset: str, seed: int, epochs: int, task_kwargs: dict[str, Any]) 
 
     from sbnn import evaluation, lrt_predict
     from sbnn.layers import BernoulliLayer
-    from sbnn.lightning import SpikingClassificationTask
+    from sbnn.tasks import SpikingClassificationTask
     from sbnn.models import SpikingMLP
     from sbnn.posterior import sign_mean
 

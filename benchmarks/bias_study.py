@@ -36,9 +36,9 @@ from sbnn.data import DigitsDataModule, RandmanDataModule
 from sbnn.diagnostics import GradientFlowMonitor, estimator_gradients, exact_gradient, gradient_metrics
 from sbnn.diagnostics.report import DiagnoseConfig, _mean_rows, run_report
 from sbnn.functional.estimators import get_estimator
-from sbnn.lightning import SpikingClassificationTask
-from sbnn.losses import BiasProxyLoss
 from sbnn.models import NeuronSettings, SpikingMLP
+from sbnn.tasks import SpikingClassificationTask
+from sbnn.training import BiasProxyLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -6,7 +6,7 @@
     python benchmarks/compare_methods.py --quick         # smoke run (2 epochs / 20 on moons)
     python benchmarks/compare_methods.py --methods bayesbinn ste --datasets moons
 
-Every method of :mod:`sbnn.methods` trains the *same* network per data set, built from sbnn's
+Every method of :mod:`sbnn.training.methods` trains the *same* network per data set, built from sbnn's
 Bernoulli layers, with the same data, batches and epoch budget:
 
 * ``digits``: ``DigitsDataModule(encoding="rate", n_steps=20)`` (1257 train / 360 test),
@@ -40,8 +40,8 @@ import warnings
 import torch
 
 from sbnn.data import DigitsDataModule, MoonsDataModule, RandmanDataModule, time_major_collate
-from sbnn.methods import fit, make_method, predict_samples
-from sbnn.metrics import accuracy, expected_calibration_error, negative_log_likelihood
+from sbnn.training import fit, make_method, predict_samples
+from sbnn.training import accuracy, expected_calibration_error, negative_log_likelihood
 from sbnn.models import BinaryMLP, SpikingMLP
 
 DATASETS = ("digits", "randman", "moons")

@@ -13,7 +13,7 @@ sbnn's Bernoulli layers have a learned scale instead, and two hidden layers suff
 
 Methods, trained task after task on the same network for ``--epochs`` epochs each:
 
-* ``bayesbinn``: :class:`sbnn.optim.BayesBiNN`, S = 1, ±10 initialisation before task 1 only,
+* ``bayesbinn``: :class:`sbnn.training.BayesBiNN`, S = 1, ±10 initialisation before task 1 only,
   KL weight 0.1 (as sbnn's; at 1 task 1 reached 70–80 % in 10–20 epochs, at 0.1 94 %); after every task ``λ0 ← λ`` (the posterior becomes the prior of the next task:
   ``set_prior_from_posterior``). Seed table 13 uses τ = 1e−2, lr 1e−3, 100 epochs; at 10 epochs on
   task 1 that reached 16 % here, so a light tuning on task 1 (10 epochs; lr 1e−3…1e−1, τ 1e−2 or 1,
@@ -45,10 +45,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-from sbnn.methods import fit, make_method, predict_samples
-from sbnn.metrics import accuracy
 from sbnn.models import BinaryMLP, LayerSettings
-from sbnn.optim import bernoulli_layers
+from sbnn.training import accuracy, bernoulli_layers, fit, make_method, predict_samples
 
 FIG = Path(__file__).resolve().parents[1] / "docs" / "figures" / "continual_digits.png"
 METHODS = ("bayesbinn", "sbnn", "ste", "adam")

@@ -30,7 +30,7 @@ Arms:
     learnable ``γ`` (0.2), no normalisation; the SBNN calibration targets applied to the float
     weights (``--float-init calibrated``, the default) or PyTorch's default init (``default``).
 
-All three are trained by the same :class:`sbnn.lightning.SpikingClassificationTask` and Lightning
+All three are trained by the same :class:`sbnn.tasks.SpikingClassificationTask` and Lightning
 ``Trainer`` (Adam + cosine; SBNN: λ lr 0.1, other parameters 1e-3, the last 2 epochs also train
 the ``mode`` network; float: lr ``--float-lr``, no mode fine-tune). SBNN nets are calibrated on the
 first training batch before the initial gradient measurement.
@@ -300,7 +300,7 @@ def build(arm: str, depth: int, args: argparse.Namespace) -> nn.Module:
 
 
 def run_one(arm: str, depth: int, args: argparse.Namespace, dm) -> dict[str, Any]:
-    from sbnn.lightning import SpikingClassificationTask
+    from sbnn.tasks import SpikingClassificationTask
     from sbnn.modes import evaluation, lrt_predict
 
     L.seed_everything(args.seed, verbose=False)

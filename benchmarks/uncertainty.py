@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from sbnn.data import MoonsDataModule, time_major_collate
-from sbnn.methods import fit, make_method, predict_samples
-from sbnn.metrics import accuracy, expected_calibration_error, negative_log_likelihood, predictive_entropy
+from sbnn.training import fit, make_method, predict_samples
+from sbnn.training import accuracy, expected_calibration_error, negative_log_likelihood, predictive_entropy
 from sbnn.models import BinaryMLP
 
 FIG_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"

@@ -7,11 +7,11 @@ Walker, Khajehnejad & Razi 2025 (arXiv:2505.17962), of which only the abstract i
 ``docs/theory.md``.
 """
 
-from . import estimators, functional
+from . import estimators, functional, training
 from ._validation import set_validation
 from .estimators import get_estimator, spike_grad
 from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
-from .losses import ELBOLoss, ELBOTerms, kl_divergence
+from .training.losses import ELBOLoss, ELBOTerms, kl_divergence
 from .modes import evaluation, get_mode, lrt_predict, mc_predict, reset, set_mode
 from .neurons import StochasticLIF
 from .posterior import BernoulliSign

@@ -2,7 +2,7 @@
 
 ``sbnn fit --config recipes/quickstart.yaml`` trains, writes checkpoints and logs, and then tests
 the final model, printing ``mode``, MC and LRT-averaged accuracy. YAML names classes by import
-path (``class_path: sbnn.lightning.SpikingClassificationTask``).
+path (``class_path: sbnn.tasks.SpikingClassificationTask``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import sbnn
 
-# so short class paths resolve in configs (sbnn.models.*, sbnn.callbacks.EpochSeed, sbnn.methods.*)
-from . import callbacks, data, lightning, methods, models  # noqa: F401
+# so short class paths resolve in configs (sbnn.models.*, sbnn.callbacks.EpochSeed, sbnn.tasks.*, sbnn.training.*)
+from . import callbacks, data, models, tasks, training  # noqa: F401
 from .runtime import keep_freed_memory
 
 __all__ = ["SBNNCLI", "main", "with_tensorboard"]
@@ -76,7 +76,7 @@ def main(args: ArgsType = None) -> SBNNCLI:
     # long runs slow down ~1.75x from denormal floats in decaying membranes (DESIGN §7)
     torch.set_flush_denormal(True)
     return SBNNCLI(
-        # any LightningModule: SpikingClassificationTask, or sbnn.methods.MethodTask (issue 7)
+        # any LightningModule: SpikingClassificationTask, or sbnn.tasks.MethodTask (issue 7)
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,

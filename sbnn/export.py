@@ -688,7 +688,7 @@ def export_checkpoint(
     config: str | os.PathLike | None = None,
     meta: dict | None = None,
 ) -> Path:
-    """Export a Lightning checkpoint of :class:`sbnn.lightning.SpikingClassificationTask`.
+    """Export a Lightning checkpoint of :class:`sbnn.tasks.SpikingClassificationTask`.
 
     The task stores its network's weights under ``network.`` but not its architecture. Give a
     freshly built ``network`` of the same architecture, or the ``config`` YAML of the run

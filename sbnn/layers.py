@@ -219,7 +219,7 @@ class BernoulliLayer(nn.Module):
         """Run in the ``fixed`` mode with ``weight`` (λ's shape) from now on.
 
         For training methods that compute the weight from ``λ`` themselves (a quantiser, a
-        relaxed sample, a latent real weight; :mod:`sbnn.methods`): the gradient reaches ``λ``
+        relaxed sample, a latent real weight; :mod:`sbnn.training.methods`): the gradient reaches ``λ``
         through ``weight``'s own graph.
         """
         self._check_weight(weight)

@@ -26,7 +26,7 @@ with the sign-Swish function (Darabi et al. 2018, arXiv:1812.11800)
     \qquad SS'_μ(w) = \frac{μ\,[2 − μw \tanh(μw/2)]}{1 + \cosh(μw)}.
 
 ``SS_μ → sign`` as ``μ → ∞``, so BNN++ trains with a smooth forward quantiser whose sharpness
-``μ`` is raised during training (see :class:`sbnn.methods.QuantizerMethod`) and is evaluated
+``μ`` is raised during training (see :class:`sbnn.training.QuantizerMethod`) and is evaluated
 with ``sign``. ``sign`` sends 0 to ``+1`` here (ties go to ``+1``, as ``sbnn.posterior.sign_mode``).
 
 .. note:: The seed text available to sbnn (``seeds/004``) names the pairs but not their formulas;

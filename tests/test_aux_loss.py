@@ -7,10 +7,10 @@ import torch
 
 from sbnn.functional.neurons import time_average_weights
 from sbnn.functional.noise import get_noise
-from sbnn.lightning import SpikingClassificationTask
-from sbnn.losses import BiasProxyLoss, ELBOLoss, bias_proxy_terms
 from sbnn.models import NeuronSettings, SpikingMLP
 from sbnn.neurons import record_drives
+from sbnn.tasks import SpikingClassificationTask
+from sbnn.training import BiasProxyLoss, ELBOLoss, bias_proxy_terms
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "logistic"])
@@ -88,12 +88,22 @@ def test_aux_loss_needs_recorded_drives_and_reaches_the_parameters():
         aux(net)
 
 
-def test_task_attaches_the_bias_proxy_when_aux_weight_is_positive():
+def test_task_uses_the_bias_proxy_without_changing_the_network(recwarn):
+    """The drives are recorded for the training step only: no flag left on the user's network and
+    no drive (holding the step's autograd graph) kept alive after it."""
+    torch.manual_seed(0)
     net = SpikingMLP(6, (4,), 2)
     task = SpikingClassificationTask(net, aux_weight=0.1, train_size=10)
     assert isinstance(task.aux_fn, BiasProxyLoss)
-    net(torch.rand(3, 2, 6).round())
-    assert float(task.aux_fn(net)) > 0  # the task's loss recorded the drives of the forward pass
+    x, y = torch.rand(3, 2, 6).round(), torch.tensor([0, 1])
+    torch.manual_seed(1)
+    with_aux = task.training_step((x, y), 0)
+    net(x)  # a forward after the step records nothing: the hooks were removed with the step
+    with pytest.raises(RuntimeError, match="attach"):  # and the step's drives were released
+        task.aux_fn(net)
+    torch.manual_seed(1)
+    without = SpikingClassificationTask(net, train_size=10).training_step((x, y), 0)
+    assert float(with_aux) > float(without)  # the auxiliary term was computed from the step's drives
     assert SpikingClassificationTask(SpikingMLP(6, (4,), 2), train_size=10).aux_fn is None
 
 

@@ -11,8 +11,8 @@ import torch
 
 from sbnn import evaluation, export
 from sbnn.kernels import Dense, Graph, LIF, MembraneReadout
-from sbnn.lightning import SpikingClassificationTask
 from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
+from sbnn.tasks import SpikingClassificationTask
 
 
 def _net(**kw) -> SpikingMLP:
@@ -161,7 +161,7 @@ def test_export_checkpoint_from_cli_config(tmp_path, capsys):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": task.state_dict()}, ckpt)
     (run_dir / "config.yaml").write_text(
-        "model:\n  class_path: sbnn.lightning.SpikingClassificationTask\n  init_args:\n    network:\n"
+        "model:\n  class_path: sbnn.tasks.SpikingClassificationTask\n  init_args:\n    network:\n"
         "      class_path: sbnn.models.SpikingMLP\n      init_args:\n        in_features: 20\n"
         "        hidden: [33]\n        num_classes: 5\n        layer:\n          bias: true\n"
     )

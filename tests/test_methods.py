@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sbnn.cli import main
 from sbnn.data import moons_tensors
-from sbnn.methods import METHODS, BayesBiNNMethod, QuantizerMethod, fit, make_method, predict_samples, weights_from
+from sbnn.training import METHODS, BayesBiNNMethod, QuantizerMethod, fit, make_method, predict_samples, weights_from
 from sbnn.models import BinaryMLP, SpikingMLP
-from sbnn.optim import bernoulli_layers
+from sbnn.training import bernoulli_layers
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -115,7 +115,7 @@ def _short(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("method", [None, "sbnn.methods.STEMethod", "sbnn.methods.BopMethod", "sbnn.methods.SBNNMethod"])
+@pytest.mark.parametrize("method", [None, "sbnn.training.STEMethod", "sbnn.training.BopMethod", "sbnn.training.SBNNMethod"])
 def test_moons_recipe_runs_with_methods_selected_from_the_cli(tmp_path, capsys, method):
     extra = [] if method is None else ["--model.init_args.method", method]
     cli = main(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), *extra])
@@ -123,7 +123,7 @@ def test_moons_recipe_runs_with_methods_selected_from_the_cli(tmp_path, capsys, 
     m = cli.trainer.callback_metrics
     for kind in ("mode", "mc"):
         assert 0.0 <= float(m[f"test_acc_{kind}"]) <= 1.0 and 0.0 <= float(m[f"test_ece_{kind}"]) <= 1.0
-    expected = {None: "BayesBiNNMethod", "sbnn.methods.STEMethod": "STEMethod"}.get(method, method and method.split(".")[-1])
+    expected = {None: "BayesBiNNMethod", "sbnn.training.STEMethod": "STEMethod"}.get(method, method and method.split(".")[-1])
     assert type(cli.model.method).__name__ == expected
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sbnn.metrics import (
+from sbnn.training.metrics import (
     CalibrationAccumulator,
     accuracy,
     expected_calibration_error,

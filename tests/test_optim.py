@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sbnn import BernoulliLinear
-from sbnn.optim import BayesBiNN, Bop, relaxed_sample
+from sbnn.training.optim import BayesBiNN, Bop, relaxed_sample
 
 
 def _quadratic_layer(lam):

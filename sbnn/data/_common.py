@@ -133,3 +133,7 @@ class SpikeDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Unshuffled time-major loader over the test split."""
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``sbnn predict`` reads the test split (unshuffled, as :meth:`test_dataloader`)."""
+        return self._loader("test")

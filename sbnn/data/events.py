@@ -449,3 +449,7 @@ class EventDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Unshuffled loader over the official test split."""
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``sbnn predict`` reads the test split (unshuffled, as :meth:`test_dataloader`)."""
+        return self._loader("test")

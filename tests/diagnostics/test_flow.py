@@ -10,9 +10,9 @@ import torch
 
 from sbnn.data import RandmanDataModule
 from sbnn.diagnostics import FlowAccumulator, GradientFlowMonitor, layer_statistics
-from sbnn.lightning import SpikingClassificationTask
 from sbnn.models import NeuronSettings, SpikingMLP
 from sbnn.neurons import record_drives
+from sbnn.tasks import SpikingClassificationTask
 from sbnn.posterior import sign_mean
 
 

@@ -22,8 +22,8 @@ from sbnn.data._fixtures import write_shd
 from sbnn.data.events import EventFramer
 from sbnn.kernels import Conv2d, Dense, MaxPool2d
 from sbnn.kernels.api import events_from_tonic
-from sbnn.lightning import SpikingClassificationTask
 from sbnn.models import LayerSettings, NeuronSettings, SpikingConvNet, SpikingRecurrentNet
+from sbnn.tasks import SpikingClassificationTask
 from sbnn.run import run
 
 

@@ -29,7 +29,7 @@ same ``λ``. BayesBiNN follows the natural gradient of the ELBO with the *whole*
 data term), relaxed weight samples and deterministic neurons; it is what the seed's tables use
 and it is the better choice when you want the seed's behaviour, the ±10 initialisation, tiny
 ``τ`` (STE-like training) or continual learning with the exact prior term. sbnn's
-:class:`sbnn.lightning.SpikingClassificationTask` uses Adam on ``λ`` with local
+:class:`sbnn.tasks.SpikingClassificationTask` uses Adam on ``λ`` with local
 reparameterisation (two matmuls per layer, one pass per step instead of ``S``), a tempered KL
 (``kl_weight``) and posterior noise inside the neurons; it is the better choice for spiking
 networks trained on small data, where the LRT noise is the neurons' noise and one pass per step
@@ -48,16 +48,24 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_in_range, check_positive_int
-from .layers import BernoulliLayer
-from .posterior import sign_variance
+from .._validation import check_in_range, check_positive_int
+from ..layers import BernoulliLayer
+from ..posterior import sign_variance
 
-__all__ = ["BayesBiNN", "Bop", "relaxed_sample", "bernoulli_layers"]
+__all__ = ["BayesBiNN", "Bop", "relaxed_sample", "bernoulli_layers", "random_sign_"]
 
 
 def bernoulli_layers(model: nn.Module) -> list[BernoulliLayer]:
     """Every :class:`sbnn.BernoulliLayer` inside ``model`` (recursively), in module order."""
     return [m for m in model.modules() if isinstance(m, BernoulliLayer)]
+
+
+@torch.no_grad()
+def random_sign_(layers: Iterable[BernoulliLayer], magnitude: float, generator: torch.Generator | None = None) -> None:
+    """Set every layer's ``λ`` to ``±magnitude`` with independent fair signs (in place, layer order)."""
+    for layer in layers:
+        signs = torch.randint(0, 2, layer.lam.shape, generator=generator).to(layer.lam)
+        layer.lam.copy_(magnitude * (2.0 * signs - 1.0))
 
 
 def relaxed_sample(lam: Tensor, temperature: float, uniform: Tensor) -> Tensor:
@@ -158,10 +166,7 @@ class BayesBiNN(torch.optim.Optimizer):
                         train_size=train_size, kl_weight=kl_weight, eps=eps)
         super().__init__([layer.lam for layer in layers], defaults)
         if lam_init is not None:
-            with torch.no_grad():
-                for layer in layers:
-                    signs = torch.randint(0, 2, layer.lam.shape, generator=generator).to(layer.lam)
-                    layer.lam.copy_(lam_init * (2.0 * signs - 1.0))
+            random_sign_(layers, lam_init, generator)
 
     def _uniform(self, like: Tensor) -> Tensor:
         # ε ∈ (0, 1) strictly: log(0) would make δ infinite

@@ -7,12 +7,12 @@ parameter ``λ`` is read in the way each method needs:
 - ``sbnn`` (:class:`SBNNMethod`): ``λ`` is the natural parameter; LRT samples in training; Adam on
   ``λ`` + ``kl_weight``·KL; evaluated as ``mode`` and MC.
 - ``bayesbinn`` (:class:`BayesBiNNMethod`): natural parameter; relaxed samples ``tanh((λ+δ)/τ)``;
-  :class:`sbnn.optim.BayesBiNN`; evaluated as ``mode`` and MC.
+  :class:`sbnn.training.BayesBiNN`; evaluated as ``mode`` and MC.
 - ``ste`` (:class:`STEMethod`): latent real weight; ``sign(λ)`` forward, clipped-identity
   backward; Adam with gradient and weight clipping; evaluated with ``sign(λ)``.
 - ``bnn`` / ``bnn+`` / ``bnn++`` (:class:`QuantizerMethod`): latent real weight through a
   ProxConnect++ pair (:mod:`sbnn.quantizers`); Adam; evaluated with ``sign(λ)``.
-- ``bop`` (:class:`BopMethod`): ``λ`` is the ±1 weight itself; :class:`sbnn.optim.Bop`.
+- ``bop`` (:class:`BopMethod`): ``λ`` is the ±1 weight itself; :class:`sbnn.training.Bop`.
 - ``adam`` (:class:`FullPrecisionMethod`): ``λ`` is a full-precision weight, in training and
   evaluation; Adam.
 
@@ -23,32 +23,27 @@ biases stay float parameters and are trained by Adam in every method (they are B
 Bop's "other parameters"). Outside ``sbnn``, stochastic neurons run deterministically (``ε = 0``;
 their spike gradient is the estimator's surrogate of width ``sqrt(σ0² + ε_min²)``).
 
-:class:`MethodTask` drives a method under Lightning (``sbnn fit`` with
-``model.class_path: sbnn.methods.MethodTask`` and ``model.init_args.method.class_path`` one of
-the classes below); :func:`fit` and :func:`predict_samples` are the same code without Lightning,
-used by ``benchmarks/compare_methods.py``.
+:class:`sbnn.tasks.MethodTask` drives a method under Lightning (``sbnn fit`` with
+``model.class_path: sbnn.tasks.MethodTask`` and ``model.init_args.method.class_path`` one of
+the classes below); :func:`sbnn.training.fit` and :func:`predict_samples` are the same code
+without Lightning, used by ``benchmarks/compare_methods.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from typing import Any, Callable, Iterator, Literal
 
-import lightning as L
 import torch
-import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_in_range, check_positive_int
-from .lightning import TwoPhaseCosine, training_set_size
+from .._validation import check_choice, check_in_range, check_positive_int
 from .losses import kl_divergence
-from .metrics import CalibrationAccumulator, accuracy, negative_log_likelihood, predictive_entropy
-from .modes import deterministic_neurons, evaluation, set_mode
-from .optim import BayesBiNN, Bop, bernoulli_layers
-from .quantizers import bnn_quantize, get_quantizer
+from ..modes import deterministic_neurons, evaluation, set_mode
+from .optim import BayesBiNN, Bop, bernoulli_layers, random_sign_
+from .schedules import TwoPhaseCosine, cosine
+from ..quantizers import bnn_quantize, get_quantizer
 
 __all__ = [
     "TrainingMethod",
@@ -62,8 +57,6 @@ __all__ = [
     "make_method",
     "weights_from",
     "predict_samples",
-    "fit",
-    "MethodTask",
 ]
 
 
@@ -90,10 +83,6 @@ def _float_params(network: nn.Module) -> list[Tensor]:
     return [p for p in network.parameters() if id(p) not in lam_ids and p.requires_grad]
 
 
-def _cosine(epoch: int, epochs: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
-
-
 def _identity(w: Tensor) -> Tensor:
     return w
 
@@ -101,8 +90,11 @@ def _identity(w: Tensor) -> Tensor:
 class TrainingMethod:
     """One way of training a network of Bernoulli layers (see the module docstring).
 
-    Lifecycle: :meth:`setup` once (builds the optimisers), then :meth:`train_step` per batch and
-    :meth:`epoch_end` after every epoch (learning-rate schedules). ``posterior`` says whether the
+    Lifecycle: :meth:`setup` once, then :meth:`train_step` per batch and :meth:`epoch_end` after
+    every epoch (learning-rate schedules). :meth:`setup` is :meth:`initialize` (the method's
+    one-time re-initialisation of ``λ``, e.g. BayesBiNN's ``±lam_init``) followed by
+    :meth:`build` (the optimisers, no change to the network); a resumed run calls :meth:`build`
+    only. ``posterior`` says whether the
     method learns a distribution (MC predictions differ from ``mode``); ``eval_weight`` is the
     weight function of the deterministic evaluation (``None``: the layers' ``mode``, ``sign(λ)``).
     """
@@ -117,12 +109,25 @@ class TrainingMethod:
         self.epoch = 0
 
     def setup(self, network: nn.Module, n_train: int, epochs: int) -> list[torch.optim.Optimizer]:
-        """Build the optimisers for ``network`` (``n_train`` examples, ``epochs`` epochs)."""
+        """:meth:`initialize` then :meth:`build`: a fresh start on ``network``."""
+        self._check_network(network)
+        check_positive_int(type(self).__name__, n_train=n_train, epochs=epochs)
+        self.initialize(network)
+        return self.build(network, n_train, epochs)
+
+    def _check_network(self, network: nn.Module) -> None:
         if not bernoulli_layers(network):
             raise ValueError(
                 f"{type(self).__name__}: the network has no Bernoulli layers (sbnn.BernoulliLinear / "
                 "BernoulliConv2d) whose λ it could train"
             )
+
+    def initialize(self, network: nn.Module) -> None:
+        """Re-initialise ``λ`` as the method needs before its first step (default: keep it)."""
+
+    def build(self, network: nn.Module, n_train: int, epochs: int) -> list[torch.optim.Optimizer]:
+        """The optimisers for ``network`` (``n_train`` examples, ``epochs`` epochs); ``λ`` is untouched."""
+        self._check_network(network)
         check_positive_int(type(self).__name__, n_train=n_train, epochs=epochs)
         self.n_train, self.epochs, self.epoch = n_train, epochs, 0
         self.optimizers = self._build(network)
@@ -133,7 +138,7 @@ class TrainingMethod:
         raise NotImplementedError
 
     def _lr_factor(self, epoch: int) -> float:
-        return _cosine(epoch, self.epochs)
+        return cosine(epoch, self.epochs)
 
     def epoch_end(self, epoch: int) -> None:
         """Set the learning rates for epoch ``epoch + 1`` (cosine over ``epochs`` by default)."""
@@ -207,7 +212,7 @@ class STEMethod(_LatentWeightMethod):
 
     name = "ste"
 
-    def __init__(self, lr: PositiveFloat = 1e-2, float_lr: PositiveFloat = 1e-3, grad_clip: PositiveFloat = 1.0, weight_clip: PositiveFloat = 1.0) -> None:
+    def __init__(self, lr: float = 1e-2, float_lr: float = 1e-3, grad_clip: float = 1.0, weight_clip: float = 1.0) -> None:
         super().__init__(lr, float_lr, grad_clip, weight_clip)
 
     def weight(self, lam: Tensor) -> Tensor:
@@ -233,10 +238,10 @@ class QuantizerMethod(_LatentWeightMethod):
     def __init__(
         self,
         quantizer: Literal["bnn", "bnn+", "bnn++"] = "bnn++",
-        lr: PositiveFloat = 1e-2,
-        float_lr: PositiveFloat = 1e-3,
-        mu: PositiveFloat = 1.0,
-        mu_final: PositiveFloat = 20.0,
+        lr: float = 1e-2,
+        float_lr: float = 1e-3,
+        mu: float = 1.0,
+        mu_final: float = 20.0,
     ) -> None:
         super().__init__(lr, float_lr)
         check_choice("quantizer", quantizer, ("bnn", "bnn+", "bnn++"))
@@ -266,7 +271,7 @@ class FullPrecisionMethod(_LatentWeightMethod):
     name = "adam"
     eval_weight = staticmethod(_identity)
 
-    def __init__(self, lr: PositiveFloat = 1e-2, float_lr: PositiveFloat = 1e-3) -> None:
+    def __init__(self, lr: float = 1e-2, float_lr: float = 1e-3) -> None:
         super().__init__(lr, float_lr)
 
     def weight(self, lam: Tensor) -> Tensor:
@@ -287,18 +292,21 @@ class BopMethod(TrainingMethod):
 
     name = "bop"
 
-    def __init__(self, threshold: NonNegativeFloat = 1e-8, adaptivity: PositiveFloat = 1e-4, float_lr: PositiveFloat = 1e-3) -> None:
+    def __init__(self, threshold: float = 1e-8, adaptivity: float = 1e-4, float_lr: float = 1e-3) -> None:
         super().__init__()
         check_in_range("threshold", threshold, 0.0)
         check_in_range("adaptivity", adaptivity, 0.0, 1.0, low_open=True)
         check_in_range("float_lr", float_lr, 0.0, low_open=True)
         self.threshold, self.adaptivity, self.float_lr = threshold, adaptivity, float_lr
 
+    def initialize(self, network: nn.Module) -> None:
+        """``λ ← sign(λ)``: Bop's weights are the ±1 values themselves."""
+        with torch.no_grad():
+            for layer in bernoulli_layers(network):
+                layer.lam.copy_(torch.where(layer.lam >= 0, 1.0, -1.0))
+
     def _build(self, network):
         lams = [layer.lam for layer in bernoulli_layers(network)]
-        with torch.no_grad():
-            for lam in lams:
-                lam.copy_(torch.where(lam >= 0, 1.0, -1.0))
         opts: list[torch.optim.Optimizer] = [Bop(lams, self.threshold, self.adaptivity)]
         rest = _float_params(network)
         if rest:
@@ -324,7 +332,7 @@ class BopMethod(TrainingMethod):
 
 
 class BayesBiNNMethod(TrainingMethod):
-    """BayesBiNN (:class:`sbnn.optim.BayesBiNN`) on ``λ``, Adam on the scales and biases.
+    """BayesBiNN (:class:`sbnn.training.BayesBiNN`) on ``λ``, Adam on the scales and biases.
 
     The learning rates decay by cosine over the epochs (seed 001 table 9; tables 3–4 use step
     or exponential decays). Evaluated with the ``mode`` network ``sign(λ)`` and MC averages over
@@ -332,7 +340,7 @@ class BayesBiNNMethod(TrainingMethod):
 
     Args:
         lr, momentum, temperature, num_samples, lam_init, kl_weight: see
-            :class:`sbnn.optim.BayesBiNN` (``lam_init=None`` keeps the current ``λ``, e.g. for the
+            :class:`sbnn.training.BayesBiNN` (``lam_init=None`` keeps the current ``λ``, e.g. for the
             next task of a continual-learning sequence).
         float_lr: Adam learning rate of the scales and biases.
     """
@@ -342,13 +350,13 @@ class BayesBiNNMethod(TrainingMethod):
 
     def __init__(
         self,
-        lr: PositiveFloat = 1e-4,
-        momentum: NonNegativeFloat = 0.0,
-        temperature: PositiveFloat = 1e-10,
-        num_samples: PositiveInt = 1,
-        lam_init: PositiveFloat | None = 10.0,
-        kl_weight: NonNegativeFloat = 1.0,
-        float_lr: PositiveFloat = 1e-3,
+        lr: float = 1e-4,
+        momentum: float = 0.0,
+        temperature: float = 1e-10,
+        num_samples: int = 1,
+        lam_init: float | None = 10.0,
+        kl_weight: float = 1.0,
+        float_lr: float = 1e-3,
     ) -> None:
         super().__init__()
         # the optimiser re-checks all of these; checking here reports them before training starts
@@ -364,8 +372,13 @@ class BayesBiNNMethod(TrainingMethod):
                            lam_init=lam_init, kl_weight=kl_weight)
         self.float_lr = float_lr
 
+    def initialize(self, network: nn.Module) -> None:
+        """Random ``λ = ±lam_init`` in every layer (nothing when ``lam_init`` is ``None``)."""
+        if self.kwargs["lam_init"] is not None:
+            random_sign_(bernoulli_layers(network), self.kwargs["lam_init"])
+
     def _build(self, network):
-        opts: list[torch.optim.Optimizer] = [BayesBiNN(network, self.n_train, **self.kwargs)]
+        opts: list[torch.optim.Optimizer] = [BayesBiNN(network, self.n_train, **{**self.kwargs, "lam_init": None})]
         rest = _float_params(network)
         if rest:
             opts.append(torch.optim.Adam(rest, lr=self.float_lr))
@@ -384,9 +397,9 @@ class SBNNMethod(TrainingMethod):
     """sbnn's own training: Adam on ``λ`` through local reparameterisation, plus the tempered KL.
 
     ``loss = ℓ + kl_weight·KL(q‖p)/N`` in ``sample`` mode (posterior noise in the neurons), the
-    same objective as :class:`sbnn.lightning.SpikingClassificationTask`; the last
+    same objective as :class:`sbnn.tasks.SpikingClassificationTask`; the last
     ``finetune_epochs`` also train the ``mode`` network (DESIGN §7), with the learning rates
-    restarted at ``finetune_factor`` (:class:`sbnn.lightning.TwoPhaseCosine`).
+    restarted at ``finetune_factor`` (:class:`sbnn.training.TwoPhaseCosine`).
 
     Args:
         lam_lr: Adam learning rate of ``λ`` (≈ 0.1 on the logit scale).
@@ -401,11 +414,11 @@ class SBNNMethod(TrainingMethod):
 
     def __init__(
         self,
-        lam_lr: PositiveFloat = 0.1,
-        lr: PositiveFloat = 1e-3,
-        kl_weight: NonNegativeFloat = 0.1,
-        finetune_epochs: NonNegativeInt = 0,
-        finetune_factor: NonNegativeFloat = 0.3,
+        lam_lr: float = 0.1,
+        lr: float = 1e-3,
+        kl_weight: float = 0.1,
+        finetune_epochs: int = 0,
+        finetune_factor: float = 0.3,
     ) -> None:
         super().__init__()
         check_in_range("lam_lr", lam_lr, 0.0, low_open=True)
@@ -485,122 +498,3 @@ def predict_samples(network: nn.Module, method: TrainingMethod, x: Tensor, kind:
             return network(x)[None]
     finally:
         network.train(was_training)
-
-
-def fit(
-    network: nn.Module,
-    method: TrainingMethod,
-    loader: Any,
-    epochs: int,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-    n_train: int | None = None,
-    setup: bool = True,
-) -> list[float]:
-    """Train ``network`` with ``method`` for ``epochs`` passes over ``loader`` (no Lightning).
-
-    Args:
-        loader: iterable of ``(x, y)`` batches.
-        n_train: training-set size (default ``len(loader.dataset)``).
-        setup: call ``method.setup`` first (``False`` continues with the existing optimisers,
-            e.g. for the next task of a continual-learning sequence).
-
-    Returns:
-        The mean training loss of every epoch.
-    """
-    check_positive_int("fit", epochs=epochs)
-    if setup:
-        method.setup(network, n_train if n_train is not None else len(loader.dataset), epochs)
-    network.train()
-    history = []
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        for x, y in loader:
-            loss = method.train_step(network, loss_fn, x, y)
-            total, count = total + float(loss) * y.shape[0], count + y.shape[0]
-        method.epoch_end(epoch)
-        history.append(total / max(count, 1))
-    return history
-
-
-class MethodTask(L.LightningModule):
-    """Train a classifier with any :class:`TrainingMethod` (manual optimisation) under Lightning.
-
-    Select the method from the CLI/YAML, e.g.::
-
-        model:
-          class_path: sbnn.methods.MethodTask
-          init_args:
-            network: {class_path: sbnn.models.BinaryMLP, init_args: {in_features: 2}}
-            method: {class_path: sbnn.methods.BayesBiNNMethod, init_args: {lr: 1.0e-3, temperature: 1.0}}
-
-    Validation logs the deterministic accuracy ``val_acc_mode``; testing logs accuracy, NLL,
-    ECE and mean predictive entropy of ``mode`` and ``mc`` predictions (``mc`` equals ``mode``
-    for methods without a posterior).
-
-    Args:
-        network: the model (Bernoulli layers inside), returning logits ``[B, K]``.
-        method: the training method.
-        mc_samples: binary networks drawn for MC evaluation.
-        calibrate: set the scales from the first training batch (networks with ``calibrate``).
-        train_size: training-set size; read from the datamodule when ``None``.
-    """
-
-    def __init__(self, network: nn.Module, method: TrainingMethod, mc_samples: PositiveInt = 10, calibrate: bool = True, train_size: PositiveInt | None = None) -> None:
-        super().__init__()
-        if not isinstance(method, TrainingMethod):
-            raise ValueError(f"method must be a sbnn.methods.TrainingMethod (e.g. BayesBiNNMethod), got {type(method).__name__}")
-        if not bernoulli_layers(network):
-            raise ValueError("MethodTask: the network has no Bernoulli layers for the method to train")
-        check_positive_int("MethodTask", mc_samples=mc_samples)
-        self.save_hyperparameters(ignore=["network", "method"])
-        self.network, self.method = network, method
-        self.automatic_optimization = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.network(x)
-
-    def _n_train(self) -> int:
-        return training_set_size(self, "MethodTask")
-
-    def configure_optimizers(self):
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        # the method first (BayesBiNN and Bop re-initialise λ), then the scales for that λ
-        optimizers = self.method.setup(self.network, self._n_train(), epochs)
-        if self.hparams.calibrate and hasattr(self.network, "calibrate") and self.trainer.datamodule is not None:
-            self.trainer.datamodule.setup("fit")
-            x, _ = next(iter(self.trainer.datamodule.train_dataloader()))
-            rates = self.network.calibrate(x.to(self.device))
-            self.print(f"sbnn: scales calibrated on a first batch; hidden firing rates {[round(r, 4) for r in rates]}")
-        return optimizers
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = self.method.train_step(self.network, F.cross_entropy, x, y)
-        self.log("train_loss", loss, batch_size=y.shape[0], prog_bar=True)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.method.epoch_end(self.current_epoch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        probs = predict_samples(self.network, self.method, x, "mode")[0].softmax(-1)
-        self.log("val_acc_mode", accuracy(probs, y), batch_size=y.shape[0], prog_bar=True)
-
-    def on_test_epoch_start(self) -> None:
-        self._calibration = {name: CalibrationAccumulator() for name in ("mode", "mc")}
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        if not hasattr(self, "_calibration"):
-            self.on_test_epoch_start()
-        for kind in ("mode", "mc"):
-            probs = predict_samples(self.network, self.method, x, kind, self.hparams.mc_samples).softmax(-1).mean(0)
-            self.log(f"test_acc_{kind}", accuracy(probs, y), batch_size=y.shape[0])
-            self.log(f"test_nll_{kind}", negative_log_likelihood(probs, y), batch_size=y.shape[0])
-            self.log(f"test_entropy_{kind}", predictive_entropy(probs), batch_size=y.shape[0])
-            self._calibration[kind].update(probs, y)
-
-    def on_test_epoch_end(self) -> None:
-        for name, acc in self._calibration.items():
-            self.log(f"test_ece_{name}", acc.compute())

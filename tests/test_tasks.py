@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from sbnn.lightning import SpikingClassificationTask, TwoPhaseCosine
+from sbnn.tasks import SpikingClassificationTask
+from sbnn.training import TwoPhaseCosine
 from sbnn.models import SpikingMLP
 
 

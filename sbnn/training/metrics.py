@@ -21,6 +21,7 @@ __all__ = [
     "predictive_entropy",
     "expected_calibration_error",
     "CalibrationAccumulator",
+    "ClassificationSums",
 ]
 
 
@@ -98,3 +99,52 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
     acc = CalibrationAccumulator(n_bins)
     acc.update(probs, target)
     return acc.compute()
+
+
+class ClassificationSums:
+    """Sums behind accuracy, NLL, mean entropy and ECE, exact to reduce across batches and ranks.
+
+    Every metric here is a ratio of sums over examples, so summing the numerators and the count
+    over batches and over distributed ranks *before* dividing gives the value of one pass over the
+    whole set (a mean of per-rank means would weight a short shard like a full one).
+
+    ``state()`` is one float64 vector ``[4 + 3·n_bins]``: ``(n, Σ correct, Σ −log p_y, Σ H[p])``
+    then the calibration bins of :class:`CalibrationAccumulator`; all-reduce it with a sum and
+    pass it to :meth:`compute`.
+    """
+
+    def __init__(self, n_bins: int = 15) -> None:
+        self._calibration = CalibrationAccumulator(n_bins)
+        self._sums = torch.zeros(4, dtype=torch.float64)
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        """Add a batch of probabilities ``[B, K]`` with labels ``[B]``."""
+        _check_probs(probs, target)
+        p = probs.detach().double()
+        batch = torch.stack([
+            torch.tensor(float(target.shape[0]), dtype=torch.float64, device=p.device),
+            (p.argmax(-1) == target).double().sum(),
+            -p.gather(1, target[:, None]).clamp_min(1e-12).log().sum(),
+            -torch.special.xlogy(p, p).sum(),
+        ])
+        self._sums = self._sums.to(p.device) + batch
+        self._calibration.update(probs, target)
+
+    def state(self) -> Tensor:
+        """The summable state ``[4 + 3·n_bins]`` (float64)."""
+        return torch.cat([self._sums, self._calibration.state().to(self._sums.device).flatten()])
+
+    def compute(self, state: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"acc", "nll", "entropy", "ece"}`` of everything summed into ``state`` (default: own)."""
+        state = self.state() if state is None else state
+        n, correct, nll, entropy = state[:4]
+        bins = state[4:].reshape(3, -1)
+        if n == 0:
+            nan = torch.tensor(float("nan"))
+            return {"acc": nan, "nll": nan, "entropy": nan, "ece": nan}
+        return {
+            "acc": (correct / n).float(),
+            "nll": (nll / n).float(),
+            "entropy": (entropy / n).float(),
+            "ece": self._calibration.compute(bins),
+        }

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_in_range, check_positive_int
 from torch.utils.hooks import RemovableHandle
 
-from .functional.neurons import Drive, time_average_weights
-from .layers import BernoulliLayer
-from .neurons import DriveRecorder, StochasticLIF
-from .posterior import sign_mean
+from .._validation import check_in_range, check_positive_int
+from ..functional.neurons import Drive, time_average_weights
+from ..layers import BernoulliLayer
+from ..neurons import DriveRecorder, StochasticLIF
+from ..posterior import sign_mean
 
 __all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss", "BiasProxyLoss", "bias_proxy_terms"]
 

@@ -1,0 +1,115 @@
+r"""Seeded class probabilities of a network: the deployed ``mode``, MC and LRT predictions.
+
+:func:`predict_probabilities` is what :func:`sbnn.training.predict` and the Lightning tasks'
+test and predict steps call, so every path gives the same numbers for the same seed.
+
+How the evaluation noise is seeded (``seed``, the tasks' ``eval_seed`` hyperparameter):
+
+- ``mode``: deterministic (``sign(λ)`` weights, noise-free neurons); no seed involved.
+- ``mc``: the ``C`` binary networks ``w_c ~ q`` are drawn from a ``torch.Generator`` seeded with
+  ``seed`` at every batch, so every batch (and every rank) sees the *same* ``C`` networks, as a
+  deployment of ``C`` drawn networks would. An example's MC probabilities therefore depend on the
+  example alone, not on the batch it falls in, the batch order or the number of processes.
+- ``lrt``: the local-reparameterisation noise is drawn per element from torch's RNG, forked and
+  seeded with :func:`sbnn.callbacks.epoch_seed` ``(seed, stream, 0)`` (``stream`` names the batch:
+  the tasks pass ``batch_index · world_size + rank``), then restored: the numbers are the same on
+  every run of the same data order, and training's own random stream is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_positive_int
+from ..modes import evaluation, lrt_predict, mc_predict
+from .methods import TrainingMethod, predict_samples
+
+__all__ = ["PREDICTION_KINDS", "cast_input", "predict_probabilities", "seeded_rng", "stream_seed"]
+
+#: the prediction kinds, in the order they are reported
+PREDICTION_KINDS = ("mode", "mc", "lrt")
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A 63-bit seed for noise stream ``stream`` of base seed ``seed`` (unrelated for nearby inputs)."""
+    from ..callbacks import epoch_seed  # the same mixing the training epochs use
+
+    return epoch_seed(seed, stream, 0)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's RNG (CPU, and ``device`` if it is a CUDA device) seeded with
+    ``seed``, then restore the previous RNG state."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def predict_probabilities(
+    network: nn.Module,
+    x: Tensor,
+    *,
+    kinds: Sequence[Literal["mode", "mc", "lrt"]] = PREDICTION_KINDS,
+    mc_samples: int = 10,
+    seed: int = 0,
+    stream: int = 0,
+    method: TrainingMethod | None = None,
+) -> dict[str, Tensor]:
+    """Class probabilities ``{kind: [B, K]}`` of ``network`` on the batch ``x``.
+
+    Args:
+        network: returns logits ``[B, K]``.
+        x: the batch (e.g. ``[T, B, N]``); cast to the network's floating dtype.
+        kinds: any of ``"mode"``, ``"mc"``, ``"lrt"``.
+        mc_samples: ``C``, the drawn networks of ``mc`` and the noisy passes averaged by ``lrt``.
+        seed: the evaluation seed (see the module docstring).
+        stream: the batch's noise stream for ``lrt``.
+        method: a :class:`~sbnn.training.TrainingMethod` whose evaluation to use (``mode`` with
+            its evaluation weight; ``mc`` falls back to ``mode`` for methods without a
+            posterior); ``lrt`` needs ``method=None`` (sbnn's own training).
+
+    Returns:
+        ``{kind: probabilities [B, K]}``, rows summing to 1, the network's modes unchanged.
+    """
+    check_positive_int("predict_probabilities", mc_samples=mc_samples)
+    unknown = [k for k in kinds if k not in PREDICTION_KINDS]
+    if unknown:
+        raise ValueError(f"predict_probabilities: unknown kinds {unknown}; choose from {list(PREDICTION_KINDS)}")
+    if method is not None and "lrt" in kinds:
+        raise ValueError("predict_probabilities: 'lrt' is sbnn's own evaluation; drop it from kinds when a method is given")
+    x = cast_input(x, network)
+    out: dict[str, Tensor] = {}
+    for kind in kinds:
+        if kind == "mode":
+            if method is None:
+                with evaluation(network, "mode"):
+                    out[kind] = F.softmax(network(x), dim=-1)
+            else:
+                out[kind] = predict_samples(network, method, x, "mode")[0].softmax(-1)
+        elif kind == "mc":
+            generator = torch.Generator(device=x.device).manual_seed(seed)
+            if method is None:
+                out[kind] = mc_predict(network, x, mc_samples, generator)
+            else:
+                out[kind] = predict_samples(network, method, x, "mc", mc_samples, generator).softmax(-1).mean(0)
+        else:
+            with seeded_rng(stream_seed(seed, stream), x.device):
+                out[kind] = lrt_predict(network, x, mc_samples)
+    return out
+
+
+def cast_input(x: Tensor, network: nn.Module) -> Tensor:
+    """``x`` in the floating dtype of ``network``'s parameters (float64 networks get float64 input)."""
+    param = next((p for p in network.parameters() if p.is_floating_point()), None)
+    if param is None or not x.is_floating_point() or x.dtype == param.dtype:
+        return x
+    return x.to(param.dtype)
