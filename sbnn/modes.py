@@ -107,7 +107,7 @@ def deterministic_neurons(model: nn.Module) -> Iterator[nn.Module]:
     """Context manager: every :class:`~sbnn.StochasticLIF` of ``model`` runs with ``ε = 0``; the layers keep their mode.
 
     For training methods that give the network explicit weights and want deterministic neurons
-    (:mod:`sbnn.methods`). Each neuron's previous setting is restored on exit.
+    (:mod:`sbnn.training.methods`). Each neuron's previous setting is restored on exit.
     """
     neurons = [m for m in model.modules() if isinstance(m, StochasticLIF)]
     saved = [n.stochastic for n in neurons]

@@ -193,7 +193,7 @@ def test_unit_moments_leave_the_layer_unchanged():
 
 def test_a_trained_step_keeps_no_graph_on_the_network():
     """After a task-style step with the auxiliary loss, no tensor on the network holds a graph."""
-    from sbnn.losses import BiasProxyLoss, ELBOLoss
+    from sbnn.training import BiasProxyLoss, ELBOLoss
 
     net = SpikingMLP(6, (5,), 3)
     aux = BiasProxyLoss().attach(net)

@@ -27,7 +27,7 @@ import torch
 
 from sbnn import export
 from sbnn.kernels import Conv2d, Dense, Graph, LIF, MaxPool2d, MembraneReadout, Synapses
-from sbnn.lightning import SpikingClassificationTask
+from sbnn.tasks import SpikingClassificationTask
 from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
 
@@ -103,7 +103,7 @@ def _run_dir(tmp_path: Path, network_yaml: str) -> Path:
     task = SpikingClassificationTask(_net(), train_size=10)
     torch.save({"state_dict": task.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "config.yaml").write_text(
-        "model:\n  class_path: sbnn.lightning.SpikingClassificationTask\n  init_args:\n    network:\n" + network_yaml
+        "model:\n  class_path: sbnn.tasks.SpikingClassificationTask\n  init_args:\n    network:\n" + network_yaml
     )
     return run_dir / "checkpoints" / "last.ckpt"
 

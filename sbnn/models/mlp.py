@@ -94,7 +94,7 @@ class BinaryMLP(nn.Module):
 
     The architecture of BayesBiNN's synthetic experiments (Meng et al. 2020, appendix B.1: two
     hidden layers of 64 tanh units) built from sbnn's Bernoulli layers, so that every training
-    method of :mod:`sbnn.methods` runs on the same network. A time-major input ``[T, B, N]`` is
+    method of :mod:`sbnn.training.methods` runs on the same network. A time-major input ``[T, B, N]`` is
     averaged over time first, so ``T`` changes nothing for a constant input; ``[B, N]`` is
     accepted as well.
 
