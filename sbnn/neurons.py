@@ -3,13 +3,13 @@ r"""``StochasticLIF``: the noisy leaky integrate-and-fire neuron as an snnTorch-
 A thin stateful wrapper over :mod:`sbnn.functional.neurons` (the equations are there). It follows
 snnTorch's neuron contract so it drops into snnTorch-style code:
 
-================================ ===================================== ===========================
-construction                     call                                  returns
-================================ ===================================== ===========================
-``init_hidden=False`` (default)  ``spk, mem = lif(x, mem)``            ``(spk, mem)``
-``init_hidden=True``             ``spk = lif(x)``                      ``spk``
-``init_hidden=True, output=True`` ``spk, mem = lif(x)``                ``(spk, mem)``
-================================ ===================================== ===========================
+================================= ===================================== ===========================
+construction                      call                                  returns
+================================= ===================================== ===========================
+``init_hidden=False`` (default)   ``spk, mem = lif(x, mem)``            ``(spk, mem)``
+``init_hidden=True``              ``spk = lif(x)``                      ``spk``
+``init_hidden=True, output=True`` ``spk, mem = lif(x)``                 ``(spk, mem)``
+================================= ===================================== ===========================
 
 ``x`` is the input current for one time step, either a tensor (the mean; only ``σ0`` noise) or
 the :class:`sbnn.layers.Moments` ``(μ, v)`` of a Bernoulli layer (posterior noise). With explicit
