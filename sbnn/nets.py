@@ -115,8 +115,8 @@ class SpikingRecurrentNet(_Readout):
         hidden: sizes of the hidden spiking layers.
         out_features: number of classes ``K``.
         recurrent: add recurrent weights to every hidden layer (``False``: feed-forward).
-        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism,
-            detach_reset: neuron constants (see :class:`sbnn.StochasticLIF`).
+        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism, detach_reset:
+            neuron constants (see :class:`sbnn.StochasticLIF`).
         readout: ``"membrane"`` (time-averaged non-spiking membrane, default) or ``"spike_count"``.
         readout_beta: leak of the readout membrane.
         bias: float biases in the feed-forward and output layers (never in the recurrent ones).
@@ -266,8 +266,8 @@ class SpikingConvNet(_Readout):
         pool_type: ``"max"`` (keeps spikes binary: an OR over the window, which deploys as
             bit operations) or ``"avg"``.
         fc: sizes of hidden fully connected spiking layers after the convolutions.
-        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism,
-            detach_reset: neuron constants (see :class:`sbnn.StochasticLIF`).
+        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism, detach_reset:
+            neuron constants (see :class:`sbnn.StochasticLIF`).
         readout, readout_beta: see :class:`SpikingRecurrentNet`.
         bias: float biases in the Bernoulli layers.
         lam_std, prior_lam: ``λ`` initialisation and prior.

@@ -251,9 +251,8 @@ class SpikingResNet(_ResidualSBNN):
             then have exactly ``input_size``). On small data sets with few channels ``"flatten"``
             trains far better: global pooling leaves the readout ``widths[-1]`` spike rates.
         gamma_init: initial residual gain ``γ`` of every block.
-        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism,
-            detach_reset, readout_beta, bias, lam_std, prior_lam: as
-            :class:`sbnn.models.SpikingMLP`.
+        beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism, detach_reset, readout_beta, bias, lam_std, prior_lam:
+            as :class:`sbnn.models.SpikingMLP`.
 
     Shape:
         - Input: ``[T, B, in_channels, H, W]`` frames (spikes, counts or real values), with
@@ -380,9 +379,8 @@ class ResidualSpikingMLP(_ResidualSBNN):
         width: width of the residual stream.
         binary_input: the input holds 0/1 spikes (``x² = x`` in the stem's LRT variance); checked
             on the calibration batch.
-        shortcut, gamma_init, beta, threshold, sigma0, noise, estimator, estimator_kwargs,
-            reset_mechanism, detach_reset, readout_beta, bias, lam_std, prior_lam: as
-            :class:`SpikingResNet`.
+        shortcut, gamma_init, beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism, detach_reset, readout_beta, bias, lam_std, prior_lam:
+            as :class:`SpikingResNet`.
 
     Shape:
         - Input: ``[T, B, in_features]``.
