@@ -71,8 +71,7 @@ PROCESS_WORDS = re.compile(
         "cannot be" + " downloaded",
     ])
 )
-# Modules being moved into sbnn/models/, sbnn/training/ and sbnn/tasks/; their references are
-# rewritten by one command after the move (see CHANGELOG). Remove an entry once its file is clean.
+# Files whose references are still to be rewritten; remove an entry once its file is clean.
 PENDING = {
     "sbnn/models.py", "sbnn/nets.py", "sbnn/resnet.py", "sbnn/blocks.py", "sbnn/lightning.py",
     "sbnn/methods.py", "sbnn/losses.py", "sbnn/optim.py",
