@@ -41,8 +41,8 @@ PyTorch's init) or to the STE gains ``g``; ``default`` keeps PyTorch's ``nn.Line
 or ``g = 1`` (STE). Chosen by the light tuning: float ``default`` (its hidden layer starts silent
 and the ATan surrogate still trains it), STE ``calibrated``.
 
-Epochs: one budget for all three methods (80 by default): DESIGN §7 says SBNN wants about 2x the
-epochs of a float SNN, and its prototype ran the float and STE baselines for 80 epochs as well.
+Epochs: one budget for all three methods (80 by default): docs/design.md §7 says SBNN wants about 2x the
+epochs of a float SNN, and its measurements ran the float and STE baselines for 80 epochs as well.
 Every method reports the network after the last epoch (no early stopping, no checkpoint picking).
 
 Baseline hyper-parameters were tuned only lightly, on Randman with one seed, and are used

@@ -1,4 +1,4 @@
-"""The estimator bias study (issue 3): rerun with ``python benchmarks/bias_study.py [--part ...]``.
+"""The estimator bias study (docs/diagnostics.md): rerun with ``python benchmarks/bias_study.py [--part ...]``.
 
 Parts (each prints its table and writes ``benchmarks/results/bias_<part>.json``; plots go to
 ``docs/figures/``):

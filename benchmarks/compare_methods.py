@@ -14,9 +14,9 @@ Bernoulli layers, with the same data, batches and epoch budget:
   500 test, T = 50), ``SpikingMLP(50, (128,), 10, binary_input=True)``. Scales ``α`` calibrated
   on the first batch (``SpikingMLP.calibrate``) after the method's own initialisation of ``λ``.
 * ``moons``: ``MoonsDataModule()`` (100 points per class, noise 0.1, 1000 test points),
-  ``BinaryMLP(2, (64, 64), 2)`` with tanh (seed 001 table 3).
+  ``BinaryMLP(2, (64, 64), 2)`` with tanh (BayesBiNN, Meng et al. 2020, table 3).
 
-Hyper-parameters (``HYPER`` below) follow the seed tables where they exist (BayesBiNN table 9 /
+Hyper-parameters (``HYPER`` below) follow the BayesBiNN paper's tables where they exist (table 9 /
 table 3, STE-Adam table 9, Bop table 9) and were not tuned here beyond one sanity run, except
 where a comment says so. Metrics on the test split: accuracy of the deterministic network
 (``mode``: ``sign(λ)``; full precision: ``λ``), accuracy of the MC predictive mean over 10 drawn
@@ -24,7 +24,7 @@ binary networks (methods with a posterior only), ECE (15 bins) of the MC predict
 for the others), NLL, and wall-clock seconds per training epoch (one thread, shared machine:
 compare ratios within one run, not across runs).
 
-The seeds' own MNIST / CIFAR-10 test accuracies (seed 001 table 10, averaged over 5 runs on GPUs,
+BayesBiNN's own MNIST / CIFAR-10 test accuracies (Meng et al. 2020, table 10, averaged over 5 runs on GPUs,
 500 epochs, large MLP/VGG with BatchNorm) are printed beside, labelled as theirs: this machine
 cannot download MNIST or CIFAR, so they are anchors, not reproductions.
 """
@@ -72,7 +72,7 @@ HYPER = {
     "adam": (dict(lr=1e-2), dict(lr=1e-2)),
 }
 
-#: seed 001 table 10, test accuracy %, mean over 5 runs (theirs, not measured here)
+#: BayesBiNN (Meng et al. 2020) table 10, test accuracy %, mean over 5 runs (theirs, not measured here)
 SEED_ANCHORS = {
     "ste": {"MNIST": 98.85, "CIFAR-10": 93.55},
     "bop": {"MNIST": 98.47, "CIFAR-10": 93.00},
@@ -164,7 +164,7 @@ def main(argv=None) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    print("\naccuracy % (mode / MC mean), ECE, s/epoch — measured here; seed 001 table 10 test % quoted (theirs)")
+    print("\naccuracy % (mode / MC mean), ECE, s/epoch — measured here; BayesBiNN table 10 test % quoted (theirs)")
     head = f"{'method':10s}" + "".join(f" | {d + ' (mode/MC, ECE, s/ep)':34s}" for d in datasets) + " | theirs: MNIST / CIFAR-10"
     print(head)
     print("-" * len(head))

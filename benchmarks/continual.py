@@ -5,24 +5,24 @@
     python benchmarks/continual.py              # 5 tasks x 4 methods, ~2 min
     python benchmarks/continual.py --quick      # smoke run
 
-Tasks (seed 001 B.4, adapted from permuted MNIST): scikit-learn's 8x8 digits, pixel intensity /16
+Tasks (BayesBiNN, Meng et al. 2020, appendix B.4, adapted from permuted MNIST): scikit-learn's 8x8 digits, pixel intensity /16
 as a real-valued input, a fixed random permutation of the 64 pixels per task (task 1 is the
 identity), the same stratified split for every task (1437 train / 360 test, seed 42). Network:
-``BinaryMLP(64, (100, 100), 10)`` with ReLU (seed table 12 has three layers of 100 with BatchNorm;
+``BinaryMLP(64, (100, 100), 10)`` with ReLU (BayesBiNN's table 12 has three layers of 100 with BatchNorm;
 sbnn's Bernoulli layers have a learned scale instead, and two hidden layers suffice for 8x8 digits).
 
 Methods, trained task after task on the same network for ``--epochs`` epochs each:
 
 * ``bayesbinn``: :class:`sbnn.training.BayesBiNN`, S = 1, ±10 initialisation before task 1 only,
   KL weight 0.1 (as sbnn's; at 1 task 1 reached 70–80 % in 10–20 epochs, at 0.1 94 %); after every task ``λ0 ← λ`` (the posterior becomes the prior of the next task:
-  ``set_prior_from_posterior``). Seed table 13 uses τ = 1e−2, lr 1e−3, 100 epochs; at 10 epochs on
+  ``set_prior_from_posterior``). BayesBiNN's table 13 uses τ = 1e−2, lr 1e−3, 100 epochs; at 10 epochs on
   task 1 that reached 16 % here, so a light tuning on task 1 (10 epochs; lr 1e−3…1e−1, τ 1e−2 or 1,
   momentum 0.9/0.99, λ init 1/3/10) chose lr 0.1 (cosine per task), τ = 1, momentum 0.9, and Adam
   lr 1e−2 for the scales and biases.
 * ``sbnn``: Adam on ``λ`` (lr 0.1) in LRT mode with ``kl_weight·KL(q‖p)/N``, ``p`` the previous
   task's posterior (``BernoulliLayer.set_prior``). KL weight 0.1: at weight 1 (the plain ELBO,
   1437 examples against 17k weights) the posterior collapsed to the uniform prior on task 1
-  (10 % accuracy), the absorbing state DESIGN §7 describes.
+  (10 % accuracy), the absorbing state docs/design.md §7 describes.
 * ``ste``: STE-Adam (lr 1e−2, clipping), no regulariser.
 * ``adam``: full-precision Adam (lr 1e−2), no regulariser.
 

@@ -1,4 +1,4 @@
-"""Depth study: do deep normalisation-free residual SBNNs train? (issue 5, DESIGN §1.6)
+"""Depth study: do deep normalisation-free residual SBNNs train? (docs/design.md §1.6)
 
 One command, one printed table, a JSON file and a PNG plot::
 
@@ -23,7 +23,7 @@ Arms:
 
 (a) ``sbnn``: :class:`sbnn.models.SpikingResNet` with ``--sbnn-estimator`` (default ``agr``,
     τ = 0.5), KL at ``--kl-weight`` (0.1) and the auxiliary loss at ``--aux-weight`` through
-    ``--aux-fn module:function`` (default weight 0: the auxiliary loss is not on this branch yet).
+    ``--aux-fn module:function`` (default weight 0: no auxiliary loss).
 (b) ``st``: the same network with the plain ``st`` estimator and ``kl_weight = 0``.
 (c) ``float``: the same topology in float weights with ``torch.nn.Conv2d``/``nn.Linear`` and
     ``snntorch.Leaky`` neurons (default ATan surrogate gradient), residual ``x + γ·F(x)`` with a

@@ -1,6 +1,6 @@
 """CPU time per training epoch of the event-data recipes, measured on generated data of the real shapes.
 
-The real SHD and DVS Gesture files cannot be downloaded here, so this writes fixtures in the real
+It needs no download of the real SHD and DVS Gesture files: it writes fixtures in the real
 on-disk format (``sbnn.data._fixtures``) with realistic event counts, runs the recipe through the
 ``sbnn`` CLI for ``--batches`` training batches (after one warm-up batch), and reports the mean
 time per batch split into data loading and the training step. The epoch estimate multiplies by

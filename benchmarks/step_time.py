@@ -15,7 +15,7 @@ random binary input spikes at a sparse rate and random labels. Variants:
   tensor in one matmul.
 
 All variants run in one process, alternating in rounds (ABCABC…) after a warm-up, with
-``torch.set_num_threads(threads)`` and ``torch.set_flush_denormal(True)`` (DESIGN §7). The
+``torch.set_num_threads(threads)`` and ``torch.set_flush_denormal(True)`` (docs/design.md §7). The
 result is the *ratio* of median step times; absolute times are noisy and never asserted.
 
 Memory: the bytes of the tensors autograd saves for backward in one step (counted with

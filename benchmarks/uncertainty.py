@@ -6,18 +6,18 @@
     python benchmarks/uncertainty.py                                     # moons only
     python benchmarks/uncertainty.py --quick                             # smoke run
 
-Two moons (seed 001 B.1, table 3): ``MoonsDataModule()`` (100 points per class, noise 0.1;
+Two moons (BayesBiNN, Meng et al. 2020, appendix B.1, table 3): ``MoonsDataModule()`` (100 points per class, noise 0.1;
 1000 independent test points), ``BinaryMLP(2, (64, 64), 2)`` with tanh, batch 50. BayesBiNN:
 lr 1e-3, momentum 0.99, S = 5, τ = 1, prior λ0 = 0, ±15 initialisation; STE-Adam: lr 0.1 with
 gradient and weight clipping; SBNN: Adam on λ (lr 0.1) + 0.1·KL/N in LRT mode. All with cosine
-decay (the seed decays by 10× at epochs 1500 and 2500 of 3000) for ``--epochs-moons`` epochs
+decay (the BayesBiNN paper decays by 10× at epochs 1500 and 2500 of 3000) for ``--epochs-moons`` epochs
 (default 1000). Writes ``docs/figures/uncertainty_moons.png``: MC predictive probability of class
 1 and predictive entropy over the input plane (STE: its single deterministic network).
 
-Snelson (seed 001 B.1, table 4): the 200 training points of Snelson & Ghahramani (2005), read from
+Snelson (BayesBiNN appendix B.1, table 4): the 200 training points of Snelson & Ghahramani (2005), read from
 ``--snelson-dir`` (files ``train_inputs``, ``train_outputs``, ``test_inputs``, one number per
 line; not shipped with sbnn), targets standardised, ``BinaryMLP(1, (64, 64), 1)`` with tanh, mean
-squared error, batch 50. BayesBiNN: lr 1e-4 (cosine; the seed anneals 1e-4 → 1e-5), momentum
+squared error, batch 50. BayesBiNN: lr 1e-4 (cosine; the paper anneals 1e-4 → 1e-5), momentum
 0.99, S = 1, τ = 1, ±10 initialisation; STE: lr 0.1. Writes
 ``docs/figures/uncertainty_snelson.png``: predictive mean ± 2 std of 20 drawn binary networks
 over ``test_inputs`` (STE has one network, so no spread).

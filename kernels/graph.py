@@ -4,15 +4,15 @@ A :class:`Graph` is a feed-forward chain of nodes over time-major binary spike t
 activations are kept flattened in PyTorch's C order (``[C, H, W]`` → ``c·H·W + y·W + x``), so a
 dense layer after a convolution needs no explicit flatten node.
 
-================= ===============================================================================
-node              computes (per time step ``t``; ``n`` are exact integer ±1 sums of input events)
-================= ===============================================================================
-:class:`Dense`    ``μ[t] = fl(fl(n[t]·α) + b)``; with ``recurrent``, ``μ[t] += μ_rec[t]`` from the
-                  layer's own spikes at ``t − 1``; then the neuron (:class:`LIF` or, last node
-                  only, :class:`MembraneReadout`)
-:class:`Conv2d`   the same with a 2-D convolution (``groups = 1``), neuron :class:`LIF`
+================== ===============================================================================
+node               computes (per time step ``t``; ``n`` are exact integer ±1 sums of input events)
+================== ===============================================================================
+:class:`Dense`     ``μ[t] = fl(fl(n[t]·α) + b)``; with ``recurrent``, ``μ[t] += μ_rec[t]`` from the
+                   layer's own spikes at ``t − 1``; then the neuron (:class:`LIF` or, last node
+                   only, :class:`MembraneReadout`)
+:class:`Conv2d`    the same with a 2-D convolution (``groups = 1``), neuron :class:`LIF`
 :class:`MaxPool2d` OR of the binary spikes in each window (``max_pool2d`` of 0/1 maps)
-================= ===============================================================================
+================== ===============================================================================
 
 The graph holds plain NumPy arrays: ±1 weights as int8 in PyTorch layout (``[out, in]`` or
 ``[C_out, C_in, kH, kW]``), float32 scales ``α`` (``[1]`` or ``[out]``), biases, leaks and

@@ -7,7 +7,12 @@ Walker, Khajehnejad & Razi 2025 (arXiv:2505.17962), of which only the abstract i
 ``docs/theory.md``.
 """
 
-from . import estimators, functional, training
+from ._checkout import install_kernels_finder as _install_kernels_finder
+
+# In a source checkout, kernels/ sits beside sbnn/; make it sbnn.kernels as an install does.
+_install_kernels_finder()
+
+from . import estimators, functional, training  # noqa: E402
 from ._validation import set_validation
 from .estimators import get_estimator, spike_grad
 from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments

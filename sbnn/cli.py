@@ -73,10 +73,10 @@ def with_tensorboard(loggers: list, available: bool) -> list:
 
 def main(args: ArgsType = None) -> SBNNCLI:
     """Entry point of the ``sbnn`` console script (``args`` for tests, as torchgeo does)."""
-    # long runs slow down ~1.75x from denormal floats in decaying membranes (DESIGN §7)
+    # long runs slow down ~1.75x from denormal floats in decaying membranes (docs/design.md §7)
     torch.set_flush_denormal(True)
     return SBNNCLI(
-        # any LightningModule: SpikingClassificationTask, or sbnn.tasks.MethodTask (issue 7)
+        # any LightningModule: SpikingClassificationTask, or sbnn.tasks.MethodTask
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,

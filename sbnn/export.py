@@ -1,6 +1,6 @@
 r"""Export a trained SBNN's ``mode`` network to a compact deployable file, and load it back.
 
-The deployed network is the ``mode`` network (DESIGN §1.1): weights ``sign(λ)`` (ties to +1),
+The deployed network is the ``mode`` network (docs/design.md §1.1): weights ``sign(λ)`` (ties to +1),
 deterministic neurons (``ε = 0``). :func:`to_graph` turns a model into a
 :class:`sbnn.kernels.graph.Graph`; :func:`save` writes it, :func:`load` returns an
 :class:`sbnn.kernels.Engine` ready to run.

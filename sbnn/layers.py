@@ -17,7 +17,7 @@ mode        pre-activation                                           ``moments(x
 front of an snnTorch neuron. ``moments(x)`` returns the LRT moments that
 :class:`sbnn.StochasticLIF` turns into posterior noise. In ``mode`` the forward value is exactly
 ``sign(λ)`` while the gradient reaches ``λ`` straight through ``tanh`` (used by the mode
-fine-tune, DESIGN §7).
+fine-tune, docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class BernoulliLayer(nn.Module):
         scale: ``"layer"`` (one ``α``) or ``"channel"`` (one per output channel).
         learn_scale: make ``log α`` a trainable parameter (otherwise a buffer).
         lam_init: ``"normal"`` (``λ ~ N(0, lam_std²)``, the default: BayesBiNN's ±10 is dead
-            under Adam, DESIGN §7), ``"bayesbinn"`` (``λ = ±10`` with random signs) or ``"zero"``.
+            under Adam, docs/design.md §7), ``"bayesbinn"`` (``λ = ±10`` with random signs) or ``"zero"``.
         lam_std: standard deviation of the ``"normal"`` initialisation.
         prior_lam: natural parameter ``λ0`` of the Bernoulli prior (0: uniform); a float or a
             tensor broadcastable to the weights.
@@ -114,7 +114,7 @@ class BernoulliLayer(nn.Module):
         check_in_range("prior_lam", prior_lam)
         self.lam = nn.Parameter(torch.empty(weight_shape))
         fan_in = math.prod(weight_shape[1:])
-        # 1/sqrt(fan_in) is only the value before the data-dependent calibration (DESIGN §1.1).
+        # 1/sqrt(fan_in) is only the value before the data-dependent calibration (docs/design.md §1.1).
         log_scale = torch.full((weight_shape[0] if scale == "channel" else 1,), -0.5 * math.log(fan_in))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -301,7 +301,7 @@ class BernoulliLayer(nn.Module):
         ``h`` is the LRT sample of the pre-activation at ``α = 1`` (no bias) on ``x``;
         ``statistic`` maps it to the quantity whose spread matters, e.g. the free membrane
         ``U[t] = βU[t−1] + h[t]`` of a hidden layer (target ``2ϑ``) or the time-averaged readout
-        membrane (target logit std 3), DESIGN §7. ``statistic`` must be linear, so that one pass
+        membrane (target logit std 3), docs/design.md §7. ``statistic`` must be linear, so that one pass
         sets the scale exactly.
 
         Returns:

@@ -3,13 +3,13 @@ r"""``StochasticLIF``: the noisy leaky integrate-and-fire neuron as an snnTorch-
 A thin stateful wrapper over :mod:`sbnn.functional.neurons` (the equations are there). It follows
 snnTorch's neuron contract so it drops into snnTorch-style code:
 
-================================ ===================================== ===========================
-construction                     call                                  returns
-================================ ===================================== ===========================
-``init_hidden=False`` (default)  ``spk, mem = lif(x, mem)``            ``(spk, mem)``
-``init_hidden=True``             ``spk = lif(x)``                      ``spk``
-``init_hidden=True, output=True`` ``spk, mem = lif(x)``                ``(spk, mem)``
-================================ ===================================== ===========================
+================================= ===================================== ===========================
+construction                      call                                  returns
+================================= ===================================== ===========================
+``init_hidden=False`` (default)   ``spk, mem = lif(x, mem)``            ``(spk, mem)``
+``init_hidden=True``              ``spk = lif(x)``                      ``spk``
+``init_hidden=True, output=True`` ``spk, mem = lif(x)``                 ``(spk, mem)``
+================================= ===================================== ===========================
 
 ``x`` is the input current for one time step, either a tensor (the mean; only ``σ0`` noise) or
 the :class:`sbnn.layers.Moments` ``(μ, v)`` of a Bernoulli layer (posterior noise). With explicit
@@ -59,13 +59,13 @@ def _constant(module: nn.Module, name: str, value: float | Tensor, learn: bool) 
 
 
 class StochasticLIF(nn.Module):
-    r"""Stochastic LIF neuron whose noise is the posterior noise of its input (DESIGN §1.3).
+    r"""Stochastic LIF neuron whose noise is the posterior noise of its input (docs/design.md §1.3).
 
     Args:
         beta: membrane leak ``β ∈ [0, 1]`` (scalar or per-unit tensor); ``0`` with
             ``reset_mechanism="none"`` is a binary stochastic neuron.
         threshold: firing threshold ``ϑ > 0``.
-        sigma0: intrinsic noise standard deviation ``σ0 ≥ 0`` (default 0.1, DESIGN §7).
+        sigma0: intrinsic noise standard deviation ``σ0 ≥ 0`` (default 0.1, docs/design.md §7).
         eps_min: floor of the noise standard deviation (``> 0``): keeps ``θ`` finite when a unit
             gets no input (``v = 0``) and ``σ0 = 0``.
         noise: ``"gaussian"`` (probit link) or ``"logistic"`` (sigmoid link).

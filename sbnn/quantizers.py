@@ -29,8 +29,8 @@ with the sign-Swish function (Darabi et al. 2018, arXiv:1812.11800)
 ``μ`` is raised during training (see :class:`sbnn.training.QuantizerMethod`) and is evaluated
 with ``sign``. ``sign`` sends 0 to ``+1`` here (ties go to ``+1``, as ``sbnn.posterior.sign_mode``).
 
-.. note:: The seed text available to sbnn (``seeds/004``) names the pairs but not their formulas;
-   the table above is our reading of the cited papers.
+.. note:: The formulas above are our reading of ProxConnect++ (Lu et al.) and the papers it
+   cites for each pair.
 """
 
 from __future__ import annotations

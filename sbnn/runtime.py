@@ -22,7 +22,7 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     the pages back to the OS, and the next step faults them in again, zero-filled by the kernel.
     On the SHD-sized step of ``benchmarks/step_time.py`` (700 → 256 → 20, T = 100, batch 32, two
     threads) sbnn took 52 ms with ~11 000 minor page faults per step, and 38 ms with none after
-    this call (1.40× → 1.08× the time-batched snnTorch step, measured in one session). The cost is
+    this call (1.40× → 1.08× the time-batched snnTorch step, measured in one process). The cost is
     a process that keeps its peak heap. The environment variables ``MALLOC_MMAP_THRESHOLD_`` and
     ``MALLOC_TRIM_THRESHOLD_``, or jemalloc/tcmalloc via ``LD_PRELOAD``, do the same from outside.
 

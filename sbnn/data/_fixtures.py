@@ -1,6 +1,6 @@
 """Tiny SHD and DVS Gesture trees in the real on-disk format, for tests and offline docs examples.
 
-The files go through the real ``tonic.datasets`` loaders unchanged (DESIGN §3): tonic checks only
+The files go through the real ``tonic.datasets`` loaders unchanged (docs/design.md §3): tonic checks only
 that the archive file exists (an empty placeholder is enough) and that enough data files are
 present, and hashes only when it downloads. The events are class-dependent (each class fires in
 its own band of channels or its own image quadrant), so a network can learn them.

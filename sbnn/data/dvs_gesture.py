@@ -148,7 +148,7 @@ class DVSGestureDataModule(EventDataModule):
         from tonic.datasets import DVSGesture
 
         dataset = DVSGesture(str(self.root), train=train)
-        # os.walk order depends on the filesystem (DESIGN §3): sort, keeping the parallel lists aligned
+        # os.walk order depends on the filesystem (docs/design.md §3): sort, keeping the parallel lists aligned
         order = sorted(range(len(dataset.data)), key=lambda i: dataset.data[i])
         for attr in ("data", "targets", "users", "lighting"):
             values = getattr(dataset, attr)

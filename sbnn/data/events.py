@@ -13,7 +13,7 @@ Pipeline of one sample (all of it picklable, so it also runs in ``spawn`` worker
     batch: tonic.collation.PadTensors(batch_first=False) ──> [T_max, B, ...], zero-padded at the end
 
 Everything on disk is checked in :meth:`EventDataModule.setup` before any cache file or folder is
-written (DESIGN §3: tonic itself only checks that the archive file exists and that enough data
+written (docs/design.md §3: tonic itself only checks that the archive file exists and that enough data
 files are present, and hashes only when it downloads).
 """
 
@@ -85,7 +85,7 @@ class EventFramer:
         from tonic.transforms import ToFrame
 
         if len(events) == 0:
-            # ToFrame returns float64 zeros of the wrong rank here (DESIGN §3): callers must decide
+            # ToFrame returns float64 zeros of the wrong rank here (docs/design.md §3): callers must decide
             raise ValueError("EventFramer got an empty event array")
         events = events.copy()
         if self.downsample > 1:

@@ -1,6 +1,6 @@
-"""scikit-learn's two moons as a DataModule (BayesBiNN's uncertainty setting, seed 001 B.1).
+"""scikit-learn's two moons as a DataModule (BayesBiNN's uncertainty setting, Meng et al. 2020).
 
-``make_moons`` with ``n_per_class`` points per class and Gaussian noise ``noise`` (seed 001
+``make_moons`` with ``n_per_class`` points per class and Gaussian noise ``noise`` (BayesBiNN,
 table 3: 100 per class, 0.1). The real-valued points are repeated over ``n_steps`` time steps so
 spiking networks see a constant input current; ``n_steps = 1`` is one pass of a non-spiking
 (binary-weight) MLP such as :class:`sbnn.models.BinaryMLP`.
@@ -49,8 +49,8 @@ class MoonsDataModule(SpikeDataModule):
     """Two moons: train, validation and test sets drawn independently (seeds ``seed``, +1, +2).
 
     Args:
-        n_per_class: training points per class (seed 001: 100).
-        noise: Gaussian noise standard deviation (seed 001: 0.1).
+        n_per_class: training points per class (BayesBiNN: 100).
+        noise: Gaussian noise standard deviation (BayesBiNN: 0.1).
         n_steps: time steps ``T`` the real-valued point is repeated over (1: non-spiking MLP).
         n_val_per_class: validation points per class.
         n_test_per_class: test points per class.

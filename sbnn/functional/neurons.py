@@ -38,7 +38,7 @@ Bernoulli(``F(θ)``) variable, so spike trains have a closed-form probability
 .. note::
     Our reading of arXiv 2505.17962 (only the abstract is public): the noise of the spiking
     neuron is the LRT posterior noise of its input layer plus a small intrinsic ``σ0``. The
-    marginal model is sbnn's option (DESIGN §7), not the paper's.
+    marginal model is sbnn's option (docs/design.md §7), not the paper's.
 """
 
 from __future__ import annotations

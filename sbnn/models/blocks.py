@@ -1,4 +1,4 @@
-r"""Normalisation-free residual blocks for spiking Bayesian networks (DESIGN §1.6).
+r"""Normalisation-free residual blocks for spiking Bayesian networks (docs/design.md §1.6).
 
 A block adds a learnable, small multiple of a residual branch to a *stream*:
 

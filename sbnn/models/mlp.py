@@ -37,7 +37,7 @@ class SpikingMLP(SpikingClassifier):
         layer: options of every Bernoulli layer (:class:`~sbnn.models.LayerSettings`).
         calibration: targets of :meth:`calibrate` (:class:`~sbnn.models.CalibrationSettings`).
         readout: ``"membrane"`` (time-averaged membrane of a non-spiking leaky output layer, the
-            default: a spike-count readout left the output silent in sbnn's prototype) or
+            default: a spike-count readout left the output silent in sbnn's design runs) or
             ``"spike_count"`` (spike counts of stochastic output neurons).
         readout_beta: leak of the readout membrane.
         binary_input: the input holds 0/1 spikes, so ``x² = x`` in the first layer's LRT variance

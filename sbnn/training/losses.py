@@ -7,8 +7,8 @@ r"""The training objective: a KL-weighted evidence lower bound.
 
 With ``kl_weight = 1`` this is the negative ELBO per training example. On small data sets
 (``N_train ≈ 10³`` against ``≈ 10⁴`` weights) the full KL keeps the posterior broad and a weight
-``≥ 10`` collapses it to the uniform prior, an absorbing state; ``0.1`` worked in sbnn's prototype
-(DESIGN §7). ``L_aux`` is the bias-reducing auxiliary loss: any callable ``aux_fn(model) -> Tensor``
+``≥ 10`` collapses it to the uniform prior, an absorbing state; ``0.1`` worked in sbnn's design runs
+(docs/design.md §7). ``L_aux`` is the bias-reducing auxiliary loss: any callable ``aux_fn(model) -> Tensor``
 computed from the forward pass just run; :class:`BiasProxyLoss` is sbnn's (derivation in
 ``docs/theory.md``, "The auxiliary loss").
 """
@@ -172,7 +172,7 @@ class BiasProxyLoss:
     from threshold, and when a single input flip is small against the next layer's noise.
 
     .. note::
-        sbnn's own construction from DESIGN §1.5 (the paper's form is not public). Use it
+        sbnn's own construction from docs/design.md §1.5 (the paper's form is not public). Use it
         through ``SpikingClassificationTask(aux_weight=...)``, which attaches it; by hand::
 
             aux = BiasProxyLoss().attach(net)

@@ -197,10 +197,10 @@ class _LatentWeightMethod(TrainingMethod):
 
 
 class STEMethod(_LatentWeightMethod):
-    """STE-Adam (Courbariaux et al. 2015; seed 001 table 9): ``sign(λ)`` forward, ``1{|λ|≤1}`` backward.
+    """STE-Adam (Courbariaux et al. 2015; BayesBiNN (Meng et al. 2020) table 9): ``sign(λ)`` forward, ``1{|λ|≤1}`` backward.
 
     Adam on the latent weights ``λ``, whose gradient norm is clipped at ``grad_clip`` and whose
-    values are clipped to ``[−weight_clip, weight_clip]`` after every step (the seed's "gradient
+    values are clipped to ``[−weight_clip, weight_clip]`` after every step (the BayesBiNN paper's "gradient
     clipping, weights clipping: yes"). Evaluated with ``sign(λ)``.
 
     Args:
@@ -264,7 +264,7 @@ class FullPrecisionMethod(_LatentWeightMethod):
     """Full-precision Adam: ``λ`` is an ordinary real weight, in training and in evaluation.
 
     Args:
-        lr: Adam learning rate of the weights (seed table 9: 3e−4 … 1e−2), cosine-decayed.
+        lr: Adam learning rate of the weights (BayesBiNN table 9: 3e−4 … 1e−2), cosine-decayed.
         float_lr: Adam learning rate of the scales and biases.
     """
 
@@ -285,7 +285,7 @@ class BopMethod(TrainingMethod):
     Bop averages is ``∂ℓ/∂w``. The adaptivity ``γ`` decays by cosine with the learning rates.
 
     Args:
-        threshold: ``τ_b ≥ 0`` (seed table 9: 1e−8).
+        threshold: ``τ_b ≥ 0`` (BayesBiNN table 9: 1e−8).
         adaptivity: ``γ ∈ (0, 1]`` (seed: 1e−5 … 1e−4).
         float_lr: Adam learning rate of the scales and biases.
     """
@@ -334,7 +334,7 @@ class BopMethod(TrainingMethod):
 class BayesBiNNMethod(TrainingMethod):
     """BayesBiNN (:class:`sbnn.training.BayesBiNN`) on ``λ``, Adam on the scales and biases.
 
-    The learning rates decay by cosine over the epochs (seed 001 table 9; tables 3–4 use step
+    The learning rates decay by cosine over the epochs (BayesBiNN (Meng et al. 2020) table 9; tables 3–4 use step
     or exponential decays). Evaluated with the ``mode`` network ``sign(λ)`` and MC averages over
     ``w ~ q``.
 
@@ -398,7 +398,7 @@ class SBNNMethod(TrainingMethod):
 
     ``loss = ℓ + kl_weight·KL(q‖p)/N`` in ``sample`` mode (posterior noise in the neurons), the
     same objective as :class:`sbnn.tasks.SpikingClassificationTask`; the last
-    ``finetune_epochs`` also train the ``mode`` network (DESIGN §7), with the learning rates
+    ``finetune_epochs`` also train the ``mode`` network (docs/design.md §7), with the learning rates
     restarted at ``finetune_factor`` (:class:`sbnn.training.TwoPhaseCosine`).
 
     Args:

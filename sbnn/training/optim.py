@@ -1,4 +1,4 @@
-r"""Optimisers of the seeds' binary-network training methods: ``BayesBiNN`` and ``Bop``.
+r"""Optimisers of published binary-network training methods: ``BayesBiNN`` and ``Bop``.
 
 **BayesBiNN** (Meng, Bachmann & Khan 2020, arXiv:2002.10778) is the Bayesian learning rule for a
 mean-field Bernoulli posterior over ±1 weights, ``q(w = +1) = σ(2λ)``. It owns the natural
@@ -26,19 +26,19 @@ tiny ``τ``.
 
 *BayesBiNN or Adam-on-λ + KL (sbnn's default)?* Both fit the same variational objective over the
 same ``λ``. BayesBiNN follows the natural gradient of the ELBO with the *whole* KL (``N``-scaled
-data term), relaxed weight samples and deterministic neurons; it is what the seed's tables use
-and it is the better choice when you want the seed's behaviour, the ±10 initialisation, tiny
+data term), relaxed weight samples and deterministic neurons; it is what the BayesBiNN paper's tables use
+and it is the better choice when you want the BayesBiNN paper's behaviour, the ±10 initialisation, tiny
 ``τ`` (STE-like training) or continual learning with the exact prior term. sbnn's
 :class:`sbnn.tasks.SpikingClassificationTask` uses Adam on ``λ`` with local
 reparameterisation (two matmuls per layer, one pass per step instead of ``S``), a tempered KL
 (``kl_weight``) and posterior noise inside the neurons; it is the better choice for spiking
 networks trained on small data, where the LRT noise is the neurons' noise and one pass per step
-is cheaper. ``λ = ±10`` is dead under Adam (``1 − tanh² 10 ≈ 8e−9``, DESIGN §7), alive under
+is cheaper. ``λ = ±10`` is dead under Adam (``1 − tanh² 10 ≈ 8e−9``, docs/design.md §7), alive under
 BayesBiNN, whose scale vector divides by that same factor.
 
 **Bop** (Helwegen et al. 2019, arXiv:1906.02107) keeps no latent weights: an exponential moving
 average ``m ← (1 − γ)m + γ g`` of the gradient flips a binary weight when ``|m| > τ_b`` and
-``sign(m) = sign(w)`` (the ``hyst1`` form of seed 001 appendix A, eqs. 22–23).
+``sign(m) = sign(w)`` (the ``hyst1`` form of BayesBiNN (Meng et al. 2020) appendix A, eqs. 22–23).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class Bop(torch.optim.Optimizer):
         w \leftarrow \begin{cases} -w & |m| > τ_b \text{ and } \operatorname{sign}(m) = \operatorname{sign}(w) \\
         w & \text{otherwise} \end{cases}
 
-    (Helwegen et al. 2019, arXiv:1906.02107; seed 001 appendix A, eqs. 22–23; table 9 uses
+    (Helwegen et al. 2019, arXiv:1906.02107; BayesBiNN (Meng et al. 2020) appendix A, eqs. 22–23; table 9 uses
     ``τ_b = 1e−8`` and ``γ = 1e−5 … 1e−4``). A weight moves against its gradient's sign, so a
     flip happens when the gradient persistently says the weight is on the wrong side.
 

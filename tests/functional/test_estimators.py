@@ -157,7 +157,7 @@ def test_relaxed_factor_is_scaled_density_at_the_drawn_noise(family, tau):
         assert factor_of(Relaxed(tau=tau), family, theta, s, eps) == pytest.approx(expected, rel=1e-10)
 
 
-# DESIGN §1.4 (logistic) and §7 (Gaussian) check values of E[p(X/τ)/τ | S], X = θ + ε, at τ = 1:
+# docs/design.md §1.4 (logistic) and §7 (Gaussian) check values of E[p(X/τ)/τ | S], X = θ + ε, at τ = 1:
 # (θ, value for S = 1, value for S = 0); 5 decimals, so compared to ±6e-6.
 AGR_CHECK_VALUES = [
     ("logistic", 0.0, 0.16667, 0.16667),

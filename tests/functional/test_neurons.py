@@ -139,7 +139,7 @@ def test_leaky_integrate_by_hand():
 
 
 def test_no_nan_when_unit_gets_no_input():
-    """v = 0 and sigma0 = 0: the floor eps_min keeps theta finite (DESIGN §7)."""
+    """v = 0 and sigma0 = 0: the floor eps_min keeps theta finite (docs/design.md §7)."""
     p = params(sigma0=0.0)
     mu = torch.zeros(3, 2, requires_grad=True)
     var = torch.zeros(3, 2, requires_grad=True)
