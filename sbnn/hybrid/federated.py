@@ -87,9 +87,9 @@ class FedConfig:
     split: Literal["iid", "label"] = "iid"
     skew: float = 0.9
     local_epochs: int = 1
-    lr: float = 0.03
+    lr: float = 0.1
     batch_size: int = 32
-    kl_weight: float = 1.0
+    kl_weight: float = 0.01
     hidden: int = 128
     mode_confidence: float = 0.95
     seed: int = 0
@@ -142,9 +142,11 @@ def split_shards(labels: np.ndarray, n_clients: int, split: str = "iid", skew: f
         major = classes[k % len(classes)]
         pool = [i for i in free if labels[i] == major]
         take = pool[: int(round(skew * size))]
-        rest = [i for i in free if i not in set(take)][: size - len(take)]
+        taken = set(take)
+        rest = [i for i in free if i not in taken][: size - len(take)]
         shard = np.sort(np.array(take + rest, dtype=np.int64))
-        free = [i for i in free if i not in set(shard.tolist())]
+        used = set(shard.tolist())
+        free = [i for i in free if i not in used]
         shards.append(shard)
     if any(len(s) == 0 for s in shards):
         raise ValueError("split_shards: a client got no data; use fewer clients")
@@ -334,6 +336,8 @@ def make_strategy(cfg: FedConfig, log: dict[str, list] | None = None):
             new = aggregate(uploads, weights, self._broadcast, cfg.aggregation, cfg.mode_confidence)
             if log is not None:
                 log.setdefault("uplink_bytes", []).append(sum(m.content["arrays"].count_bytes() for m in valid))
+                log.setdefault("uplink_payload_bytes", []).append(sum(sum(v.nbytes for v in u.values()) for u in uploads))
+                log["last_uploads"], log["last_weights"], log["last_broadcast"] = uploads, weights, self._broadcast
             metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
             return ArrayRecord(array_dict={k: _array(v) for k, v in new.items()}), metrics
 
@@ -373,7 +377,7 @@ def make_server_app(data_path: str | Path, cfg: FedConfig, log: dict[str, list],
         )
         log["arrays"] = {k: v.numpy() for k, v in result.arrays.items()}
         if result_path is not None:
-            summary = {k: v for k, v in log.items() if k in ("accuracy", "uplink_bytes", "downlink_bytes")}
+            summary = {k: v for k, v in log.items() if k in ("accuracy", "uplink_bytes", "uplink_payload_bytes", "downlink_bytes")}
             Path(result_path).write_text(json.dumps(summary))
 
     return app

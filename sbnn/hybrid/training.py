@@ -87,7 +87,7 @@ def fit_classifier(
             loss.backward()
             opt.step()
             clip_latent_weights_(model)
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append(total / len(x))
     return history
 
