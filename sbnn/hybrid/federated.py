@@ -52,6 +52,7 @@ __all__ = [
     "make_strategy",
     "make_client_app",
     "make_server_app",
+    "server_main",
     "run_simulation",
 ]
 
@@ -111,6 +112,12 @@ class FedConfig:
     def to_flower(self) -> dict[str, Any]:
         """As a flat dict of Flower config values (str/int/float)."""
         return asdict(self)
+
+    @classmethod
+    def from_flower(cls, run_config: dict[str, Any]) -> "FedConfig":
+        """Rebuild from a Flower run config (extra keys such as ``data_path`` are ignored)."""
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in run_config.items() if k in fields})
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -347,17 +354,14 @@ def make_strategy(cfg: FedConfig, log: dict[str, list] | None = None):
     )
 
 
-def make_server_app(data_path: str | Path, cfg: FedConfig, log: dict[str, list], result_path: str | Path | None = None):
-    """A Flower ``ServerApp``: FedAvg-family rounds over the head, centrally evaluated on the test codes.
+def server_main(grid, context, data_path: str | Path, cfg: FedConfig, log: dict[str, Any], result_path: str | Path | None = None) -> None:
+    """The ServerApp's body: FedAvg-family rounds over the head, centrally evaluated on the test codes.
 
     ``log`` receives ``accuracy`` (round 0 = initial head), ``uplink_bytes``, ``downlink_bytes`` and
-    the final ``arrays``; with ``result_path`` it is also written there as JSON.
+    the final ``arrays``; with ``result_path`` the curves are also written there as JSON.
     """
-    require_flower()
-    from flwr.app import ArrayRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
+    from flwr.app import ArrayRecord, MetricRecord
 
-    app = ServerApp()
     _, _, x_te, y_te = load_federation_data(data_path)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -367,18 +371,30 @@ def make_server_app(data_path: str | Path, cfg: FedConfig, log: dict[str, list],
         log.setdefault("accuracy", []).append(acc)
         return MetricRecord({"accuracy": acc})
 
+    init = head_arrays(_new_head(x_te.shape[1], cfg))
+    log["initial"] = init
+    result = make_strategy(cfg, log).start(
+        grid=grid, initial_arrays=ArrayRecord(array_dict={k: _array(v) for k, v in init.items()}),
+        num_rounds=cfg.rounds, evaluate_fn=evaluate_fn,
+    )
+    log["arrays"] = {k: v.numpy() for k, v in result.arrays.items()}
+    if result_path:
+        summary = {k: v for k, v in log.items() if k in ("accuracy", "uplink_bytes", "uplink_payload_bytes", "downlink_bytes")}
+        Path(result_path).write_text(json.dumps(summary))
+
+
+def make_server_app(data_path: str | Path, cfg: FedConfig, log: dict[str, Any], result_path: str | Path | None = None):
+    """A Flower ``ServerApp`` running :func:`server_main` (``log`` is filled in place)."""
+    require_flower()
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+    load_federation_data(data_path)  # fail before Flower starts on a bad file
+
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        init = head_arrays(_new_head(x_te.shape[1], cfg))
-        log["initial"] = init
-        result = make_strategy(cfg, log).start(
-            grid=grid, initial_arrays=ArrayRecord(array_dict={k: _array(v) for k, v in init.items()}),
-            num_rounds=cfg.rounds, evaluate_fn=evaluate_fn,
-        )
-        log["arrays"] = {k: v.numpy() for k, v in result.arrays.items()}
-        if result_path is not None:
-            summary = {k: v for k, v in log.items() if k in ("accuracy", "uplink_bytes", "uplink_payload_bytes", "downlink_bytes")}
-            Path(result_path).write_text(json.dumps(summary))
+        server_main(grid, context, data_path, cfg, log, result_path)
 
     return app
 
