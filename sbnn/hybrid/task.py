@@ -117,6 +117,14 @@ class HyBNNTask(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def train(self, mode: bool = True) -> "HyBNNTask":
+        """Lightning's ``train()`` recursion would reach the VAE, whose encoder modules the frozen
+        encoder shares: once the VAE is trained it stays in eval mode (batch-norm statistics fixed)."""
+        super().train(mode)
+        if bool(self.vae_trained):
+            self.vae.train(False)
+        return self
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.head.parameters(), lr=self.hparams.lr)
 

@@ -36,6 +36,24 @@ def test_recipe_reads_mnist_idx(tmp_path):
     assert model.vae.image_shape == (1, 28, 28)
 
 
+def test_encoder_state_is_bit_identical_after_head_training(tmp_path):
+    import lightning as L
+    import torch
+
+    task = HyBNNTask(head="ste", vae_epochs=0, n_latent=16, hidden=8)
+    data = HyBNNDataModule(task=(0, 1))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    data.setup()
+    task.vae_trained.fill_(True)  # as after the representation phase
+    before = {k: v.clone() for k, v in task.net.encoder.state_dict().items()}
+    head_before = [p.clone() for p in task.net.head.parameters()]
+    trainer.fit(task, datamodule=data)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, task.net.head.parameters()))
+    for k, v in task.net.encoder.state_dict().items():  # running statistics included
+        assert torch.equal(before[k], v), k
+
+
 def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="two different digits"):
         HyBNNDataModule(task=(3, 3))
