@@ -326,8 +326,11 @@ def _squeeze(name: str, key: str, values: np.ndarray, shape: tuple[int, ...]) ->
     return per_channel[:, 0].copy()
 
 
-def _synapses(key: str, weight: np.ndarray, bias: np.ndarray | None, gain: np.ndarray) -> Synapses:
-    """``sign(W)`` with ``α_j = mean |W_j|`` (and the neuron's input gain folded in)."""
+def _synapses(key: str, weight: np.ndarray, bias: np.ndarray | None, gain: np.ndarray, keep_zero_bias: bool = True) -> Synapses:
+    """``sign(W)`` with ``α_j = mean |W_j|`` (and the neuron's input gain folded in).
+
+    NIR's Conv2d always has a bias, so an all-zero conv bias means none (``keep_zero_bias=False``).
+    """
     w = np.asarray(weight, np.float32)
     out = w.shape[0]
     g = np.asarray(gain, np.float64).reshape(-1)
@@ -357,7 +360,7 @@ def _synapses(key: str, weight: np.ndarray, bias: np.ndarray | None, gain: np.nd
         b64 = np.asarray(bias, np.float64).reshape(-1)
         if b64.size != out:
             raise NIRConversionError(f"node {key!r}: bias has {b64.size} values for {out} outputs")
-        if np.any(b64 != 0):
+        if keep_zero_bias or np.any(b64 != 0):
             b = (b64 * g).astype(np.float32) if not np.array_equal(g, np.ones(1)) else np.asarray(bias, np.float32).reshape(-1)
     return Synapses(sign, alpha, b)
 
@@ -511,7 +514,7 @@ def graph_from_nir(graph: Any, *, dt: float = DEFAULT_DT) -> Graph:
             gshape = np.broadcast_to(gain, np.broadcast_shapes(np.shape(gain), ())).reshape(-1)
             if gshape.size not in (1, math.prod(out_shape)):
                 raise NIRConversionError(f"node {key!r} ({kind}): parameters have {gshape.size} values for {math.prod(out_shape)} units")
-            syn = _synapses(wkey, wnode.weight, bias, gshape)
+            syn = _synapses(wkey, wnode.weight, bias, gshape, keep_zero_bias=not is_conv)
             if kind in ("LIF", "IF"):
                 if not np.all(_arr(node.v_reset) == 0):
                     raise NIRConversionError(
