@@ -313,3 +313,38 @@ def test_snntorch_exported_network_runs_equal_in_sbnn(rng):
         ref = torch.stack([model(torch.from_numpy(x[t])) for t in range(len(x))]).numpy()
     assert ref.sum() > 0
     np.testing.assert_array_equal(Engine(g).run(x, record=True).spikes[-1], ref)
+
+
+# -- sbnn-export --format nir ----------------------------------------------------------------------
+def _checkpoint(tmp_path, reset_mechanism: str):
+    from sbnn.lightning import SpikingClassificationTask
+
+    torch.manual_seed(4)
+    net = SpikingMLP(6, [5], 3, reset_mechanism=reset_mechanism)
+    run_dir = tmp_path / reset_mechanism
+    run_dir.mkdir()
+    ckpt = run_dir / "last.ckpt"
+    torch.save({"state_dict": SpikingClassificationTask(net, train_size=10).state_dict()}, ckpt)
+    (run_dir / "config.yaml").write_text(
+        "model:\n  class_path: sbnn.lightning.SpikingClassificationTask\n  init_args:\n    network:\n"
+        "      class_path: sbnn.models.SpikingMLP\n      init_args:\n        in_features: 6\n"
+        f"        hidden: [5]\n        out_features: 3\n        reset_mechanism: {reset_mechanism}\n"
+    )
+    return net, ckpt
+
+
+def test_sbnn_export_format_nir_console_script(tmp_path):
+    import shutil
+    import subprocess
+
+    net, ckpt = _checkpoint(tmp_path, "zero")
+    exe = shutil.which("sbnn-export") or pytest.skip("sbnn-export is not installed (pip install -e .)")
+    out = tmp_path / "net.nir"
+    run = subprocess.run([exe, str(ckpt), str(out), "--format", "nir", "--dt", "1e-3"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout
+    _assert_graphs_equal(to_graph(net), graph_from_nir(nir.read(out), dt=1e-3))
+    _, bad = _checkpoint(tmp_path, "subtract")
+    run = subprocess.run([exe, str(bad), str(tmp_path / "x.nir"), "--format", "nir"], capture_output=True, text=True)
+    assert run.returncode == 1 and "reset_mechanism='subtract'" in run.stderr
+    assert not (tmp_path / "x.nir").exists()

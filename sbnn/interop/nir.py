@@ -46,14 +46,20 @@ is folded into its incoming weights and bias; gains within :data:`GAIN_TOLERANCE
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..kernels.graph import LIF, Conv2d, Dense, Graph, MaxPool2d, MembraneReadout, Synapses
 
-__all__ = ["DEFAULT_DT", "DEFAULT_CONFIDENCE", "GAIN_TOLERANCE", "NIRConversionError", "to_nir", "graph_from_nir", "from_nir"]
+__all__ = [
+    "DEFAULT_DT", "DEFAULT_CONFIDENCE", "GAIN_TOLERANCE", "NIRConversionError",
+    "to_nir", "write_nir", "export_checkpoint_nir", "graph_from_nir", "from_nir",
+]
 
 #: Euler time step of snnTorch's NIR exporter and importer (seconds).
 DEFAULT_DT = 1e-4
@@ -682,3 +688,42 @@ def from_nir(graph: Any, *, dt: float = DEFAULT_DT, confidence: float = DEFAULT_
                     value = torch.from_numpy(getattr(node.neuron, name).copy())
                     setattr(neuron, name, value.reshape(()) if value.numel() == 1 else value)
     return net
+
+
+def write_nir(model: Any, path: str | os.PathLike, *, dt: float = DEFAULT_DT) -> Path:
+    """Write :func:`to_nir` of ``model`` to ``path`` (NIR's HDF5 file), atomically: temp file, then rename."""
+    nir = _nir()
+    graph = to_nir(model, dt=dt)  # refusals come before anything is written
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        nir.write(tmp, graph)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def export_checkpoint_nir(
+    checkpoint: str | os.PathLike, path: str | os.PathLike, *, config: str | os.PathLike | None = None, dt: float = DEFAULT_DT
+) -> Path:
+    """NIR graph of a training checkpoint's ``mode`` network (architecture as in :func:`sbnn.export.export_checkpoint`)."""
+    from ..export import export_checkpoint, load_graph
+
+    _nir()
+    _check_dt(dt)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = load_graph(export_checkpoint(checkpoint, Path(tmp) / "model.sbnn", config=config))
+    return write_nir(graph, path, dt=dt)
+
+
+def main_nir(checkpoint: str, out: str, *, config: str | None, dt: float) -> None:
+    """``sbnn-export --format nir``: exit status 1 with a one-line message on any refusal."""
+    try:
+        path = export_checkpoint_nir(checkpoint, out, config=config, dt=dt)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"sbnn-export: {err}") from None
+    nodes = len(_nir().read(path).nodes)
+    print(f"sbnn-export: wrote {path} ({path.stat().st_size:,} bytes, NIR graph of {nodes} nodes, dt={dt})")
