@@ -45,7 +45,7 @@ def _graph(model: Any) -> Graph:
     return to_graph(model)
 
 
-def neurobench_model(model: Any, *, dt: float = DEFAULT_DT):
+def neurobench_model(model: Any, *, dt: float = DEFAULT_DT) -> Any:
     """NeuroBench's ``SNNTorchModel`` around snnTorch's import of ``model``'s NIR graph.
 
     Raises:

@@ -50,11 +50,15 @@ import os
 import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..kernels.graph import LIF, Conv2d, Dense, Graph, MaxPool2d, MembraneReadout, Synapses
+
+if TYPE_CHECKING:  # the nir package is an optional extra
+    import nir as _nir_types
+    from torch import nn
 
 __all__ = [
     "DEFAULT_DT", "DEFAULT_CONFIDENCE", "GAIN_TOLERANCE", "NIRConversionError",
@@ -143,7 +147,7 @@ def _per_unit(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return values.reshape((-1,) + (1,) * (len(shape) - 1))
 
 
-def to_nir(model: Any, *, dt: float = DEFAULT_DT):
+def to_nir(model: Any, *, dt: float = DEFAULT_DT) -> _nir_types.NIRGraph:
     """The NIR graph of ``model``'s deployed (``mode``) network.
 
     Args:
@@ -448,7 +452,7 @@ def _shape_of(value) -> tuple[int, ...] | None:
     return tuple(int(s) for s in arr)
 
 
-def graph_from_nir(graph: Any, *, dt: float = DEFAULT_DT) -> Graph:
+def graph_from_nir(graph: _nir_types.NIRGraph, *, dt: float = DEFAULT_DT) -> Graph:
     """The sbnn layer graph of a NIR graph (from any library), ready for :class:`sbnn.kernels.Engine`.
 
     Args:
@@ -607,7 +611,9 @@ def _log_exact(alpha: float) -> float:
     return float(guess)
 
 
-def from_nir(graph: Any, *, dt: float = DEFAULT_DT, confidence: float = DEFAULT_CONFIDENCE, **network_kwargs: Any):
+def from_nir(
+    graph: _nir_types.NIRGraph, *, dt: float = DEFAULT_DT, confidence: float = DEFAULT_CONFIDENCE, **network_kwargs: Any
+) -> nn.Module:
     """A trainable sbnn network initialised from a NIR graph (e.g. a float SNN trained elsewhere).
 
     Dense graphs become a :class:`~sbnn.SpikingMLP`, graphs with recurrent layers a
