@@ -345,6 +345,9 @@ def test_sbnn_export_format_nir_console_script(tmp_path):
     assert "wrote" in run.stdout
     _assert_graphs_equal(to_graph(net), graph_from_nir(nir.read(out), dt=1e-3))
     _, bad = _checkpoint(tmp_path, "subtract")
-    run = subprocess.run([exe, str(bad), str(tmp_path / "x.nir"), "--format", "nir"], capture_output=True, text=True)
-    assert run.returncode == 1 and "reset_mechanism='subtract'" in run.stderr
+    from sbnn.export import main
+
+    with pytest.raises(SystemExit, match="reset_mechanism='subtract'") as exc:  # in-process: one subprocess is enough
+        main([str(bad), str(tmp_path / "x.nir"), "--format", "nir"])
+    assert exc.value.code != 0
     assert not (tmp_path / "x.nir").exists()
