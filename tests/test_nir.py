@@ -351,3 +351,25 @@ def test_sbnn_export_format_nir_console_script(tmp_path):
         main([str(bad), str(tmp_path / "x.nir"), "--format", "nir"])
     assert exc.value.code != 0
     assert not (tmp_path / "x.nir").exists()
+
+
+def test_snntorch_exported_recurrent_network_runs_equal_in_sbnn(rng):
+    """snnTorch's RLeaky (all-to-all, zero reset) → its NIR export → sbnn's recurrent layer."""
+    snn = pytest.importorskip("snntorch")
+    export_to_nir = pytest.importorskip("snntorch.export_nir").export_to_nir
+    fc0 = torch.nn.Linear(8, 6, bias=False)
+    rleaky = snn.RLeaky(beta=torch.full((6,), 0.75), threshold=torch.full((6,), 1.0), linear_features=6,
+                        reset_mechanism="zero", init_hidden=True, reset_delay=False)
+    with torch.no_grad():
+        fc0.weight.copy_(torch.from_numpy(_signs(rng, 6, 8) * 0.5))
+        rleaky.recurrent.weight.copy_(torch.from_numpy(_signs(rng, 6, 6) * 0.25))
+        rleaky.recurrent.bias.zero_()
+    model = torch.nn.Sequential(fc0, rleaky)
+    g = graph_from_nir(export_to_nir(model, torch.zeros(8)))
+    assert g.nodes[0].recurrent is not None
+    x = (rng.random((16, 2, 8)) < 0.5).astype(np.float32)
+    pytest.importorskip("snntorch.utils").reset(model)
+    with torch.no_grad():
+        ref = torch.stack([model(torch.from_numpy(x[t])) for t in range(len(x))]).numpy()
+    assert ref.sum() > 0
+    np.testing.assert_array_equal(Engine(g).run(x, record=True).spikes[-1], ref)
