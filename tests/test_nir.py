@@ -373,3 +373,21 @@ def test_snntorch_exported_recurrent_network_runs_equal_in_sbnn(rng):
         ref = torch.stack([model(torch.from_numpy(x[t])) for t in range(len(x))]).numpy()
     assert ref.sum() > 0
     np.testing.assert_array_equal(Engine(g).run(x, record=True).spikes[-1], ref)
+
+
+def test_nested_recurrent_subgraph_is_inlined(rng):
+    """A layer wrapped as a nested NIRGraph (Input → LIF ⇄ W_rec → Output) reads as the flat graph."""
+    g = Graph((5,), (Dense(Synapses(_signs(rng, 4, 5), [0.5]), LIF([0.5], [1.0], "zero"), Synapses(_signs(rng, 4, 4), [0.25])),))
+    flat = to_nir(g)
+    sub = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type=np.array([4])), "lif": flat.nodes["lif0"], "w_rec": flat.nodes["rec0"],
+               "output": nir.Output(output_type=np.array([4]))},
+        edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+        type_check=False,
+    )
+    nested = nir.NIRGraph(
+        nodes={"input": flat.nodes["input"], "fc0": flat.nodes["fc0"], "layer": sub, "output": flat.nodes["output"]},
+        edges=[("input", "fc0"), ("fc0", "layer"), ("layer", "output")],
+        type_check=False,
+    )
+    _assert_graphs_equal(g, graph_from_nir(nested))
