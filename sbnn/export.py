@@ -723,14 +723,20 @@ def export_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``sbnn-export CHECKPOINT OUT [--config config.yaml]``: export a training checkpoint."""
+    """``sbnn-export CHECKPOINT OUT [--config config.yaml] [--format sbnn|nir] [--dt DT]``: export a training checkpoint."""
     import argparse
 
     p = argparse.ArgumentParser(prog="sbnn-export", description="Export an sbnn Lightning checkpoint to a deployable model file.")
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--config", default=None, help="the run's config.yaml (default: looked up next to the checkpoint)")
+    p.add_argument("--format", choices=("sbnn", "nir"), default="sbnn", help="sbnn deployable file, or a NIR graph (needs the nir extra; see docs/interop.md)")
+    p.add_argument("--dt", type=float, default=1e-4, help="NIR only: the Euler time step, tau = dt/(1 - beta) (default 1e-4, snnTorch's)")
     args = p.parse_args(argv)
+    if args.format == "nir":
+        from .interop.nir import main_nir
+
+        return main_nir(args.checkpoint, args.out, config=args.config, dt=args.dt)
     try:
         out = export_checkpoint(args.checkpoint, args.out, config=args.config)
     except ValueError as err:
