@@ -124,6 +124,13 @@ class SpikingRecurrentNet(_Readout):
         lam_std, prior_lam: ``λ`` initialisation and prior (see :class:`sbnn.BernoulliLinear`).
         recurrent_gain: calibration target of the recurrent input's free-membrane std, as a
             fraction of the feed-forward one (our choice: recurrence refines, the input drives).
+        recurrent_spike_grad: factor on the gradient that flows back through the recurrent
+            spikes ``S[t−1]`` (the forward pass is unchanged; the recurrent weights always get
+            their gradient ``gμ[t]·S[t−1]ᵀ``). 0 (default) cuts it, 1 is full BPTT through the
+            recurrence. Full BPTT multiplies the adjoint at every step by
+            ``α W_rec diag(p(θ)/s)``, whose gain exceeds 1 once ``α`` grows in training with
+            deterministic neurons (``s = σ0``: a surrogate peak of ≈ 4ϑ⁻¹), and the gradient
+            explodes (``docs/recipes/shd.md``, "Why the recurrent spikes carry no gradient").
 
     Shape:
         - Input: ``[T, B, N]``, time-major.
@@ -157,6 +164,7 @@ class SpikingRecurrentNet(_Readout):
         lam_std: PositiveFloat = 0.5,
         prior_lam: float = 0.0,
         recurrent_gain: PositiveFloat = 0.5,
+        recurrent_spike_grad: ClosedUnitInterval = 0.0,
     ) -> None:
         super().__init__()
         hidden = list(hidden)
@@ -164,10 +172,12 @@ class SpikingRecurrentNet(_Readout):
         if not hidden:
             raise ValueError("SpikingRecurrentNet: hidden must name at least one layer, e.g. [256]")
         check_in_range("recurrent_gain", recurrent_gain, 0.0, low_open=True)
+        check_in_range("recurrent_spike_grad", recurrent_spike_grad, 0.0, 1.0)
         neuron = self._neuron_kwargs(beta, threshold, sigma0, noise, estimator, estimator_kwargs, reset_mechanism, detach_reset)
         layer = dict(bias=bias, lam_std=lam_std, prior_lam=prior_lam)
         sizes = [in_features, *hidden]
         self.in_features, self.binary_input, self.recurrent_gain = in_features, binary_input, recurrent_gain
+        self.recurrent_spike_grad = float(recurrent_spike_grad)
         self.layers = nn.ModuleList(BernoulliLinear(a, b, **layer) for a, b in zip(sizes[:-1], sizes[1:]))
         self.recurrent = (
             nn.ModuleList(BernoulliLinear(h, h, bias=False, lam_std=lam_std, prior_lam=prior_lam) for h in hidden)
@@ -177,7 +187,15 @@ class SpikingRecurrentNet(_Readout):
         self._make_readout(hidden[-1], out_features, readout, readout_beta, neuron, layer)
 
     @staticmethod
-    def _recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> Tensor:
+    def _damp(spikes: Tensor, factor: float) -> Tensor:
+        """``spikes`` with the gradient through them scaled by ``factor`` (value unchanged)."""
+        if factor == 1.0 or not spikes.requires_grad:
+            return spikes
+        if factor == 0.0:
+            return spikes.detach()
+        return spikes.detach() + factor * (spikes - spikes.detach())
+
+    def _recurrent_sequence(self, ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> Tensor:
         """Spikes ``[T, B, H]`` of a layer whose step-``t`` moments are ``ff[t] + rec(S[t−1])``."""
         means = ff.mean.unbind(0)
         variances = ff.var.unbind(0) if ff.var is not None else [None] * len(means)
@@ -185,7 +203,7 @@ class SpikingRecurrentNet(_Readout):
         spikes = []
         for t, (mu, var) in enumerate(zip(means, variances)):
             if t > 0:  # S[−1] = 0 adds nothing
-                r = rec._moments(spikes[-1])
+                r = rec._moments(self._damp(spikes[-1], self.recurrent_spike_grad))
                 mu = mu + r.mean
                 var = var + r.var if (var is not None and r.var is not None) else var
             spk, mem = neuron.sequence(Moments(mu[None], None if var is None else var[None]), state=state, validate=False)
