@@ -14,6 +14,7 @@ from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
 from sbnn.data.moons import MoonsDataModule, moons_tensors
 from sbnn.data.dvs_gesture import DVSGestureDataModule
+from sbnn.data.checks import CorruptEventsError, check_event_array, check_spike_sample
 from sbnn.data.events import DataMissingError
 from sbnn.data.shd import SHDDataModule
 from sbnn.data.randman import RandmanDataModule, make_randman
@@ -27,6 +28,9 @@ __all__ = [
     "SHDDataModule",
     "DVSGestureDataModule",
     "DataMissingError",
+    "CorruptEventsError",
+    "check_event_array",
+    "check_spike_sample",
     "moons_tensors",
     "make_randman",
     "time_major_collate",

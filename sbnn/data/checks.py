@@ -30,7 +30,7 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
 
-def _check_times(t: np.ndarray, where: str, *, require_sorted: bool) -> None:
+def _check_times(t: np.ndarray, where: str, *, require_sorted: bool, unit_scale: float = 1.0) -> None:
     if t.dtype.kind not in "iuf":
         raise CorruptEventsError(f"{where}: field t has dtype {t.dtype}, expected integer or floating timestamps")
     if t.dtype.kind == "f":
@@ -38,25 +38,25 @@ def _check_times(t: np.ndarray, where: str, *, require_sorted: bool) -> None:
         if bad.any():
             i = _first_bad(bad)
             raise CorruptEventsError(
-                f"{where}: field t of event {i} is {t[i]!r} (not finite; {int(bad.sum())} such events); "
+                f"{where}: field t of event {i} is {t[i].item()!r} (not finite; {int(bad.sum())} such events); "
                 "the recording is corrupt: re-extract or remove it"
             )
-        big = np.abs(t) >= _INT64_LIMIT
+        big = np.abs(t.astype(np.float64)) * unit_scale >= _INT64_LIMIT
         if big.any():
             i = _first_bad(big)
             raise CorruptEventsError(
-                f"{where}: field t of event {i} is {t[i]!r}, past the int64 range; the recording is corrupt"
+                f"{where}: field t of event {i} is {t[i].item()!r}, past the int64 range; the recording is corrupt"
             )
     neg = t < 0
     if neg.any():
         i = _first_bad(neg)
-        raise CorruptEventsError(f"{where}: field t of event {i} is negative ({t[i]!r}); timestamps start at 0")
+        raise CorruptEventsError(f"{where}: field t of event {i} is negative ({t[i].item()!r}); timestamps start at 0")
     if require_sorted and t.size > 1:
         down = np.diff(t) < 0
         if down.any():
             i = _first_bad(down) + 1
             raise CorruptEventsError(
-                f"{where}: field t is not sorted: event {i} (t={t[i]!r}) precedes event {i - 1} (t={t[i - 1]!r}); "
+                f"{where}: field t is not sorted: event {i} (t={t[i].item()!r}) precedes event {i - 1} (t={t[i - 1].item()!r}); "
                 "sort the events by time or re-extract the recording"
             )
 
@@ -66,14 +66,14 @@ def _check_index(values: np.ndarray, name: str, size: int, where: str) -> None:
         frac = ~np.isfinite(values) | (values != np.floor(values))
         if frac.any():
             i = _first_bad(frac)
-            raise CorruptEventsError(f"{where}: field {name} of event {i} is {values[i]!r}, not a whole number")
+            raise CorruptEventsError(f"{where}: field {name} of event {i} is {values[i].item()!r}, not a whole number")
     elif values.dtype.kind not in "iub":
         raise CorruptEventsError(f"{where}: field {name} has dtype {values.dtype}, expected integers")
     bad = (values < 0) | (values >= size)
     if bad.any():
         i = _first_bad(bad)
         raise CorruptEventsError(
-            f"{where}: field {name} of event {i} is {values[i]!r}, outside the sensor (0..{size - 1}; "
+            f"{where}: field {name} of event {i} is {values[i].item()!r}, outside the sensor (0..{size - 1}; "
             f"{int(bad.sum())} such events)"
         )
 
@@ -115,11 +115,14 @@ def check_event_array(
             _check_index(pol.astype(np.int64) if pol.dtype.kind == "b" else pol, "p", p, where)
 
 
-def check_spike_sample(times: np.ndarray, units: np.ndarray, n_units: int, *, where: str) -> None:
+def check_spike_sample(
+    times: np.ndarray, units: np.ndarray, n_units: int, *, where: str, unit_scale: float = 1e6
+) -> None:
     """Refuse one SHD-style sample: spike ``times`` (s) and ``units`` (channel of each spike).
 
     Checks: as many times as units (a longer ``times`` would invent spikes, a shorter one drop
-    them), times finite, non-negative and sorted, units whole numbers in ``0..n_units−1``.
+    them), times finite, non-negative, sorted and within the int64 range once multiplied by
+    ``unit_scale`` (tonic converts SHD's seconds to µs), units whole numbers in ``0..n_units−1``.
 
     Raises:
         CorruptEventsError: naming ``where`` (file and sample index) and the field.
@@ -130,5 +133,5 @@ def check_spike_sample(times: np.ndarray, units: np.ndarray, n_units: int, *, wh
             f"{where}: spikes/times has {times.size} entries but spikes/units has {units.size}; each spike needs "
             "one time and one unit: the file is corrupt, replace it"
         )
-    _check_times(times, f"{where} spikes/times", require_sorted=True)
+    _check_times(times, f"{where} spikes/times", require_sorted=True, unit_scale=unit_scale)
     _check_index(units, "units", n_units, f"{where} spikes/units")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from sbnn.data.checks import check_spike_sample
 from sbnn.data.events import EventDataModule, SampleName
 
 __all__ = ["SHDDataModule"]
@@ -56,7 +57,10 @@ class SHDDataModule(EventDataModule):
 
     Raises:
         ValueError: bad arguments (at construction); corrupt or truncated HDF5 files, empty
-            samples, labels outside 0..19 (in :meth:`setup`, before anything is written).
+            samples, labels outside 0..19, and (:class:`sbnn.data.checks.CorruptEventsError`)
+            spike times that are NaN, infinite, negative or unsorted, more times than units, units
+            outside 0..699 (in :meth:`setup`, before anything is written; the message names the
+            file, the sample and the field).
         sbnn.data.events.DataMissingError: files missing and not downloadable.
     """
 
@@ -125,7 +129,8 @@ class SHDDataModule(EventDataModule):
                         "Replace it with the original shd_*.h5"
                     )
                 units = f["spikes/units"][()]
-                n_times = len(f["spikes/times"])
+                times = f["spikes/times"][()]
+                n_times = len(times)
                 labels = np.asarray(f["labels"][()])
         except OSError as error:
             raise ValueError(
@@ -149,9 +154,9 @@ class SHDDataModule(EventDataModule):
                 f"{path}: sample {empty[0]} has no events ({len(empty)} empty samples); an empty recording "
                 "cannot be framed: remove those samples from the file"
             )
-        top = max(int(np.max(u)) for u in units)
-        if top >= self.sensor_size[0]:
-            raise ValueError(f"{path}: a spike has channel {top}, but SHD has channels 0..{self.sensor_size[0] - 1}")
+        # NaN/inf/unsorted times, more times than units, units outside 0..699 (CorruptEventsError)
+        for i, (t, u) in enumerate(zip(times, units)):
+            check_spike_sample(t, u, self.sensor_size[0], where=f"{path}: sample {i}")
 
     def _tonic_dataset(self, train: bool) -> Any:
         from tonic.datasets import SHD
