@@ -42,7 +42,10 @@ class SHDDataModule(EventDataModule):
             pads each batch to its longest sample.
         downsample: merge every ``downsample`` neighbouring channels (``700 → ceil(700 / k)``).
         binary: clamp counts to {0, 1} (spikes); ``False`` keeps spike counts per frame.
-        cache: cache the framed samples with ``tonic.DiskCachedDataset`` (one folder per framing).
+        cache: cache the framed samples. With a fixed number of frames (``duration`` or
+            ``n_time_bins``) a dense ``[N, T, C]`` cache per split (:mod:`sbnn.data.shd_dense`:
+            built once from the ``.h5`` file, memory-mapped, keyed by the framing); otherwise
+            ``tonic.DiskCachedDataset`` (one folder per framing).
         cache_dir: cache folder (default ``root/sbnn_cache``).
         val_fraction: share of the training file held out for validation (seeded).
         batch_size: examples per batch.
@@ -163,6 +166,15 @@ class SHDDataModule(EventDataModule):
 
         # the files are checked to be in place, so tonic does not try to download
         return SHD(str(self.root), train=train)
+
+    def _build(self, train: bool) -> Any:
+        fixed_length = self.framer.n_time_bins is not None or self.framer.duration is not None
+        if not (self.cache and fixed_length):
+            return super()._build(train)
+        from sbnn.data.shd_dense import DenseSHD
+
+        base = self.cache_dir if self.cache_dir is not None else self.root / "sbnn_cache"
+        return DenseSHD(self.location / self._filename(train), self.framer, self.binary, base / "SHD-dense")
 
     def _describe(self, dataset: Any, train: bool) -> SampleName:
         return SampleName(f"SHD sample {{index}} of {self.location / self._filename(train)}")
