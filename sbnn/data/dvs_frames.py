@@ -43,6 +43,12 @@ N_CLASSES = 11
 SENSOR = (2, 128, 128)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_frames_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the ``frames`` array in a ``.npz`` without decompressing it.
 
@@ -225,6 +231,7 @@ class DVSGestureFramesDataModule(L.LightningDataModule):
         os.close(fd)
         try:
             np.savez(tmp, x=x, y=y)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a cache follows the umask
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -28,6 +28,12 @@ from sbnn.data.events import EventFramer
 __all__ = ["DenseSHD", "dense_cache_key", "build_dense_shd"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def dense_cache_key(h5_path: Path, framer: EventFramer, binary: bool) -> str:
     """Hash of everything the cached frames depend on."""
     stat = h5_path.stat()
@@ -70,6 +76,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.close(fd)
     try:
         np.save(tmp, array)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a cache follows the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

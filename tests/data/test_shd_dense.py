@@ -63,3 +63,16 @@ def test_truncated_cache_is_rebuilt_not_read(tmp_path):
     got = _all(dm.test_set)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert path.stat().st_size > 0 and not dm.train_set.dataset.built
+
+
+def test_cache_files_follow_the_umask(tmp_path):
+    import os
+
+    root = write_shd(tmp_path, n_train=10, n_test=4)
+    old = os.umask(0o022)
+    try:
+        dm = SHDDataModule(root=str(root))
+        dm.setup()
+    finally:
+        os.umask(old)
+    assert dm.test_set.x_path.stat().st_mode & 0o777 == 0o644
