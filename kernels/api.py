@@ -267,6 +267,9 @@ def events_from_tonic(
         fields[name] = col
     if t.size and t[0] < start:
         raise ValueError(f"events_from_tonic: event 0 at t={t[0]} precedes start={start}")
+    from sbnn.data.checks import check_event_array  # what is left: NaN, inf or int64-overflowing t
+
+    check_event_array(events, sensor_size, where="events_from_tonic: events")
     step = np.floor((t - start) / time_window).astype(np.int64)
     keep = step < n_steps
     n_in = w * h * p

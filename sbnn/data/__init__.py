@@ -7,6 +7,9 @@
 - :class:`MoonsDataModule`: scikit-learn's two moons (real values repeated over ``T`` steps).
 - :class:`SHDDataModule`, :class:`DVSGestureDataModule`: Spiking Heidelberg Digits and IBM DVS
   Gesture through ``tonic.datasets``, framed into time-major tensors (:mod:`sbnn.data.events`).
+- :class:`DVSGestureFramesDataModule`: DVS Gesture from a SpikingJelly frame folder
+  (``{train,validation,test}/<class>/*.npz``), sum-pooled and re-binned.
+- :func:`check_event_array`, :func:`check_spike_sample`: refuse corrupt event data.
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 """
 
@@ -14,6 +17,8 @@ from sbnn.data._common import time_major_collate
 from sbnn.data.digits import DigitsDataModule
 from sbnn.data.moons import MoonsDataModule, moons_tensors
 from sbnn.data.dvs_gesture import DVSGestureDataModule
+from sbnn.data.dvs_frames import DVSGestureFramesDataModule
+from sbnn.data.checks import CorruptEventsError, check_event_array, check_spike_sample
 from sbnn.data.events import DataMissingError
 from sbnn.data.shd import SHDDataModule
 from sbnn.data.randman import RandmanDataModule, make_randman
@@ -26,7 +31,11 @@ __all__ = [
     "CIFAR10DataModule",
     "SHDDataModule",
     "DVSGestureDataModule",
+    "DVSGestureFramesDataModule",
     "DataMissingError",
+    "CorruptEventsError",
+    "check_event_array",
+    "check_spike_sample",
     "moons_tensors",
     "make_randman",
     "time_major_collate",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_shd", "write_dvs_gesture", "LIGHTING"]
+__all__ = ["write_shd", "write_dvs_gesture", "write_dvs_frames", "LIGHTING"]
 
 #: lighting conditions of the DVS Gesture recordings (folder suffixes ``userNN_<lighting>``)
 LIGHTING = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
@@ -119,4 +119,30 @@ def write_dvs_gesture(
             for label in range(11):
                 np.save(sub / f"{label}.npy", _dvs_sample(rng, label, n_events))
         (root / "DVSGesture" / f"{folder}.tar.gz").touch()
+    return root
+
+
+def write_dvs_frames(
+    root: str | os.PathLike, n_per_class: tuple[int, int, int] = (2, 1, 1), *, n_frames: int = 49,
+    classes: tuple[int, ...] = tuple(range(11)), n_events: int = 300, seed: int = 0,
+) -> Path:
+    """Write a SpikingJelly frame folder ``root/{train,validation,test}/<class>/*.npz``.
+
+    Each file holds ``frames``: float64 event counts ``[n_frames, 2, 128, 128]`` saved with
+    ``np.savez_compressed`` (SpikingJelly's format); class ``c`` fires in its own 32×32 block.
+    ``n_per_class``: recordings per class in train, validation and test. Returns ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "validation", "test"), n_per_class):
+        for label in classes:
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                ev = _dvs_sample(rng, label, n_events)
+                frames = np.zeros((n_frames, 2, 128, 128), dtype=np.float64)
+                # equal-event-count slices, as integrate_events_by_fixed_frames_number(..., "number", ...)
+                slot = (np.arange(n_events) * n_frames) // n_events
+                np.add.at(frames, (slot, ev[:, 2], ev[:, 1], ev[:, 0]), 1.0)
+                np.savez_compressed(folder / f"user{24 + i:02d}_{LIGHTING[i % len(LIGHTING)]}_0.npz", frames=frames)
     return root

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from sbnn.data.checks import check_event_array
 from sbnn.data.events import EventDataModule, SampleName
 
 __all__ = ["DVSGestureDataModule"]
@@ -55,7 +56,10 @@ class DVSGestureDataModule(EventDataModule):
 
     Raises:
         ValueError: bad arguments; in :meth:`setup`: fewer than 100 ``.npy`` files in a split,
-            a file that is not ``[N, 4]``, an empty recording, a label outside 0..10.
+            a file that is not ``[N, 4]``, an empty recording, a label outside 0..10, and
+            (:class:`sbnn.data.checks.CorruptEventsError`) an event with ``x``/``y`` outside
+            0..127, a polarity other than 0/1, or a NaN, infinite, negative or int64-overflowing
+            time; the message names the file, the event and the field.
         sbnn.data.events.DataMissingError: files missing and not downloadable.
     """
 
@@ -135,14 +139,19 @@ class DVSGestureDataModule(EventDataModule):
                     "the file does not belong to DVS Gesture"
                 )
             try:
-                # memory-mapped: reads only the header
-                shape = np.load(path, mmap_mode="r").shape
+                arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as error:
                 raise ValueError(f"{path} cannot be read as .npy ({error}); extract the archive again") from error
+            shape = arr.shape
             if len(shape) != 2 or shape[1] != 4:
                 raise ValueError(f"{path}: expected an [N, 4] array (x, y, p, t), got shape {shape}")
             if shape[0] == 0:
                 raise ValueError(f"{path} has no events; an empty recording cannot be framed: remove the file")
+            # the values tonic will cast to int64 (t in ms -> µs): x/y/p in the sensor, t finite
+            events = np.rec.fromarrays(
+                [arr[:, 0], arr[:, 1], arr[:, 2], np.asarray(arr[:, 3], dtype=np.float64) * 1000.0], names="x,y,p,t"
+            )
+            check_event_array(np.asarray(events), self.sensor_size, where=f"DVSGesture recording {path}", require_sorted=False)
 
     def _tonic_dataset(self, train: bool) -> Any:
         from tonic.datasets import DVSGesture

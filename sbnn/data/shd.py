@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from sbnn.data.checks import check_spike_sample
 from sbnn.data.events import EventDataModule, SampleName
 
 __all__ = ["SHDDataModule"]
@@ -41,7 +42,10 @@ class SHDDataModule(EventDataModule):
             pads each batch to its longest sample.
         downsample: merge every ``downsample`` neighbouring channels (``700 → ceil(700 / k)``).
         binary: clamp counts to {0, 1} (spikes); ``False`` keeps spike counts per frame.
-        cache: cache the framed samples with ``tonic.DiskCachedDataset`` (one folder per framing).
+        cache: cache the framed samples. With a fixed number of frames (``duration`` or
+            ``n_time_bins``) a dense ``[N, T, C]`` cache per split (:mod:`sbnn.data.shd_dense`:
+            built once from the ``.h5`` file, memory-mapped, keyed by the framing); otherwise
+            ``tonic.DiskCachedDataset`` (one folder per framing).
         cache_dir: cache folder (default ``root/sbnn_cache``).
         val_fraction: share of the training file held out for validation (seeded).
         batch_size: examples per batch.
@@ -56,7 +60,10 @@ class SHDDataModule(EventDataModule):
 
     Raises:
         ValueError: bad arguments (at construction); corrupt or truncated HDF5 files, empty
-            samples, labels outside 0..19 (in :meth:`setup`, before anything is written).
+            samples, labels outside 0..19, and (:class:`sbnn.data.checks.CorruptEventsError`)
+            spike times that are NaN, infinite, negative or unsorted, more times than units, units
+            outside 0..699 (in :meth:`setup`, before anything is written; the message names the
+            file, the sample and the field).
         sbnn.data.events.DataMissingError: files missing and not downloadable.
     """
 
@@ -125,7 +132,8 @@ class SHDDataModule(EventDataModule):
                         "Replace it with the original shd_*.h5"
                     )
                 units = f["spikes/units"][()]
-                n_times = len(f["spikes/times"])
+                times = f["spikes/times"][()]
+                n_times = len(times)
                 labels = np.asarray(f["labels"][()])
         except OSError as error:
             raise ValueError(
@@ -149,15 +157,24 @@ class SHDDataModule(EventDataModule):
                 f"{path}: sample {empty[0]} has no events ({len(empty)} empty samples); an empty recording "
                 "cannot be framed: remove those samples from the file"
             )
-        top = max(int(np.max(u)) for u in units)
-        if top >= self.sensor_size[0]:
-            raise ValueError(f"{path}: a spike has channel {top}, but SHD has channels 0..{self.sensor_size[0] - 1}")
+        # NaN/inf/unsorted times, more times than units, units outside 0..699 (CorruptEventsError)
+        for i, (t, u) in enumerate(zip(times, units)):
+            check_spike_sample(t, u, self.sensor_size[0], where=f"{path}: sample {i}")
 
     def _tonic_dataset(self, train: bool) -> Any:
         from tonic.datasets import SHD
 
         # the files are checked to be in place, so tonic does not try to download
         return SHD(str(self.root), train=train)
+
+    def _build(self, train: bool) -> Any:
+        fixed_length = self.framer.n_time_bins is not None or self.framer.duration is not None
+        if not (self.cache and fixed_length):
+            return super()._build(train)
+        from sbnn.data.shd_dense import DenseSHD
+
+        base = self.cache_dir if self.cache_dir is not None else self.root / "sbnn_cache"
+        return DenseSHD(self.location / self._filename(train), self.framer, self.binary, base / "SHD-dense")
 
     def _describe(self, dataset: Any, train: bool) -> SampleName:
         return SampleName(f"SHD sample {{index}} of {self.location / self._filename(train)}")

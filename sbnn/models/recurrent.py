@@ -6,7 +6,7 @@ from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from .._validation import check_input
+from .._validation import check_in_range, check_input
 from .base import SpikingClassifier
 from .mlp import check_sizes
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings
@@ -43,6 +43,13 @@ class SpikingRecurrentNet(SpikingClassifier):
         readout: ``"membrane"`` (time-averaged non-spiking membrane, default) or ``"spike_count"``.
         readout_beta: leak of the readout membrane.
         binary_input: the input holds 0/1 spikes (``x² = x`` in the first layer).
+        recurrent_spike_grad: factor on the gradient that flows back through the recurrent
+            spikes ``S[t−1]`` (the forward pass is unchanged; the recurrent weights always get
+            their gradient ``gμ[t]·S[t−1]ᵀ``). 0 (default) cuts it, 1 is full BPTT through the
+            recurrence. Full BPTT multiplies the adjoint at every step by
+            ``α W_rec diag(p(θ)/s)``, whose gain exceeds 1 once ``α`` grows in training with
+            deterministic neurons (``s = σ0``: a surrogate peak of ≈ 4ϑ⁻¹), and the gradient
+            explodes (``docs/recipes/shd.md``, "Why the recurrent spikes carry no gradient").
 
     Shape:
         - Input: ``[T, B, N]``, time-major.
@@ -67,14 +74,17 @@ class SpikingRecurrentNet(SpikingClassifier):
         readout: Literal["membrane", "spike_count"] = "membrane",
         readout_beta: float = 0.95,
         binary_input: bool = True,
+        recurrent_spike_grad: float = 0.0,
     ) -> None:
         hidden = list(hidden)
         check_sizes("SpikingRecurrentNet", in_features=in_features, hidden=hidden, num_classes=num_classes)
         if not hidden:
             raise ValueError("SpikingRecurrentNet: hidden must name at least one layer, e.g. [256]")
+        check_in_range("recurrent_spike_grad", recurrent_spike_grad, 0.0, 1.0)
         super().__init__(num_classes, neuron=neuron, layer=layer, calibration=calibration, binary_input=binary_input)
         sizes = [in_features, *hidden]
         self.in_features = in_features
+        self.recurrent_spike_grad = float(recurrent_spike_grad)
         self.layers = nn.ModuleList(self.layer_settings.linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.recurrent = nn.ModuleList(self.layer_settings.linear(h, h, bias=False) for h in hidden) if recurrent else None
         self.neurons = nn.ModuleList(self.neuron_settings.build() for _ in hidden)
@@ -83,7 +93,7 @@ class SpikingRecurrentNet(SpikingClassifier):
     def stages(self) -> list[Stage]:
         recurrent = self.recurrent if self.recurrent is not None else [None] * len(self.layers)
         return [
-            SpikingStage(layer, neuron, recurrent=rec)
+            SpikingStage(layer, neuron, recurrent=rec, recurrent_spike_grad=self.recurrent_spike_grad)
             for layer, neuron, rec in zip(self.layers, self.neurons, recurrent)
         ]
 

@@ -41,6 +41,7 @@ __all__ = [
     "Pool",
     "Readout",
     "recurrent_sequence",
+    "scale_gradient",
 ]
 
 
@@ -68,11 +69,22 @@ def _pool_frames(pool: nn.Module, x: Tensor) -> Tensor:
     return out.reshape(t, b, *out.shape[1:])
 
 
-def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> Tensor:
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` unchanged in the forward pass, with the gradient through it multiplied by ``factor``."""
+    if factor == 1.0 or not x.requires_grad:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return x.detach() + factor * (x - x.detach())
+
+
+def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0) -> Tensor:
     """Spikes ``[T, B, H]`` of a layer whose step-``t`` moments are ``ff[t] + rec(S[t−1])``.
 
     Means add and, the two weight sets being independent under the posterior, variances add.
-    ``S[−1] = 0`` adds nothing at ``t = 0``.
+    ``S[−1] = 0`` adds nothing at ``t = 0``. ``spike_grad`` scales the gradient that flows back
+    through ``S[t−1]`` (the recurrent weights get theirs either way; see
+    :class:`~sbnn.models.SpikingRecurrentNet`).
     """
     means = ff.mean.unbind(0)
     variances = ff.var.unbind(0) if ff.var is not None else [None] * len(means)
@@ -80,7 +92,7 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF)
     spikes: list[Tensor] = []
     for t, (mu, var) in enumerate(zip(means, variances)):
         if t > 0:
-            r = rec.moments(spikes[-1], validate=False)
+            r = rec.moments(scale_gradient(spikes[-1], spike_grad), validate=False)
             mu = mu + r.mean
             var = var + r.var if (var is not None and r.var is not None) else var
         spk, mem = neuron.sequence(Moments(mu[None], None if var is None else var[None]), state=state, validate=False)
@@ -96,6 +108,7 @@ class SpikingStage(Stage):
         layer: a :class:`~sbnn.BernoulliLinear` or :class:`~sbnn.BernoulliConv2d`.
         neuron: its :class:`~sbnn.StochasticLIF`.
         recurrent: recurrent weights ``S[t−1] → h[t]`` (linear layers only).
+        recurrent_spike_grad: factor on the gradient through the recurrent spikes ``S[t−1]``.
         pool: a pooling module on the spikes (``nn.Identity`` or ``None``: none).
         output_binary: whether the stage's output is 0/1 (not after average pooling).
     """
@@ -106,10 +119,12 @@ class SpikingStage(Stage):
         neuron: StochasticLIF,
         *,
         recurrent: BernoulliLinear | None = None,
+        recurrent_spike_grad: float = 1.0,
         pool: nn.Module | None = None,
         output_binary: bool = True,
     ) -> None:
         self.layer, self.neuron, self.recurrent = layer, neuron, recurrent
+        self.recurrent_spike_grad = recurrent_spike_grad
         self.pool = None if isinstance(pool, nn.Identity) else pool
         self.output_binary = output_binary
 
@@ -117,7 +132,7 @@ class SpikingStage(Stage):
         moments = self.layer.moments(x, binary=binary, validate=False)
         if self.recurrent is None:
             return self.neuron.sequence(moments, validate=False)[0]
-        return recurrent_sequence(moments, self.recurrent, self.neuron)
+        return recurrent_sequence(moments, self.recurrent, self.neuron, self.recurrent_spike_grad)
 
     def forward(self, x: Tensor, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
         spk = self._spikes(x, binary)
