@@ -7,7 +7,7 @@ Walker, Khajehnejad & Razi 2025 (arXiv:2505.17962), of which only the abstract i
 ``docs/theory.md``.
 """
 
-from . import estimators, functional
+from . import estimators, functional, runtime
 from ._validation import set_validation
 from .estimators import get_estimator, spike_grad
 from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
@@ -29,6 +29,7 @@ __all__ = [
     "spike_grad",
     "estimators",
     "functional",
+    "runtime",
     "kl_divergence",
     "ELBOLoss",
     "ELBOTerms",
