@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._console import UsageError, console_main
+from ._console import UsageError, console_main, help_options, readable_error
 from .export import load
 
 __all__ = ["DATA_MODULES", "main", "run", "resolve_data_module", "parse_data_args"]
@@ -71,10 +71,10 @@ def parse_data_args(items: Sequence[str]) -> dict:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser that raises :class:`UsageError` instead of printing the usage and exiting."""
+    """An argparse parser that raises :class:`UsageError` (with a "did you mean") instead of exiting."""
 
     def error(self, message: str):  # noqa: D102 (argparse's hook)
-        raise UsageError(message)
+        raise UsageError(readable_error(message, help_options(self.format_help())))
 
 
 def _parser() -> argparse.ArgumentParser:

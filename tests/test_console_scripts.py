@@ -206,8 +206,9 @@ def test_sbnn_run_exit_zero(tmp_path, model_file):
         ([], 2, ["the following arguments are required: --data"]),
         (["--data", "shd"], 2, ["neither a known name"]),
         (["--data", "randman", "--limit", "0"], 2, ["--limit must be a positive integer"]),
+        (["--data", "randman", "--limt", "3"], 2, ["did you mean --limit?"]),
     ],
-    ids=["no-data", "unknown-data", "limit-0"],
+    ids=["no-data", "unknown-data", "limit-0", "typo"],
 )
 def test_sbnn_run_usage_errors(tmp_path, model_file, args, code, needles):
     assert_one_message(run("sbnn-run", str(model_file), *args, cwd=tmp_path), code, *needles)
