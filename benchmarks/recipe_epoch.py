@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from sbnn.cli import main
+from sbnn.cli import run_cli
 from sbnn.data._fixtures import write_dvs_gesture, write_shd
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -73,7 +73,7 @@ def run(recipe: str, batches: int, root: Path, out: Path, epochs: int) -> Timer:
 
     cli_module.SBNNCLI.before_fit = before_fit
     try:
-        main([
+        run_cli([
             "fit", "--config", str(RECIPES / f"{recipe}.yaml"), "--data.root", str(root),
             "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
             "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", str(epochs),

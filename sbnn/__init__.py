@@ -12,7 +12,7 @@ from ._checkout import install_kernels_finder as _install_kernels_finder
 # In a source checkout, kernels/ sits beside sbnn/; make it sbnn.kernels as an install does.
 _install_kernels_finder()
 
-from . import estimators, functional, training  # noqa: E402
+from . import estimators, functional, runtime, training  # noqa: E402
 from ._validation import set_validation
 from .estimators import get_estimator, spike_grad
 from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
@@ -34,6 +34,7 @@ __all__ = [
     "spike_grad",
     "estimators",
     "functional",
+    "runtime",
     "kl_divergence",
     "ELBOLoss",
     "ELBOTerms",

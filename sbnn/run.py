@@ -11,6 +11,10 @@ LightningDataModule whose loaders yield time-major ``(x [T, B, ...], y [B])`` ba
 or counts (``pkg.module.ClassName``): new data modules plug in by path, or by adding a short name
 here. Batches are loaded in the main process (``num_workers=0`` unless given), because Numba's
 OpenMP threads are not fork-safe.
+
+Exit status: 0 on success, 2 for a usage error (a bad option or data argument; one message, no
+usage dump), 1 when the run fails (an unreadable model file, data that does not fit the model);
+``--debug`` or ``SBNN_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ._console import UsageError, console_main, help_options, readable_error
 from .export import load
 
 __all__ = ["DATA_MODULES", "main", "run", "resolve_data_module", "parse_data_args"]
+
+PROG = "sbnn-run"
 
 #: short names accepted by ``--data``
 DATA_MODULES = {
@@ -63,8 +70,15 @@ def parse_data_args(items: Sequence[str]) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser that raises :class:`UsageError` (with a "did you mean") instead of exiting."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        raise UsageError(readable_error(message, help_options(self.format_help())))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sbnn-run", description="Run an exported SBNN (sbnn.export) on a dataset split.")
+    p = _Parser(prog=PROG, description="Run an exported SBNN (sbnn.export) on a dataset split.")
     p.add_argument("model", help="deployable model file written by sbnn.export.save")
     p.add_argument("--data", required=True, help=f"data module: {', '.join(DATA_MODULES)} or pkg.module.Class")
     p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE", help="data module argument (repeatable)")
@@ -76,22 +90,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``sbnn-run`` console script."""
-    run(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sbnn-run`` console script; returns the exit status (0, 1 or 2)."""
+    return console_main(PROG, run, argv, usage_hint=f"{PROG}: for the options run: {PROG} --help")
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Run ``sbnn-run`` with ``argv``; returns the printed numbers as a dict."""
+    """Run ``sbnn-run`` with ``argv``; returns the printed numbers as a dict.
+
+    Raises:
+        UsageError: a bad option, ``--data`` or ``--data-arg`` (before the model is loaded).
+        SystemExit: with a message, when the model file cannot be read or the data does not fit it.
+    """
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
-        raise SystemExit("sbnn-run: --limit must be a positive integer")
+        raise UsageError(f"--limit must be a positive integer, got {args.limit}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     try:
-        engine = load(args.model, weights=args.weights, threads=args.threads)
         kwargs = parse_data_args(args.data_arg)
         cls = resolve_data_module(args.data)
         kwargs.setdefault("num_workers", 0)
         dm = cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
+    try:
+        engine = load(args.model, weights=args.weights, threads=args.threads)
     except (ValueError, TypeError) as err:
         raise SystemExit(f"sbnn-run: {err}") from None
     dm.prepare_data()
@@ -154,4 +178,4 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Process-level CPU settings that measurably speed up sbnn training. Each is opt-in.
 
-The recipes' CLI turns on flush-to-zero for denormals itself (see :func:`sbnn.cli.main`).
+The recipes' CLI turns on flush-to-zero for denormals for the run and restores the previous
+setting afterwards (see :func:`sbnn.cli.run_cli`).
 :func:`keep_freed_memory` changes the C allocator of the whole process, so it is never called
 implicitly; the CLI exposes it as ``--keep_freed_memory true``.
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sbnn.cli import main
+from sbnn.cli import run_cli as main
 from sbnn.data._fixtures import write_dvs_frames
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

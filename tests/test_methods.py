@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sbnn.cli import main
+from sbnn.cli import run_cli
 from sbnn.data import moons_tensors
 from sbnn.training import METHODS, BayesBiNNMethod, QuantizerMethod, fit, make_method, predict_samples, weights_from
 from sbnn.models import BinaryMLP, SpikingMLP
@@ -118,7 +118,7 @@ def _short(tmp_path):
 @pytest.mark.parametrize("method", [None, "sbnn.training.STEMethod", "sbnn.training.BopMethod", "sbnn.training.SBNNMethod"])
 def test_moons_recipe_runs_with_methods_selected_from_the_cli(tmp_path, capsys, method):
     extra = [] if method is None else ["--model.init_args.method", method]
-    cli = main(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), *extra])
+    cli = run_cli(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), *extra])
     assert "sbnn: final test accuracy" in capsys.readouterr().out
     m = cli.trainer.callback_metrics
     for kind in ("mode", "mc"):
@@ -129,12 +129,12 @@ def test_moons_recipe_runs_with_methods_selected_from_the_cli(tmp_path, capsys, 
 
 def test_bad_method_value_in_the_cli_fails_before_training(tmp_path, capsys):
     with pytest.raises((ValueError, SystemExit)) as info:
-        main(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), "--model.init_args.method.temperature", "0"])
+        run_cli(["fit", "--config", str(RECIPES / "moons.yaml"), *_short(tmp_path), "--model.init_args.method.temperature", "0"])
     assert "temperature" in str(info.value) + capsys.readouterr().err
 
 
 def test_digits_methods_recipe_calibrates_after_the_method_initialised_lambda(tmp_path, capsys):
-    cli = main(["fit", "--config", str(RECIPES / "digits_methods.yaml"), *_short(tmp_path), "--trainer.max_epochs", "1",
+    cli = run_cli(["fit", "--config", str(RECIPES / "digits_methods.yaml"), *_short(tmp_path), "--trainer.max_epochs", "1",
                 "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"])
     out = capsys.readouterr().out
     assert "scales calibrated" in out and "sbnn: final test accuracy" in out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sbnn.cli import main, with_tensorboard
+from sbnn.cli import run_cli, with_tensorboard
 from sbnn.data._fixtures import write_dvs_gesture, write_shd
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -73,7 +73,7 @@ def test_event_recipe_end_to_end_on_fixtures(tmp_path, capsys, recipe, writer):
         "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "2", "--model.init_args.mode_finetune_epochs", "1",
     ]
-    cli = main(args)
+    cli = run_cli(args)
     assert "sbnn: final test accuracy" in capsys.readouterr().out
     metrics = cli.trainer.callback_metrics
     for name in ("mode", "mc", "lrt"):
@@ -90,7 +90,7 @@ def test_event_recipe_end_to_end_on_fixtures(tmp_path, capsys, recipe, writer):
     if recipe != "shd":
         return
     # a second run in the same folder: new version, the saved config does not get in the way
-    main(args[:-2] + ["--model.init_args.mode_finetune_epochs", "0", "--trainer.max_epochs", "1"])
+    run_cli(args[:-2] + ["--model.init_args.mode_finetune_epochs", "0", "--trainer.max_epochs", "1"])
     assert (tmp_path / "runs" / "logs" / "version_1" / "config.yaml").exists()
 
 
@@ -115,9 +115,9 @@ def _trajectory(rows: list[dict], from_epoch: int) -> list[tuple]:
 
 def test_resume_from_checkpoint_reproduces_the_trajectory(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    main(_digits(full))
+    run_cli(_digits(full))
     (ckpt,) = (full / "runs").rglob("epoch=0-step=6.ckpt")
-    main(_digits(resumed, "--ckpt_path", str(ckpt)))
+    run_cli(_digits(resumed, "--ckpt_path", str(ckpt)))
     a, b = _trajectory(_rows(full), 1), _trajectory(_rows(resumed), 1)
     assert len(a) > 10 and any(row[-1] for row in a)  # train steps, validation and test rows
     assert a == b  # bit-identical logged values for epochs 1-2 and the final test
@@ -132,9 +132,9 @@ def test_without_epoch_seed_a_resume_diverges(tmp_path):
         "      init_args: {save_top_k: -1, every_n_epochs: 1}\n"
     )
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    main(_digits(full, "--config", str(no_seed)))
+    run_cli(_digits(full, "--config", str(no_seed)))
     (ckpt,) = (full / "runs").rglob("epoch=0-step=6.ckpt")
-    main(_digits(resumed, "--config", str(no_seed), "--ckpt_path", str(ckpt)))
+    run_cli(_digits(resumed, "--config", str(no_seed), "--ckpt_path", str(ckpt)))
     assert _trajectory(_rows(full), 1) != _trajectory(_rows(resumed), 1)
 
 
@@ -160,7 +160,7 @@ def test_ddp_on_cpu_runs_a_recipe(tmp_path):
 
 def test_missing_root_fails_before_anything_is_written(tmp_path, capsys):
     with pytest.raises((ValueError, SystemExit)) as info:
-        main(["fit", "--config", str(RECIPES / "shd.yaml"), *_out(tmp_path)])
+        run_cli(["fit", "--config", str(RECIPES / "shd.yaml"), *_out(tmp_path)])
     assert "data.root is required" in str(info.value) + capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
@@ -176,7 +176,7 @@ def test_missing_root_fails_before_anything_is_written(tmp_path, capsys):
 def test_bad_config_values_fail_at_parse_time(tmp_path, capsys, override, match):
     root = write_shd(tmp_path / "data", n_train=4, n_test=4)
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(RECIPES / "shd.yaml"), "--data.root", str(root), *_out(tmp_path), *override])
+        run_cli(["fit", "--config", str(RECIPES / "shd.yaml"), "--data.root", str(root), *_out(tmp_path), *override])
     assert match in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (root / "sbnn_cache").exists()
 
@@ -203,7 +203,7 @@ def test_tensorboard_is_added_only_when_installed(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_digits_recipe_is_well_above_chance_after_a_short_run(tmp_path):
     """3 epochs of recipes/digits.yaml as written (docs/recipes/digits.md has the full-run numbers)."""
-    cli = main(["fit", "--config", str(RECIPES / "digits.yaml"), *_out(tmp_path), "--trainer.max_epochs", "3",
+    cli = run_cli(["fit", "--config", str(RECIPES / "digits.yaml"), *_out(tmp_path), "--trainer.max_epochs", "3",
                 "--model.init_args.mode_finetune_epochs", "1"])
     metrics = cli.trainer.callback_metrics
     # chance is 0.1 on 10 classes; measured 0.90 (mode) and 0.89 (LRT) for this run

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sbnn.cli import main
+from sbnn.cli import run_cli as main
 from sbnn.data import RandmanDataModule
 from sbnn.models import SpikingMLP
 from sbnn.tasks import MethodTask, SpikingClassificationTask

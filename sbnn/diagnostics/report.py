@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -205,18 +205,25 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The temporary file is created with mode 0666 less the process umask (0644 under the usual
+    umask 022), as ``open`` and ``torch.save`` create files; ``tempfile.mkstemp`` would make it 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as JSON to ``path`` (atomically, mode 0666 less the umask); returns ``path``."""
     path = Path(path)
     _atomic_write(path, json.dumps(result, indent=1, allow_nan=True).encode())
     return path

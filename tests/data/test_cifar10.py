@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbnn.cli import main
+from sbnn.cli import run_cli
 from sbnn.data.cifar10 import CIFAR10DataModule, find_cifar10_dir, load_cifar10_batch
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -107,7 +107,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 def test_cifar10_recipe_runs_on_the_fixture(tmp_path, capsys):
     """The recipe as shipped (ResNet-20 on 32×32 RGB), one batch through fit, validate and test."""
     write_cifar10(tmp_path / "data", per_batch=8)
-    cli = main([
+    cli = run_cli([
         "fit", "--config", str(RECIPES / "cifar10.yaml"),
         "--data.init_args.root", str(tmp_path / "data"),
         "--data.init_args.n_val", "8",

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbnn.cli import main
+from sbnn.cli import run_cli as main
 from sbnn.hybrid.data import write_idx
-from sbnn.hybrid.task import HyBNNDataModule, HyBNNTask
+from sbnn.tasks.hybrid import HyBNNDataModule, HyBNNTask
 
 RECIPE = str(Path(__file__).parents[2] / "recipes" / "hybnn.yaml")
 

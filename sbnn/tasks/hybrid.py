@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sbnn.training.losses import kl_divergence
-from sbnn.modes import evaluation
-
-from .data import digits_split, mnist_split, pair_task
-from .heads import HyBNN, SBNNHead, STEHead, clip_latent_weights_
-from .training import fit_vae
-from .vae import BinaryVAE, FrozenEncoder
+from ..hybrid.data import digits_split, mnist_split, pair_task
+from ..hybrid.heads import HyBNN, SBNNHead, STEHead, clip_latent_weights_
+from ..hybrid.training import fit_vae
+from ..hybrid.vae import BinaryVAE, FrozenEncoder
+from ..modes import evaluation
+from ..training.losses import kl_divergence
 
 __all__ = ["HyBNNDataModule", "HyBNNTask"]
 
