@@ -74,7 +74,34 @@ def time_major_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, 
     return torch.stack(xs, dim=1), torch.stack([torch.as_tensor(y) for y in ys])
 
 
-class SpikeDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """The four Lightning loaders from one ``_loader(split)`` (``"train"``, ``"val"``, ``"test"``).
+
+    Training batches are shuffled by seed and epoch; the others are not. ``sbnn predict`` reads
+    the test split.
+    """
+
+    def _loader(self, split: str) -> DataLoader:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (by seed and epoch) time-major loader over the training split."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Unshuffled time-major loader over the validation split."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Unshuffled time-major loader over the test split."""
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``sbnn predict`` reads the test split (unshuffled, as :meth:`test_dataloader`)."""
+        return self._loader("test")
+
+
+class SpikeDataModule(SplitLoaders, L.LightningDataModule):
     """Base for the in-memory spike datasets: three splits, time-major loaders, shared attributes.
 
     Subclasses set ``num_classes``, ``input_size`` and ``n_steps`` in ``__init__`` and fill
@@ -121,19 +148,3 @@ class SpikeDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) time-major loader over the training split."""
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        """Unshuffled time-major loader over the validation split."""
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Unshuffled time-major loader over the test split."""
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """``sbnn predict`` reads the test split (unshuffled, as :meth:`test_dataloader`)."""
-        return self._loader("test")

@@ -31,7 +31,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from sbnn.data._common import check_int, time_major_collate
+from sbnn.data._common import SplitLoaders, check_int, time_major_collate
 from sbnn.data._sampler import EpochSeededSampler
 from sbnn.data.events import DataMissingError
 
@@ -78,7 +78,7 @@ def _pool_and_rebin(frames: np.ndarray, k: int, n_bins: int) -> np.ndarray:
     return out
 
 
-class DVSGestureFramesDataModule(L.LightningDataModule):
+class DVSGestureFramesDataModule(SplitLoaders, L.LightningDataModule):
     """DVS Gesture from a SpikingJelly frame folder, as time-major frames ``[T', B, 2, 128/k, 128/k]``.
 
     Args:
@@ -286,18 +286,6 @@ class DVSGestureFramesDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (by seed and epoch) loader over ``train/``."""
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        """Loader over the folder's own ``validation/`` split."""
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Loader over ``test/``."""
-        return self._loader("test")
 
 
 def _float_collate(batch):

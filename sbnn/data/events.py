@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sbnn.data._common import check_float, check_int
+from sbnn.data._common import SplitLoaders, check_float, check_int
 from sbnn.data._sampler import EpochSeededSampler
 
 __all__ = ["EventFramer", "FramesToTensor", "AtomicDiskCache", "EpochSeededSampler", "EventDataModule", "DataMissingError"]
@@ -221,7 +221,7 @@ def _settings_hash(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-class EventDataModule(L.LightningDataModule):
+class EventDataModule(SplitLoaders, L.LightningDataModule):
     """Base of the tonic-backed DataModules (subclasses fill in the dataset specifics).
 
     Subclasses set ``name`` (tonic's class name, also the folder under ``root``),
@@ -437,19 +437,3 @@ class EventDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             **workers,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (by seed and epoch) time-major loader, zero-padded to the longest sample."""
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        """Unshuffled loader over the validation split taken from the training set."""
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Unshuffled loader over the official test split."""
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """``sbnn predict`` reads the test split (unshuffled, as :meth:`test_dataloader`)."""
-        return self._loader("test")

@@ -32,6 +32,8 @@ def test_real_layout_and_dtype_load_through_all_three_splits(tmp_path):
     assert x.shape == (7, 2, 2, 32, 32) and x.dtype == torch.float32
     assert sorted(y.tolist()) == [0, 10]
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (2, 2, 2)
+    xp, yp = next(iter(dm.predict_dataloader()))  # `sbnn predict` reads the test split
+    assert torch.equal(xp, x) and torch.equal(yp, y)
 
 
 def test_sum_pooling_and_rebinning_are_exact(folder):
