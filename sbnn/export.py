@@ -672,7 +672,7 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> dict:
         raise ValueError(
             f"{checkpoint}: refusing to load: not a checkpoint of tensors and plain data only "
             f"({reason.strip()}); sbnn reads checkpoints with weights_only=True because a pickle can run code. "
-            "If you trust the file, load it yourself with torch.load(weights_only=False) and export the network "
+            "If you trust the file, load it yourself (torch.load with weights_only off) and export the network "
             "with sbnn.export.save (see docs/security.md)"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
