@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -141,6 +142,9 @@ def main(args: list[str] | None = None) -> int:
     if not ns.no_federated:
         fed = federated_curves(split, encoder, pair, ns)
         (ns.out / "fedhybnn.json").write_text(json.dumps(fed, indent=1))
+    if importlib.util.find_spec("matplotlib") is None:
+        print("sbnn-hybrid: no plots without matplotlib (pip install 'sbnn[plot]'); the tables are in the JSON files")
+        return 0
     _plot(table, fed, ns.out)
     print(f"wrote {ns.out}/hybnn_table.png" + ("" if fed is None else f" and {ns.out}/fedhybnn.png"))
     return 0
