@@ -13,22 +13,22 @@ and importer (``dt = 1e-4`` there, hence :data:`DEFAULT_DT`). An sbnn neuron wit
 becomes ``τ = dt/(1 − β)``, ``R = τ/dt`` (unit input gain), ``v_leak = 0``; ``β = 1`` becomes the
 integrator nodes ``IF``/``I`` with ``R = 1/dt``.
 
-=============================== =============================================================
-sbnn (:mod:`sbnn.kernels.graph`) NIR nodes
-=============================== =============================================================
-``Dense`` synapses              ``Affine`` (with bias) or ``Linear``; weight ``α·sign`` (scale
-                                folded: float32 products, exact)
-``Conv2d`` synapses             ``Conv2d`` (``groups = 1``; zero bias when sbnn has none)
-``LIF``, reset ``"zero"``       ``LIF`` (``IF`` for ``β = 1``), ``v_reset = 0``
-``LIF``, reset ``"none"``       ``LI`` (``I``) → ``Threshold``
-``LIF``, reset ``"subtract"``   refused (NIR's neurons reset to a fixed value)
-recurrent synapses              ``Linear``/``Affine`` from the layer's spikes back to its
-                                neuron (an edge pair, one-step delay as in snnTorch's RLeaky)
-``MaxPool2d`` of spikes         ``SumPool2d`` → ``Threshold(0.5)``: the OR of the window
-``Dense`` after a conv          ``Flatten`` (``start_dim = 0``: NIR shapes have no batch axis)
-``MembraneReadout``             ``LI`` (``I``); NIR's output is the membrane trace, sbnn's
-                                logits are its time average
-=============================== =============================================================
+================================= =============================================================
+sbnn (:mod:`sbnn.kernels.graph`)  NIR nodes
+================================= =============================================================
+``Dense`` synapses                ``Affine`` (with bias) or ``Linear``; weight ``α·sign`` (scale
+                                  folded: float32 products, exact)
+``Conv2d`` synapses               ``Conv2d`` (``groups = 1``; zero bias when sbnn has none)
+``LIF``, reset ``"zero"``         ``LIF`` (``IF`` for ``β = 1``), ``v_reset = 0``
+``LIF``, reset ``"none"``         ``LI`` (``I``) → ``Threshold``
+``LIF``, reset ``"subtract"``     refused (NIR's neurons reset to a fixed value)
+recurrent synapses                ``Linear``/``Affine`` from the layer's spikes back to its
+                                  neuron (an edge pair, one-step delay as in snnTorch's RLeaky)
+``MaxPool2d`` of spikes           ``SumPool2d`` → ``Threshold(0.5)``: the OR of the window
+``Dense`` after a conv            ``Flatten`` (``start_dim = 0``: NIR shapes have no batch axis)
+``MembraneReadout``               ``LI`` (``I``); NIR's output is the membrane trace, sbnn's
+                                  logits are its time average
+================================= =============================================================
 
 **Thresholds.** sbnn fires when ``U ≥ ϑ``; NIR's ``LIF`` and ``Threshold`` fire when ``v > θ``
 (so do snnTorch's and Norse's implementations). The export writes ``θ`` = the largest float32

@@ -1,14 +1,14 @@
 """Ready-made spiking Bayesian classifiers on one base, :class:`SpikingClassifier`.
 
-=========================== ==================================================================
-model                       stages
-=========================== ==================================================================
-:class:`SpikingMLP`         ``[BernoulliLinear → StochasticLIF] × L``
-:class:`SpikingRecurrentNet` the same with recurrent weights ``S[t−1] → h[t]`` per layer
-:class:`SpikingConvNet`     ``[BernoulliConv2d → StochasticLIF → pool] × L → flatten → MLP``
-:class:`SpikingResNet`      conv stem → normalisation-free residual blocks → pooling
-:class:`ResidualSpikingMLP` linear stem → normalisation-free residual blocks
-=========================== ==================================================================
+============================= ==================================================================
+model                         stages
+============================= ==================================================================
+:class:`SpikingMLP`           ``[BernoulliLinear → StochasticLIF] × L``
+:class:`SpikingRecurrentNet`   the same with recurrent weights ``S[t−1] → h[t]`` per layer
+:class:`SpikingConvNet`       ``[BernoulliConv2d → StochasticLIF → pool] × L → flatten → MLP``
+:class:`SpikingResNet`        conv stem → normalisation-free residual blocks → pooling
+:class:`ResidualSpikingMLP`   linear stem → normalisation-free residual blocks
+============================= ==================================================================
 
 Each ends in the same readout (membrane or spike count) and takes the same nested settings
 (:class:`NeuronSettings`, :class:`LayerSettings`, :class:`CalibrationSettings`).

@@ -23,7 +23,7 @@ class TwoPhaseCosine:
 
     The last ``finetune_epochs`` (the ``mode`` fine-tune) restart at ``finetune_factor`` and
     decay by cosine again. A single cosine over all epochs would leave the fine-tune at < 0.4 % of
-    the base rate, where it changes nothing (measured: no change in train NLL, mean |m| or
+    the base rate, where it changes nothing (measured: no change in train NLL, mean ``|m|`` or
     validation accuracy during it).
     """
 
