@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from sbnn.export import export_checkpoint, load_graph  # noqa: E402
 from sbnn.interop.neurobench import ROUTES, engine_statistics, neurobench_metrics  # noqa: E402
+from sbnn.interop.nir import NIRConversionError  # noqa: E402
 
 DATA = ("randman", "digits", "dvs_frames")
 
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
             graph = load_graph(export_checkpoint(args.checkpoint, Path(tmp) / "m.sbnn", config=args.config))
     except (ValueError, DataMissingError) as err:
         raise SystemExit(f"neurobench_metrics: {err}") from None
-    nb = neurobench_metrics(graph, x, y, route=args.route, batch_size=args.batch_size)
+    try:
+        nb = neurobench_metrics(graph, x, y, route=args.route, batch_size=args.batch_size)
+    except NIRConversionError as err:
+        raise SystemExit(f"neurobench_metrics: {err}") from None
     ours = engine_statistics(graph, x, y, batch_size=args.batch_size)
     binary = bool(np.isin(x, (0, 1)).all())
     ops = nb["SynapticOperations"]

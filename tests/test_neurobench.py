@@ -204,9 +204,11 @@ def test_script_on_dvs_frames(tmp_path, capsys):
     script.main(args)
     _check_table(capsys.readouterr().out)
     assert any((tmp_path / "cache").rglob("test-*.npz"))  # read through the data module, with the config's cache_dir
-    # a missing frame folder is named before any work
+    # a missing frame folder is named before any work; the NIR route refuses the subtract reset, naming the fix
     with pytest.raises(SystemExit, match="nowhere"):
         script.main([*args, "--root", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="graph node 0: LIF subtract.*route='direct'"):
+        script.main([*args, "--route", "nir"])
 
 
 @pytest.mark.slow
