@@ -199,6 +199,8 @@ def test_module_contracts(gen):
     snn.reset()
     assert sum(t.numel() for t in snn.buffers()) == fresh
     assert isinstance(snn.layers[0], SpikingLayer)
+    # not kept alive by snnTorch's class-level neuron list
+    assert not any(n is m for m in snn.modules() for n in snntorch.SpikingNeuron.instances)
 
 
 def test_bad_input_shape():

@@ -219,6 +219,9 @@ def neurobench_metrics(
     # NeuroBench catches a failing workload metric, prints it and reports 0.0: keep its print and raise
     with torch.no_grad(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
         results = bench.run(quiet=False)
+    net = wrapped.__net__()
+    if callable(getattr(net, "reset", None)):
+        net.reset()  # release the last batch's state
     errors = [line for line in log.getvalue().splitlines() if line.startswith("Error running workload metric")]
     if errors:
         raise RuntimeError("neurobench_metrics: NeuroBench reported " + "; ".join(errors))

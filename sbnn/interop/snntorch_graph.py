@@ -85,6 +85,10 @@ class SbnnLeaky(snntorch.Leaky):
 
     def __init__(self, beta: Tensor, threshold: Tensor, reset_mechanism: str = "subtract") -> None:
         super().__init__(beta=beta, threshold=threshold, reset_mechanism=reset_mechanism, surrogate_disable=True)
+        # snnTorch keeps every neuron in a class-level list for its init_hidden resets, which this
+        # neuron does not use; leaving it there would keep every network built (and its state) alive
+        if self in snntorch.SpikingNeuron.instances:
+            snntorch.SpikingNeuron.instances.remove(self)
 
     def fire(self, mem: Tensor) -> Tensor:
         """``S = [U ≥ ϑ]`` (snnTorch: ``U > ϑ``)."""
