@@ -93,14 +93,26 @@ class StochasticLIFParameters(NamedTuple):
     noise: NoiseFamily
     estimator: Estimator
     membrane_noise: str = "pathwise"
+    #: learned threshold-noise standard deviation ``σ_b`` (a tensor that may carry a gradient), or
+    #: ``None``: pathwise, ``s = sqrt(v + σ0² + ε_min² + σ_b²)``; marginal, ``σ_b²`` is added to the
+    #: accumulated variance when it is read, ``s = sqrt(V[t] + σ_b²)``, never accumulated itself
+    sigma_b: Tensor | float | None = None
+
+
+def _sigma_b_sq(p: StochasticLIFParameters) -> Tensor | float | None:
+    return None if p.sigma_b is None else p.sigma_b * p.sigma_b
 
 
 def noise_scale(var: Tensor | None, p: StochasticLIFParameters, like: Tensor) -> Tensor:
-    """``κ·sqrt(v + σ0² + ε_min²)``, the family's scale of the membrane noise (``v = 0`` if None)."""
+    """``κ·sqrt(v + σ0² + ε_min² [+ σ_b²])``, the family's scale of the membrane noise (``v = 0`` if None)."""
     floor = p.sigma0**2 + p.eps_min**2
+    extra = _sigma_b_sq(p)
     if var is None:
-        return torch.full((), floor**0.5 * p.noise.std_to_scale, dtype=like.dtype, device=like.device)
-    return torch.sqrt(var + floor) * p.noise.std_to_scale
+        if extra is None:
+            return torch.full((), floor**0.5 * p.noise.std_to_scale, dtype=like.dtype, device=like.device)
+        return torch.sqrt(_as_tensor(extra, like) + floor) * p.noise.std_to_scale
+    total = var + floor
+    return torch.sqrt(total if extra is None else total + extra) * p.noise.std_to_scale
 
 
 class _StochasticLIFSequence(torch.autograd.Function):
@@ -192,9 +204,11 @@ def _marginal_sequence(
     """The marginal model by plain autograd: ``(spk, mem, theta, scale, state)``, each ``[T, ...]``.
 
     ``forced`` replaces the sampled spikes by given ones (teacher forcing, for log-probabilities).
+    The reference of :class:`_MarginalSequence` (the tests check one against the other).
     """
     beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
     floor = p.sigma0**2 + p.eps_min**2
+    sb2 = _sigma_b_sq(p)
     mean, variance, prev = state.mem, state.var, state.spk
     if variance is None:
         variance = torch.zeros_like(mu[0])
@@ -212,7 +226,7 @@ def _marginal_sequence(
             if p.reset_mechanism == "subtract":
                 mean = mean - threshold * reset_spk
             variance = beta * beta * variance + v_t + floor
-        scale = torch.sqrt(variance) * p.noise.std_to_scale
+        scale = torch.sqrt(variance if sb2 is None else variance + sb2) * p.noise.std_to_scale
         theta = (mean - threshold) / scale
         prev = forced[t] if forced is not None else p.estimator(theta, eps_t, p.noise)
         spks.append(prev)
@@ -221,6 +235,162 @@ def _marginal_sequence(
         scales.append(scale)
     out = [torch.stack(v) for v in (spks, mems, thetas, scales)]
     return (*out, StochasticLIFState(mean, prev, variance))
+
+
+class _MarginalSequence(torch.autograd.Function):
+    r"""The marginal (accumulated-variance) model as one autograd node: forward loop + hand-written BPTT.
+
+    Forward, per step (``k[t] = 1 − S[t−1]`` for the zero reset, else 1; ``b = σ_b²`` or 0):
+
+    .. math::
+        M[t] = β k[t] M[t−1] + μ[t] − ϑ S[t−1]·[\text{subtract}], \quad
+        V[t] = β^2 k[t] V[t−1] + v[t] + f, \quad
+        s[t] = κ\sqrt{V[t] + b}, \quad θ[t] = (M[t] − ϑ)/s[t]
+
+    with the same floating-point operations, in the same order, as :func:`_marginal_sequence`
+    (so the spikes are identical). Backward: the adjoints of ``M`` and ``V`` obey two linear
+    recurrences, ``gM[t] = β k[t+1] gM[t+1] + g_m[t] + gθ[t]/s[t]`` and
+    ``gV[t] = β² k[t+1] gV[t+1] + gs[t] κ²/(2 s[t])`` with
+    ``gs[t] = g_m[t] ε[t] − gθ[t] θ[t]/s[t]`` (the σ-gradient through the spike) and
+    ``gθ = g_S·factor``; a reset that carries gradient feeds ``gS[t−1]`` from step ``t``, so
+    that case runs the estimator's product inside the loop.
+
+    Outputs ``(spk, mem, scale, M_last, V_last)``: ``mem = M + sε`` (the noisy sample, as the
+    reference returns), ``scale`` (so a caller can rebuild ``θ`` with its graph) and the final
+    mean and variance (so a per-step caller can chain the state with its gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, mu, var, b, eps, beta, threshold, mem0, var0, spk0, floor, reset, detach_reset, estimator, noise):
+        kappa = noise.std_to_scale
+        beta2 = beta * beta
+        n_steps = mu.shape[0]
+        spks, mems = torch.empty_like(mu), torch.empty_like(mu)
+        scales, thetas = torch.empty_like(mu), torch.empty_like(mu)
+        prev_means, prev_vars = torch.empty_like(mu), torch.empty_like(mu)
+        mean, variance, prev = mem0, var0, spk0
+        for t in range(n_steps):
+            prev_means[t], prev_vars[t] = mean, variance
+            if reset == "zero":
+                keep = 1.0 - prev
+                mean = beta * mean * keep + mu[t]
+                variance = beta2 * variance * keep
+            else:
+                mean = beta * mean + mu[t]
+                if reset == "subtract":
+                    mean = mean - threshold * prev
+                variance = beta2 * variance
+            if var is not None:
+                variance = variance + var[t]
+            variance = variance + floor
+            scale = torch.sqrt(variance if b is None else variance + b)
+            if kappa != 1.0:
+                scale = scale * kappa
+            theta = torch.div(mean - threshold, scale, out=thetas[t])
+            scales[t] = scale
+            prev = spks[t].copy_(theta + eps[t] >= 0)
+            torch.addcmul(mean, scale, eps[t], out=mems[t])
+        ctx.save_for_backward(b, eps, beta, threshold, spk0, spks, scales, thetas, prev_means, prev_vars)
+        ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+        ctx.shapes = (None if var is None else var.shape, mem0.shape, var0.shape, spk0.shape)
+        ctx.set_materialize_grads(False)
+        return spks, mems, scales, mean, variance
+
+    @staticmethod
+    def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
+        b, eps, beta, threshold, spk0, spks, scales, thetas, prev_means, prev_vars = ctx.saved_tensors
+        reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
+        needs = ctx.needs_input_grad
+        kappa2 = ctx.noise.std_to_scale ** 2
+        n_steps = spks.shape[0]
+        zeros = torch.zeros_like(spks)
+        g_spk = zeros if g_spk is None else g_spk
+        g_mem = zeros if g_mem is None else g_mem
+        factor = ctx.estimator.factor(thetas, spks, eps, ctx.noise)
+        inv_s = scales.reciprocal()
+        half_k2_inv_s = (0.5 * kappa2) * inv_s
+        prev_spks = torch.cat([spk0.expand_as(spks[:1]), spks[:-1]])
+        keep = 1.0 - prev_spks if reset == "zero" else None
+        coeff_m = beta * keep if keep is not None else beta.expand_as(spks)
+        coeff_v = beta * beta * keep if keep is not None else (beta * beta).expand_as(spks)
+        g_m, g_v = torch.empty_like(spks), torch.empty_like(spks)
+        carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last.expand_as(spks[0])
+        carry_v = torch.zeros_like(spks[0]) if g_var_last is None else g_var_last.expand_as(spks[0])
+        if detach:
+            g_theta = g_spk * factor
+            g_s = g_mem * eps - g_theta * thetas * inv_s
+            if g_scale is not None:
+                g_s = g_s + g_scale
+            d_m = g_mem + g_theta * inv_s
+            d_v = g_s * half_k2_inv_s
+            carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
+            carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
+            for t in range(n_steps - 2, -1, -1):
+                carry_m = torch.addcmul(d_m[t], coeff_m[t + 1], carry_m, out=g_m[t])
+                carry_v = torch.addcmul(d_v[t], coeff_v[t + 1], carry_v, out=g_v[t])
+        else:
+            g_theta, g_s = torch.empty_like(spks), torch.empty_like(spks)
+            g_reset = torch.zeros_like(spks[0])  # the adjoint S[t] receives through step t+1's reset
+            neg_thr = -threshold
+            for t in range(n_steps - 1, -1, -1):
+                if t < n_steps - 1:
+                    carry_m, carry_v = coeff_m[t + 1] * carry_m, coeff_v[t + 1] * carry_v
+                gth = torch.mul(g_spk[t] + g_reset, factor[t], out=g_theta[t])
+                gs = g_mem[t] * eps[t] - gth * thetas[t] * inv_s[t]
+                if g_scale is not None:
+                    gs = gs + g_scale[t]
+                g_s[t] = gs
+                carry_m = torch.add(carry_m + g_mem[t], gth * inv_s[t], out=g_m[t])
+                carry_v = torch.addcmul(carry_v, gs, half_k2_inv_s[t], out=g_v[t])
+                if reset == "subtract":
+                    g_reset = neg_thr * carry_m
+                else:  # zero: M[t] and V[t] both restart through k[t] = 1 − S[t−1]
+                    g_reset = -(beta * prev_means[t] * carry_m + beta * beta * prev_vars[t] * carry_v)
+        var_shape, mem0_shape, var0_shape, spk0_shape = ctx.shapes
+        g_mu = g_m if needs[0] else None
+        g_var = g_v.sum_to_size(var_shape) if needs[1] else None
+        g_b = (g_s * half_k2_inv_s).sum_to_size(b.shape) if needs[2] else None
+        g_beta = g_thr = g_mem0 = g_var0 = g_spk0 = None
+        if needs[4]:
+            dm = prev_means if keep is None else prev_means * keep
+            dv = prev_vars if keep is None else prev_vars * keep
+            g_beta = (g_m * dm + (2.0 * beta) * g_v * dv).sum_to_size(beta.shape)
+        if needs[5]:
+            g_thr = -g_theta * inv_s
+            if reset == "subtract":
+                g_thr = g_thr - prev_spks * g_m
+            g_thr = g_thr.sum_to_size(threshold.shape)
+        if needs[6]:
+            g_mem0 = (coeff_m[0] * g_m[0]).sum_to_size(mem0_shape)
+        if needs[7]:
+            g_var0 = (coeff_v[0] * g_v[0]).sum_to_size(var0_shape)
+        if needs[8] and not detach:
+            if reset == "subtract":
+                g_spk0 = (-threshold * g_m[0]).sum_to_size(spk0_shape)
+            else:
+                g_spk0 = (-(beta * prev_means[0] * g_m[0] + beta * beta * prev_vars[0] * g_v[0])).sum_to_size(spk0_shape)
+        return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None)
+
+
+def _fused_marginal_sequence(
+    mu: Tensor, var: Tensor | None, p: StochasticLIFParameters, state: StochasticLIFState, eps: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, StochasticLIFState]:
+    """:class:`_MarginalSequence` with the reference's signature: ``(spk, mem, theta, scale, state)``.
+
+    ``theta`` is rebuilt from the node's differentiable outputs, so it carries the graph a
+    drive hook (an auxiliary loss) needs.
+    """
+    beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
+    floor = p.sigma0**2 + p.eps_min**2
+    sb2 = _sigma_b_sq(p)
+    b = None if sb2 is None else _as_tensor(sb2, mu)
+    var0 = state.var if state.var is not None else torch.zeros_like(mu[0])
+    spk, mem, scale, mean, variance = _MarginalSequence.apply(
+        mu, var, b, eps, beta, threshold, state.mem, var0, state.spk, floor,
+        p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+    )
+    theta = (mem - scale * eps - threshold) / scale
+    return spk, mem, theta, scale, StochasticLIFState(mean, spk[-1], variance)
 
 
 def spike_train_log_prob(
@@ -304,10 +474,11 @@ def stochastic_lif_sequence(
 ):
     """Run the neuron over a whole time-major sequence.
 
-    Pathwise model: one autograd node for the whole sequence: the noise scale, all noise draws
-    and, in the backward pass, all estimator factors are computed for every step at once; only
-    the membrane recurrence (forward) and its adjoint (backward) loop over time. The marginal
-    model (``p.membrane_noise = "marginal"``) runs by plain autograd.
+    Both models run as one autograd node for the whole sequence: the noise draws and, in the
+    backward pass, all estimator factors are computed for every step at once; only the membrane
+    (and, for the marginal model, variance) recurrence and its adjoint loop over time. Every
+    noise scale gets its gradient through the spike (``∂S/∂s = −(θ/s)·∂S/∂θ``, see
+    ``docs/theory.md``).
 
     Args:
         mu: ``[T, B, ...]`` input means.
@@ -329,7 +500,7 @@ def stochastic_lif_sequence(
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":
-        spk, mem, theta, scale, final = _marginal_sequence(mu, var, p, state, eps)
+        spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps)
     else:
         scale = noise_scale(var, p, mu).expand_as(mu)
         threshold = _as_tensor(p.threshold, mu)
