@@ -247,17 +247,23 @@ class _MarginalSequence(torch.autograd.Function):
         V[t] = β^2 k[t] V[t−1] + v[t] + f, \quad
         s[t] = κ\sqrt{V[t] + b}, \quad θ[t] = (M[t] − ϑ)/s[t]
 
-    with the same floating-point operations, in the same order, as :func:`_marginal_sequence`
-    (so the spikes are identical). Backward: the adjoints of ``M`` and ``V`` obey two linear
-    recurrences, ``gM[t] = β k[t+1] gM[t+1] + g_m[t] + gθ[t]/s[t]`` and
-    ``gV[t] = β² k[t+1] gV[t+1] + gs[t] κ²/(2 s[t])`` with
-    ``gs[t] = g_m[t] ε[t] − gθ[t] θ[t]/s[t]`` (the σ-gradient through the spike) and
-    ``gθ = g_S·factor``; a reset that carries gradient feeds ``gS[t−1]`` from step ``t``, so
-    that case runs the estimator's product inside the loop.
+    with the same floating-point operations, element by element, as :func:`_marginal_sequence`
+    (so the spikes are identical). Without the zero reset ``V`` does not depend on the spikes: it
+    and ``s`` are computed first, for all steps, on the smallest shape ``v`` broadcasts from
+    (a real-weight layer's variance is one value per position, shared by its channels), and only
+    the mean loops with the spikes.
+
+    Backward: the adjoints obey two linear recurrences,
+    ``gM[t] = β k[t+1] gM[t+1] + g_m[t] + gS[t]·a[t]`` with ``a = factor/s``, and
+    ``gV[t] = β² k[t+1] gV[t+1] + gs[t]·κ²/(2s[t])`` with the σ-gradient through the spike
+    ``gs[t] = g_m[t] ε[t] − gS[t]·factor[t]·θ[t]/s[t]`` (plus the scale output's adjoint). A
+    reset that carries gradient adds to ``gS[t−1]`` from step ``t`` (``−ϑ gM[t]``, or for the
+    zero reset ``−β M[t−1] gM[t] − β² V[t−1] gV[t]``), so that case loops over the spike adjoint.
 
     Outputs ``(spk, mem, scale, M_last, V_last)``: ``mem = M + sε`` (the noisy sample, as the
-    reference returns), ``scale`` (so a caller can rebuild ``θ`` with its graph) and the final
-    mean and variance (so a per-step caller can chain the state with its gradient).
+    reference returns), ``scale`` (so a caller can rebuild ``θ`` with its graph; broadcastable to
+    ``spk``) and the final mean and variance (so a per-step caller chains the state with its
+    gradient).
     """
 
     @staticmethod
@@ -265,111 +271,163 @@ class _MarginalSequence(torch.autograd.Function):
         kappa = noise.std_to_scale
         beta2 = beta * beta
         n_steps = mu.shape[0]
-        spks, mems = torch.empty_like(mu), torch.empty_like(mu)
-        scales, thetas = torch.empty_like(mu), torch.empty_like(mu)
-        prev_means, prev_vars = torch.empty_like(mu), torch.empty_like(mu)
-        mean, variance, prev = mem0, var0, spk0
-        for t in range(n_steps):
-            prev_means[t], prev_vars[t] = mean, variance
-            if reset == "zero":
-                keep = 1.0 - prev
-                mean = beta * mean * keep + mu[t]
-                variance = beta2 * variance * keep
-            else:
-                mean = beta * mean + mu[t]
-                if reset == "subtract":
-                    mean = mean - threshold * prev
+        spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
+        mean, prev = mem0, spk0
+        if reset != "zero":
+            # the variance does not depend on the spikes: all steps first, on its own (small) shape
+            vshape = torch.broadcast_shapes(var0.shape, beta.shape, () if var is None else var.shape[1:])
+            vshape = (1,) * (mu.dim() - 1 - len(vshape)) + tuple(vshape)  # aligned with a step's [B, ...]
+            variances = mu.new_empty((n_steps, *vshape))
+            variance = var0
+            for t in range(n_steps):
                 variance = beta2 * variance
-            if var is not None:
-                variance = variance + var[t]
-            variance = variance + floor
-            scale = torch.sqrt(variance if b is None else variance + b)
+                if var is not None:
+                    variance = variance + var[t]
+                variance = torch.add(variance, floor, out=variances[t])
+            scales = torch.sqrt(variances if b is None else variances + b)
             if kappa != 1.0:
-                scale = scale * kappa
-            theta = torch.div(mean - threshold, scale, out=thetas[t])
-            scales[t] = scale
-            prev = spks[t].copy_(theta + eps[t] >= 0)
-            torch.addcmul(mean, scale, eps[t], out=mems[t])
-        ctx.save_for_backward(b, eps, beta, threshold, spk0, spks, scales, thetas, prev_means, prev_vars)
+                scales = scales * kappa
+            for t in range(n_steps):
+                mean = torch.add(beta * mean, mu[t], out=means[t])
+                if reset == "subtract":
+                    mean = mean.sub_(threshold * prev)
+                theta = torch.div(mean - threshold, scales[t], out=thetas[t])
+                prev = spks[t].copy_(theta + eps[t] >= 0)
+        else:
+            variances = torch.empty_like(mu)
+            scales = torch.empty_like(mu)
+            variance = var0
+            for t in range(n_steps):
+                keep = 1.0 - prev
+                mean = torch.add(beta * mean * keep, mu[t], out=means[t])
+                variance = beta2 * variance * keep
+                if var is not None:
+                    variance = variance + var[t]
+                variance = torch.add(variance, floor, out=variances[t])
+                scale = torch.sqrt(variance if b is None else variance + b, out=scales[t])
+                if kappa != 1.0:
+                    scale = scale.mul_(kappa)
+                theta = torch.div(mean - threshold, scale, out=thetas[t])
+                prev = spks[t].copy_(theta + eps[t] >= 0)
+        mems = torch.addcmul(means, scales, eps)
+        ctx.save_for_backward(b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances)
         ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
-        ctx.shapes = (None if var is None else var.shape, mem0.shape, var0.shape, spk0.shape)
+        ctx.var_shape = None if var is None else var.shape
         ctx.set_materialize_grads(False)
-        return spks, mems, scales, mean, variance
+        return spks, mems, scales, means[-1].clone(), variances[-1].clone()
 
     @staticmethod
     def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
-        b, eps, beta, threshold, spk0, spks, scales, thetas, prev_means, prev_vars = ctx.saved_tensors
+        b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
         reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
         needs = ctx.needs_input_grad
-        kappa2 = ctx.noise.std_to_scale ** 2
         n_steps = spks.shape[0]
-        zeros = torch.zeros_like(spks)
-        g_spk = zeros if g_spk is None else g_spk
-        g_mem = zeros if g_mem is None else g_mem
+        g_spk = torch.zeros_like(spks) if g_spk is None else g_spk
         factor = ctx.estimator.factor(thetas, spks, eps, ctx.noise)
         inv_s = scales.reciprocal()
-        half_k2_inv_s = (0.5 * kappa2) * inv_s
+        h = (0.5 * ctx.noise.std_to_scale**2) * inv_s  # ∂s/∂V
+        a = factor * inv_s  # ∂S/∂M
+        c1 = a * thetas  # −∂S/∂s
+        c0 = None if g_mem is None else g_mem * eps  # the σ-adjoint through mem = M + sε
         prev_spks = torch.cat([spk0.expand_as(spks[:1]), spks[:-1]])
+        prev_means = torch.cat([mem0.expand_as(means[:1]), means[:-1]])
+        prev_vars = torch.cat([var0.expand_as(variances[:1]), variances[:-1]])
         keep = 1.0 - prev_spks if reset == "zero" else None
-        coeff_m = beta * keep if keep is not None else beta.expand_as(spks)
-        coeff_v = beta * beta * keep if keep is not None else (beta * beta).expand_as(spks)
-        g_m, g_v = torch.empty_like(spks), torch.empty_like(spks)
-        carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last.expand_as(spks[0])
-        carry_v = torch.zeros_like(spks[0]) if g_var_last is None else g_var_last.expand_as(spks[0])
+        beta2 = beta * beta
+        coeff_m = beta * keep if keep is not None else beta
+        coeff_v = beta2 * keep if keep is not None else beta2
+
+        def at(coeff: Tensor, t: int) -> Tensor:
+            return coeff[t] if keep is not None else coeff
+
+        g_m = torch.empty_like(spks)
+        g_v = torch.empty_like(variances)
+        carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last
+        carry_v = torch.zeros_like(variances[0]) if g_var_last is None else g_var_last
+        v_done = False
         if detach:
-            g_theta = g_spk * factor
-            g_s = g_mem * eps - g_theta * thetas * inv_s
-            if g_scale is not None:
-                g_s = g_s + g_scale
-            d_m = g_mem + g_theta * inv_s
-            d_v = g_s * half_k2_inv_s
+            g_s_total = g_spk
+            d_m = g_spk * a if g_mem is None else torch.addcmul(g_mem, g_spk, a)
             carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
+            for t in range(n_steps - 2, -1, -1):
+                carry_m = torch.addcmul(d_m[t], at(coeff_m, t + 1), carry_m, out=g_m[t])
+        elif reset == "subtract":
+            g_s_total = torch.empty_like(spks)
+            g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
+            neg_thr = -threshold
+            g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
+            for t in range(n_steps - 1, -1, -1):
+                gs_t = torch.add(g_spk[t], g_reset, out=g_s_total[t])
+                if t < n_steps - 1:
+                    carry_m = torch.addcmul(g_mem_t[t], coeff_m, carry_m)
+                else:
+                    carry_m = g_mem_t[t] + carry_m
+                carry_m = torch.addcmul(carry_m, gs_t, a[t], out=g_m[t])
+                g_reset = neg_thr * carry_m
+        else:  # zero reset with gradient: S[t−1] restarts both M[t] and V[t]
+            g_s_total = torch.empty_like(spks)
+            g_reset = torch.zeros_like(spks[0])
+            g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
+            # here s has the units' shape, so the scale output's adjoint adds element by element
+            c0h = c0 if g_scale is None else (g_scale if c0 is None else c0 + g_scale)
+            c0h = None if c0h is None else c0h * h
+            c1h = c1 * h
+            for t in range(n_steps - 1, -1, -1):
+                gs_t = torch.add(g_spk[t], g_reset, out=g_s_total[t])
+                if t < n_steps - 1:
+                    carry_m = torch.addcmul(g_mem_t[t], coeff_m[t + 1], carry_m)
+                    carry_v = coeff_v[t + 1] * carry_v
+                else:
+                    carry_m = g_mem_t[t] + carry_m
+                carry_m = torch.addcmul(carry_m, gs_t, a[t], out=g_m[t])
+                if c0h is not None:
+                    carry_v = carry_v + c0h[t]
+                carry_v = torch.addcmul(carry_v, gs_t, -c1h[t], out=g_v[t])
+                g_reset = -(beta * prev_means[t] * carry_m + beta2 * prev_vars[t] * carry_v)
+            v_done = True
+        # ∂L/∂s at every step, on s's own (possibly shared) shape
+        g_s = (-g_s_total * c1 if c0 is None else c0 - g_s_total * c1).sum_to_size(scales.shape)
+        if g_scale is not None:
+            g_s = g_s + g_scale
+        if not v_done:
+            d_v = (g_s * h).sum_to_size(variances.shape)
             carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
             for t in range(n_steps - 2, -1, -1):
-                carry_m = torch.addcmul(d_m[t], coeff_m[t + 1], carry_m, out=g_m[t])
-                carry_v = torch.addcmul(d_v[t], coeff_v[t + 1], carry_v, out=g_v[t])
-        else:
-            g_theta, g_s = torch.empty_like(spks), torch.empty_like(spks)
-            g_reset = torch.zeros_like(spks[0])  # the adjoint S[t] receives through step t+1's reset
-            neg_thr = -threshold
-            for t in range(n_steps - 1, -1, -1):
-                if t < n_steps - 1:
-                    carry_m, carry_v = coeff_m[t + 1] * carry_m, coeff_v[t + 1] * carry_v
-                gth = torch.mul(g_spk[t] + g_reset, factor[t], out=g_theta[t])
-                gs = g_mem[t] * eps[t] - gth * thetas[t] * inv_s[t]
-                if g_scale is not None:
-                    gs = gs + g_scale[t]
-                g_s[t] = gs
-                carry_m = torch.add(carry_m + g_mem[t], gth * inv_s[t], out=g_m[t])
-                carry_v = torch.addcmul(carry_v, gs, half_k2_inv_s[t], out=g_v[t])
-                if reset == "subtract":
-                    g_reset = neg_thr * carry_m
-                else:  # zero: M[t] and V[t] both restart through k[t] = 1 − S[t−1]
-                    g_reset = -(beta * prev_means[t] * carry_m + beta * beta * prev_vars[t] * carry_v)
-        var_shape, mem0_shape, var0_shape, spk0_shape = ctx.shapes
+                carry_v = torch.addcmul(d_v[t], at(coeff_v, t + 1), carry_v, out=g_v[t])
         g_mu = g_m if needs[0] else None
-        g_var = g_v.sum_to_size(var_shape) if needs[1] else None
-        g_b = (g_s * half_k2_inv_s).sum_to_size(b.shape) if needs[2] else None
+        g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
+        g_b = (g_s * h).sum_to_size(b.shape) if needs[2] else None
         g_beta = g_thr = g_mem0 = g_var0 = g_spk0 = None
         if needs[4]:
             dm = prev_means if keep is None else prev_means * keep
             dv = prev_vars if keep is None else prev_vars * keep
-            g_beta = (g_m * dm + (2.0 * beta) * g_v * dv).sum_to_size(beta.shape)
+            g_beta = ((g_m * dm).sum_to_size(beta.shape) + (2.0 * beta) * (g_v * dv).sum_to_size(beta.shape))
         if needs[5]:
-            g_thr = -g_theta * inv_s
+            g_thr = -g_s_total * a
             if reset == "subtract":
                 g_thr = g_thr - prev_spks * g_m
             g_thr = g_thr.sum_to_size(threshold.shape)
         if needs[6]:
-            g_mem0 = (coeff_m[0] * g_m[0]).sum_to_size(mem0_shape)
+            g_mem0 = (at(coeff_m, 0) * g_m[0]).sum_to_size(mem0.shape)
         if needs[7]:
-            g_var0 = (coeff_v[0] * g_v[0]).sum_to_size(var0_shape)
+            g_var0 = (at(coeff_v, 0) * g_v[0]).sum_to_size(var0.shape)
         if needs[8] and not detach:
             if reset == "subtract":
-                g_spk0 = (-threshold * g_m[0]).sum_to_size(spk0_shape)
+                g_spk0 = (-threshold * g_m[0]).sum_to_size(spk0.shape)
             else:
-                g_spk0 = (-(beta * prev_means[0] * g_m[0] + beta * beta * prev_vars[0] * g_v[0])).sum_to_size(spk0_shape)
+                g_spk0 = (-(beta * mem0 * g_m[0] + beta2 * var0 * g_v[0])).sum_to_size(spk0.shape)
         return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None)
+
+
+def _compact(x: Tensor) -> Tensor:
+    """``x`` sliced to size 1 along every dimension (after the first) it is broadcast in (stride 0).
+
+    A differentiable view: the gradient it receives is exact for whatever ``x`` was expanded from.
+    """
+    index = tuple(
+        slice(0, 1) if (d > 0 and x.stride(d) == 0 and x.shape[d] > 1) else slice(None) for d in range(x.dim())
+    )
+    return x[index]
 
 
 def _fused_marginal_sequence(
@@ -384,13 +442,16 @@ def _fused_marginal_sequence(
     floor = p.sigma0**2 + p.eps_min**2
     sb2 = _sigma_b_sq(p)
     b = None if sb2 is None else _as_tensor(sb2, mu)
-    var0 = state.var if state.var is not None else torch.zeros_like(mu[0])
+    var0 = state.var if state.var is not None else mu.new_zeros(())
+    if var is not None and p.reset_mechanism != "zero":
+        var = _compact(var)
     spk, mem, scale, mean, variance = _MarginalSequence.apply(
         mu, var, b, eps, beta, threshold, state.mem, var0, state.spk, floor,
         p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
     )
     theta = (mem - scale * eps - threshold) / scale
-    return spk, mem, theta, scale, StochasticLIFState(mean, spk[-1], variance)
+    # the state's variance keeps the reference's shape (an expanded view of the small one)
+    return spk, mem, theta, scale.expand_as(spk), StochasticLIFState(mean, spk[-1], variance.expand_as(mean))
 
 
 def spike_train_log_prob(

@@ -202,3 +202,22 @@ def test_bad_sigma_b_is_refused(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         NeuronSettings(**kwargs)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_a_shared_variance_runs_on_its_small_shape_with_exact_gradients(gen, reset):
+    """A real-weight layer's variance is one value per position, expanded over the channels."""
+    source = (torch.rand(5, 3, 1, dtype=D, generator=gen) * 0.5).requires_grad_()
+    mu = (torch.randn(5, 3, 6, dtype=D, generator=gen) + 0.7).requires_grad_()
+    eps = torch.randn(5, 3, 6, dtype=D, generator=gen)
+    sigma_b = torch.tensor(0.2, dtype=D, requires_grad=True)
+    p = StochasticLIFParameters(0.8, 1.0, 0.0, 1e-6, reset, False, get_noise("gaussian"), get_estimator("st"), "marginal", sigma_b)
+    zeros = torch.zeros(3, 6, dtype=D)
+    outs = []
+    for fn, var in ((_marginal_sequence, source.expand(5, 3, 6).clone()), (_fused_marginal_sequence, source.expand(5, 3, 6))):
+        spk, mem, theta, scale, state = fn(mu, var, p, StochasticLIFState(zeros, zeros), eps)
+        loss = (spk * torch.linspace(-1, 1, 6, dtype=D)).sum() + theta.sin().sum() + state.var.sum()
+        outs.append((spk, *torch.autograd.grad(loss, (mu, source, sigma_b))))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1:], outs[1][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
