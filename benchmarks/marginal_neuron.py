@@ -51,10 +51,10 @@ def _neuron_step(model: str, autograd: bool, t: int, b: int, h: int) -> Callable
     return step
 
 
-def _net_step(model: str, autograd: bool, t: int, b: int) -> Callable[[], None]:
+def _net_step(model: str, autograd: bool, t: int, b: int, weights: str = "bernoulli") -> Callable[[], None]:
     torch.manual_seed(0)
     neuron = NeuronSettings(beta=0.9, membrane_noise=model, **(PAPER if model == "marginal" else {}))
-    layer = LayerSettings(weights="gaussian") if model == "marginal" else LayerSettings()
+    layer = LayerSettings(weights=weights)
     net = SpikingMLP(700, (256,), 20, neuron=neuron, layer=layer, binary_input=True)
     x = (torch.rand(t, b, 700) < 0.05).float()
     y = torch.randint(0, 20, (b,))
@@ -112,19 +112,26 @@ def main() -> None:
     print(f"threads={args.threads} T={t} B={b} rounds={args.rounds} torch={torch.__version__}")
     for level, make in (
         ("neuron [T, B, 256]", lambda m, a: _neuron_step(m, a, t, b, 256)),
-        ("SpikingMLP 700-256-20 step", lambda m, a: _net_step(m, a, t, b)),
+        ("SpikingMLP 700-256-20 step, ±1 Bernoulli weights", lambda m, a: _net_step(m, a, t, b)),
     ):
         variants = {
             "pathwise-st": make("pathwise", False),
             "marginal-fused": make("marginal", False),
             "marginal-autograd": make("marginal", True),
         }
+        if level.startswith("SpikingMLP"):
+            variants["paper (gaussian, fused)"] = _net_step("marginal", False, t, b, "gaussian")
+            variants["paper (gaussian, autograd)"] = _net_step("marginal", True, t, b, "gaussian")
         med = _time(variants, args.rounds)
         print(f"\n{level}: median ms")
         for name, value in med.items():
-            print(f"  {name:18s} {1e3 * value:8.1f}")
-        print(f"  autograd / fused   {med['marginal-autograd'] / med['marginal-fused']:.2f}x")
-        print(f"  fused / pathwise   {med['marginal-fused'] / med['pathwise-st']:.2f}x")
+            print(f"  {name:28s} {1e3 * value:8.1f}")
+        print(f"  marginal autograd / fused    {med['marginal-autograd'] / med['marginal-fused']:.2f}x")
+        print(f"  marginal fused / pathwise-st {med['marginal-fused'] / med['pathwise-st']:.2f}x")
+        if "paper (gaussian, fused)" in med:
+            paper = med["paper (gaussian, fused)"]
+            print(f"  paper autograd / fused       {med['paper (gaussian, autograd)'] / paper:.2f}x")
+            print(f"  paper fused / pathwise-st    {paper / med['pathwise-st']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ reparameterisation (Kingma, Salimans & Welling 2015):
 so ``v`` is one value per position, shared by every output channel. The modes follow
 :class:`~sbnn.layers.BernoulliLayer`'s contract (:data:`~sbnn.layers.LAYER_MODES`):
 
-=========== ======================================================== =========================
-mode        pre-activation                                           ``moments(x)``
-=========== ======================================================== =========================
-``sample``  LRT sample ``μ + sqrt(v)·ξ`` (training)                   ``(μ, v)``
-``mode``    the mean weights ``W̄`` (the posterior's mode)             ``(h, None)``
-``mean``    the mean weights ``W̄``                                    ``(h, None)``
-``fixed``   ``W = W̄ + σ_w ξ`` drawn by :meth:`~GaussianLayer.draw_weights` ``(h, None)``
-=========== ======================================================== =========================
+========== ======================================================== ==============
+mode       pre-activation                                           ``moments(x)``
+========== ======================================================== ==============
+``sample`` LRT sample ``μ + sqrt(v)·ξ`` (training)                  ``(μ, v)``
+``mode``   the posterior mean (the Gaussian's mode)                 ``(h, None)``
+``mean``   the posterior mean                                       ``(h, None)``
+``fixed``  a draw ``W ~ q`` from :meth:`GaussianLayer.draw_weights` ``(h, None)``
+========== ======================================================== ==============
 
 **Weight prior.** None by default: ``kl()`` is 0, as in the paper's objective. With
 ``prior_std = σ_p`` the closed form
@@ -29,8 +29,8 @@ mode        pre-activation                                           ``moments(x
 **Calibration.** A real-weight layer has no separate scale ``α``: :meth:`GaussianLayer.calibrate_scale_`
 multiplies the whole posterior by one factor ``c`` (``W̄ ← cW̄``, ``σ_w ← cσ_w``), which scales
 ``μ`` by ``c`` and ``v`` by ``c²`` exactly as ``α`` does for a Bernoulli layer, and keeps the
-initial relative noise ``σ_w/|W̄|``. The paper's networks are not calibrated (its recipes set the
-task's ``calibrate: false``).
+initial relative noise ``σ_w/|W̄|``. The SBNN paper's code does not calibrate (the task's
+``calibrate: false``).
 
 **Export.** The deployable engine (:mod:`sbnn.kernels`, the ``.sbnn`` file and the NIR export that
 reads its graph) carries ±1 weights only and refuses these layers with a message; the mean
@@ -67,7 +67,7 @@ def kl_gaussian(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
     """
     var = std * std
     terms = math.log(prior_std) - torch.log(std) + (var + mean * mean) / (2.0 * prior_std**2) - 0.5
-    return terms.expand_as(mean).sum() if terms.shape != mean.shape else terms.sum()
+    return terms.expand_as(mean).sum()
 
 
 class GaussianLayer(nn.Module):

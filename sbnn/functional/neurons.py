@@ -329,9 +329,11 @@ class _MarginalSequence(torch.autograd.Function):
         a = factor * inv_s  # ∂S/∂M
         c1 = a * thetas  # −∂S/∂s
         c0 = None if g_mem is None else g_mem * eps  # the σ-adjoint through mem = M + sε
-        prev_spks = torch.cat([spk0.expand_as(spks[:1]), spks[:-1]])
-        prev_means = torch.cat([mem0.expand_as(means[:1]), means[:-1]])
-        prev_vars = torch.cat([var0.expand_as(variances[:1]), variances[:-1]])
+        # the previous step's values (three copies of [T, ...]): only where a gradient needs them
+        want_prev = reset == "zero" or needs[4]
+        prev_spks = _shifted(spk0, spks) if (reset == "zero" or (needs[5] and reset == "subtract")) else None
+        prev_means = _shifted(mem0, means) if want_prev else None
+        prev_vars = _shifted(var0, variances) if want_prev else None
         keep = 1.0 - prev_spks if reset == "zero" else None
         beta2 = beta * beta
         coeff_m = beta * keep if keep is not None else beta
@@ -417,6 +419,11 @@ class _MarginalSequence(torch.autograd.Function):
             else:
                 g_spk0 = (-(beta * mem0 * g_m[0] + beta2 * var0 * g_v[0])).sum_to_size(spk0.shape)
         return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None)
+
+
+def _shifted(first: Tensor, seq: Tensor) -> Tensor:
+    """``[first, seq[0], ..., seq[T−2]]``: each step's predecessor."""
+    return torch.cat([first.expand_as(seq[:1]), seq[:-1]])
 
 
 def _compact(x: Tensor) -> Tensor:
