@@ -2,8 +2,8 @@
 
 One record per concern, so that a neuron or layer option is declared once and every model gets
 it: :class:`NeuronSettings` (every :class:`~sbnn.StochasticLIF` constant), :class:`LayerSettings`
-(every Bernoulli layer option a model exposes) and :class:`CalibrationSettings` (the targets of
-the data-dependent scale initialisation). They are plain frozen dataclasses: they pickle, compare
+(every weight layer option a model exposes, of either family) and :class:`CalibrationSettings`
+(the targets of the data-dependent scale initialisation). They are plain frozen dataclasses: they pickle, compare
 by value, and a LightningCLI/jsonargparse YAML gives them in nested form::
 
     network:
@@ -114,8 +114,8 @@ class LayerSettings:
     ``weights`` chooses the family; the other fields apply to one family each (the rest are
     ignored): ``lam_std``, ``prior_lam``, ``lam_init``, ``scale``, ``learn_scale`` to Bernoulli
     layers, ``sigma_init``, ``prior_std``, ``variance_input_grad`` to Gaussian ones. The SBNN
-    paper's configuration is ``{weights: gaussian}`` with the defaults (Walker et al. 2025's code
-    detaches the variance input: ``variance_input_grad: false``).
+    paper's configuration (Walker et al. 2025's code) is
+    ``{weights: gaussian, variance_input_grad: false}`` with the other defaults.
 
     Args:
         weights: ``"bernoulli"`` (±1 weights, :class:`~sbnn.BernoulliLinear`; default) or
