@@ -16,6 +16,7 @@ from . import estimators, functional, runtime, training  # noqa: E402
 from ._validation import set_validation
 from .estimators import get_estimator, spike_grad
 from .layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
+from .gaussian_layers import GaussianConv2d, GaussianLayer, GaussianLinear
 from .training.losses import ELBOLoss, ELBOTerms, kl_divergence
 from .modes import evaluation, get_mode, lrt_predict, mc_predict, reset, set_mode
 from .neurons import StochasticLIF
@@ -28,6 +29,9 @@ __all__ = [
     "BernoulliLayer",
     "BernoulliLinear",
     "BernoulliConv2d",
+    "GaussianLayer",
+    "GaussianLinear",
+    "GaussianConv2d",
     "Moments",
     "StochasticLIF",
     "get_estimator",

@@ -9,6 +9,9 @@ mode        Bernoulli layers                                 stochastic neurons
 ``mc``      one fresh explicit draw ``w ~ q`` per layer      deterministic
 =========== ================================================ ==============================
 
+Real-weight :class:`~sbnn.GaussianLayer` s take the same modes: ``mode`` and ``mean`` both run
+the mean weights ``W̄``, ``mc`` draws ``W̄ + σ_w ξ``.
+
 MC prediction averages the softmax of ``C`` whole binary networks drawn from the posterior
 (BayesBiNN, arXiv:2002.10778, eq. 26); each is a network the kernels could deploy.
 """
@@ -23,8 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_choice
+from .gaussian_layers import GaussianLayer
 from .layers import BernoulliLayer
 from .neurons import StochasticLIF
+
+# both weight families keep the same mode contract (set_mode, draw_weights, mode_state)
+_WEIGHT_LAYERS = (BernoulliLayer, GaussianLayer)
 
 __all__ = [
     "NETWORK_MODES",
@@ -48,7 +55,7 @@ def set_mode(model: nn.Module, mode: Literal["sample", "mode", "mean", "mc"], ge
     """
     check_choice("mode", mode, NETWORK_MODES)
     for module in model.modules():
-        if isinstance(module, BernoulliLayer):
+        if isinstance(module, _WEIGHT_LAYERS):
             if mode == "mc":
                 module.draw_weights(generator)
                 module.set_mode("fixed")
@@ -60,7 +67,7 @@ def set_mode(model: nn.Module, mode: Literal["sample", "mode", "mean", "mc"], ge
 
 def get_mode(model: nn.Module) -> str:
     """The network mode of ``model``'s Bernoulli layers (``"mixed"`` if they disagree)."""
-    modes = {m.mode for m in model.modules() if isinstance(m, BernoulliLayer)}
+    modes = {m.mode for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)}
     if not modes:
         return "sample"
     mode = modes.pop()
@@ -88,15 +95,15 @@ def evaluation(model: nn.Module, mode: Literal["sample", "mode", "mean", "mc"], 
 def _save_state(model: nn.Module) -> list[tuple[nn.Module, object]]:
     """Every layer's whole mode state ``(mode, weight)`` and every neuron's noise switch."""
     return [
-        (m, m.mode_state() if isinstance(m, BernoulliLayer) else m.stochastic)
+        (m, m.mode_state() if isinstance(m, _WEIGHT_LAYERS) else m.stochastic)
         for m in model.modules()
-        if isinstance(m, (BernoulliLayer, StochasticLIF))
+        if isinstance(m, (*_WEIGHT_LAYERS, StochasticLIF))
     ]
 
 
 def _restore_state(saved: list[tuple[nn.Module, object]]) -> None:
     for module, setting in saved:
-        if isinstance(module, BernoulliLayer):
+        if isinstance(module, _WEIGHT_LAYERS):
             module.restore_mode_state(setting)
         else:
             module.set_stochastic(setting)

@@ -22,10 +22,12 @@ at once (one fused autograd node) and is what sbnn's models use.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from typing import Callable, Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -79,6 +81,13 @@ class StochasticLIF(nn.Module):
             marginal model's state includes a variance, so it runs with ``init_hidden=True`` or
             :meth:`sequence`, not with an explicit ``mem`` argument.
         learn_beta, learn_threshold: make ``β``/``ϑ`` trainable parameters.
+        sigma_b: threshold-noise standard deviation ``σ_b ≥ 0`` (0: none). Pathwise model: it
+            adds to ``σ0`` as intrinsic noise, ``s² = v + σ0² + ε_min² + σ_b²``. Marginal model: it
+            is added when the accumulated variance is read, ``s² = V[t] + σ_b²``, and is not
+            itself accumulated (the SBNN paper's ``σ_b``, Walker et al. 2025).
+        learn_sigma_b: make ``σ_b = softplus(ρ_b)`` trainable (parameter ``sigma_b_rho``,
+            initialised at ``softplus⁻¹(sigma_b)``; needs ``sigma_b > 0``). Its gradient is the
+            σ-gradient through the spike, ``∂S/∂s = −(θ/s)·∂S/∂θ`` (``docs/theory.md``).
         init_hidden: keep the state on the module (snnTorch contract).
         output: with ``init_hidden``, also return the membrane.
 
@@ -108,8 +117,16 @@ class StochasticLIF(nn.Module):
         learn_threshold: bool = False,
         init_hidden: bool = False,
         output: bool = False,
+        sigma_b: float = 0.0,
+        learn_sigma_b: bool = False,
     ) -> None:
         super().__init__()
+        check_in_range("sigma_b", sigma_b, 0.0)
+        if learn_sigma_b and not sigma_b > 0:
+            raise ValueError(
+                "learn_sigma_b=True needs sigma_b > 0, its initial value (σ_b = softplus(ρ_b) never reaches 0); "
+                "e.g. sigma_b=0.127 (softplus(-2))"
+            )
         check_in_range("beta", beta, 0.0, 1.0)
         check_in_range("threshold", threshold, 0.0, low_open=True)
         check_in_range("sigma0", sigma0, 0.0)
@@ -130,6 +147,16 @@ class StochasticLIF(nn.Module):
         self.register_buffer("mem", torch.zeros(0), persistent=False)
         self.register_buffer("spk", torch.zeros(0), persistent=False)
         self.register_buffer("var", torch.zeros(0), persistent=False)
+        if sigma_b > 0:
+            # softplus⁻¹(σ) = log(expm1(σ)), in float64 so that small σ keep their digits
+            _constant(self, "sigma_b_rho", math.log(math.expm1(float(sigma_b))), learn_sigma_b)
+        else:
+            self.sigma_b_rho = None
+
+    @property
+    def sigma_b(self) -> Tensor | None:
+        """``σ_b = softplus(ρ_b)`` (a 0-dim tensor, with its graph when learned), or ``None``."""
+        return None if self.sigma_b_rho is None else F.softplus(self.sigma_b_rho)
 
     def __getstate__(self) -> dict:
         # drive hooks belong to whoever registered them on this instance (and may hold a forward
@@ -170,6 +197,7 @@ class StochasticLIF(nn.Module):
             self.noise,
             self.estimator,
             self.membrane_noise,
+            self.sigma_b,
         )
 
     def reset_state(self) -> None:
@@ -244,7 +272,8 @@ class StochasticLIF(nn.Module):
         eps: Tensor | None = None,
         generator: torch.Generator | None = None,
         validate: bool = True,
-    ) -> tuple[Tensor, Tensor]:
+        return_state: bool = False,
+    ):
         """Run a whole time-major sequence from ``state`` (default: rest); the hidden state is untouched.
 
         Args:
@@ -253,9 +282,12 @@ class StochasticLIF(nn.Module):
             eps: explicit standard noise ``[T, B, ...]`` to replay a draw.
             generator: RNG for the noise.
             validate: check the input (models that validated their own input pass ``False``).
+            return_state: also return the final :class:`~sbnn.functional.neurons.StochasticLIFState`
+                (with its graph; the marginal model's carries the conditional mean and the
+                variance), to continue the sequence from it.
 
         Returns:
-            ``(spk, mem)``, each ``[T, B, ...]``.
+            ``(spk, mem)``, each ``[T, B, ...]``; with ``return_state``, ``(spk, mem, state)``.
         """
         mu, var = self._split(x)
         if validate:
@@ -268,13 +300,16 @@ class StochasticLIF(nn.Module):
         if report:
             for hook in list(self._drive_hooks.values()):
                 hook(self, out[3])
+        if return_state:
+            return out[0], out[1], out[2]
         return out[0], out[1]
 
     def extra_repr(self) -> str:
         return (
             f"noise={self.noise.name}, estimator={self.estimator!r}, reset_mechanism={self.reset_mechanism}, "
             f"membrane_noise={self.membrane_noise}, "
-            f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self._stochastic}"
+            + ("" if self.sigma_b_rho is None else f"sigma_b={float(self.sigma_b):.4g}, ")
+            + f"sigma0={self.sigma0}, init_hidden={self.init_hidden}, stochastic={self._stochastic}"
         )
 
 

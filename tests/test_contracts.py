@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 import sbnn
-from sbnn import BernoulliConv2d, BernoulliLinear, StochasticLIF, evaluation
+from sbnn import BernoulliConv2d, BernoulliLinear, GaussianConv2d, GaussianLinear, StochasticLIF, evaluation
 from sbnn.layers import BernoulliLayer
+from sbnn.weight_families import weight_layers
 from sbnn.models import (
     BinaryMLP,
     LayerSettings,
@@ -57,6 +58,23 @@ CASES = {
     ),
     "ResidualSpikingMLP": (lambda: ResidualSpikingMLP(6, 3, depth=4, width=5), lambda: _spikes(4, 2, 6)),
     "BinaryMLP": (lambda: BinaryMLP(4, (5,), 3), lambda: torch.randn(1, 2, 4)),
+    "GaussianLinear": (lambda: GaussianLinear(6, 4, prior_std=1.0), lambda: torch.randn(3, 2, 6)),
+    "GaussianConv2d": (lambda: GaussianConv2d(2, 3, 3, padding=1), lambda: torch.randn(3, 2, 2, 5, 5)),
+    "StochasticLIF-learned-sigma_b": (
+        lambda: StochasticLIF(beta=0.8, membrane_noise="marginal", sigma_b=0.2, learn_sigma_b=True),
+        lambda: torch.randn(4, 2, 5),
+    ),
+    "SpikingRecurrentNet-gaussian": (
+        lambda: SpikingRecurrentNet(
+            6, (5,), 3, layer=LayerSettings(weights="gaussian"),
+            neuron=NeuronSettings(membrane_noise="marginal", sigma_b=0.2, learn_sigma_b=True),
+        ),
+        lambda: _spikes(5, 2, 6),
+    ),
+    "SpikingResNet-gaussian": (
+        lambda: SpikingResNet(2, 3, depth=8, widths=(2, 4, 4), input_size=(8, 8), layer=LayerSettings(weights="gaussian")),
+        lambda: _spikes(3, 2, 2, 8, 8),
+    ),
 }
 
 
@@ -123,9 +141,9 @@ def test_reset_reaches_nested_neurons(case):
 
 def test_evaluation_restores_the_whole_mode_state(case):
     module, x = case
-    layers = [m for m in module.modules() if isinstance(m, BernoulliLayer)]
+    layers = weight_layers(module)
     neurons = [m for m in module.modules() if isinstance(m, StochasticLIF)]
-    weights = [torch.ones_like(layer.lam) for layer in layers]
+    weights = [torch.ones_like(layer.lam if isinstance(layer, BernoulliLayer) else layer.weight) for layer in layers]
     for layer, w in zip(layers, weights):
         layer.set_fixed_weight(w)
     neurons_before = [n.stochastic for n in neurons]

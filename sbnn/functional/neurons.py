@@ -93,14 +93,26 @@ class StochasticLIFParameters(NamedTuple):
     noise: NoiseFamily
     estimator: Estimator
     membrane_noise: str = "pathwise"
+    #: learned threshold-noise standard deviation ``σ_b`` (a tensor that may carry a gradient), or
+    #: ``None``: pathwise, ``s = sqrt(v + σ0² + ε_min² + σ_b²)``; marginal, ``σ_b²`` is added to the
+    #: accumulated variance when it is read, ``s = sqrt(V[t] + σ_b²)``, never accumulated itself
+    sigma_b: Tensor | float | None = None
+
+
+def _sigma_b_sq(p: StochasticLIFParameters) -> Tensor | float | None:
+    return None if p.sigma_b is None else p.sigma_b * p.sigma_b
 
 
 def noise_scale(var: Tensor | None, p: StochasticLIFParameters, like: Tensor) -> Tensor:
-    """``κ·sqrt(v + σ0² + ε_min²)``, the family's scale of the membrane noise (``v = 0`` if None)."""
+    """``κ·sqrt(v + σ0² + ε_min² [+ σ_b²])``, the family's scale of the membrane noise (``v = 0`` if None)."""
     floor = p.sigma0**2 + p.eps_min**2
+    extra = _sigma_b_sq(p)
     if var is None:
-        return torch.full((), floor**0.5 * p.noise.std_to_scale, dtype=like.dtype, device=like.device)
-    return torch.sqrt(var + floor) * p.noise.std_to_scale
+        if extra is None:
+            return torch.full((), floor**0.5 * p.noise.std_to_scale, dtype=like.dtype, device=like.device)
+        return torch.sqrt(_as_tensor(extra, like) + floor) * p.noise.std_to_scale
+    total = var + floor
+    return torch.sqrt(total if extra is None else total + extra) * p.noise.std_to_scale
 
 
 class _StochasticLIFSequence(torch.autograd.Function):
@@ -192,9 +204,11 @@ def _marginal_sequence(
     """The marginal model by plain autograd: ``(spk, mem, theta, scale, state)``, each ``[T, ...]``.
 
     ``forced`` replaces the sampled spikes by given ones (teacher forcing, for log-probabilities).
+    The reference of :class:`_MarginalSequence` (the tests check one against the other).
     """
     beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
     floor = p.sigma0**2 + p.eps_min**2
+    sb2 = _sigma_b_sq(p)
     mean, variance, prev = state.mem, state.var, state.spk
     if variance is None:
         variance = torch.zeros_like(mu[0])
@@ -212,7 +226,7 @@ def _marginal_sequence(
             if p.reset_mechanism == "subtract":
                 mean = mean - threshold * reset_spk
             variance = beta * beta * variance + v_t + floor
-        scale = torch.sqrt(variance) * p.noise.std_to_scale
+        scale = torch.sqrt(variance if sb2 is None else variance + sb2) * p.noise.std_to_scale
         theta = (mean - threshold) / scale
         prev = forced[t] if forced is not None else p.estimator(theta, eps_t, p.noise)
         spks.append(prev)
@@ -221,6 +235,230 @@ def _marginal_sequence(
         scales.append(scale)
     out = [torch.stack(v) for v in (spks, mems, thetas, scales)]
     return (*out, StochasticLIFState(mean, prev, variance))
+
+
+class _MarginalSequence(torch.autograd.Function):
+    r"""The marginal (accumulated-variance) model as one autograd node: forward loop + hand-written BPTT.
+
+    Forward, per step (``k[t] = 1 − S[t−1]`` for the zero reset, else 1; ``b = σ_b²`` or 0):
+
+    .. math::
+        M[t] = β k[t] M[t−1] + μ[t] − ϑ S[t−1]·[\text{subtract}], \quad
+        V[t] = β^2 k[t] V[t−1] + v[t] + f, \quad
+        s[t] = κ\sqrt{V[t] + b}, \quad θ[t] = (M[t] − ϑ)/s[t]
+
+    with the same floating-point operations, element by element, as :func:`_marginal_sequence`
+    (so the spikes are identical). Without the zero reset ``V`` does not depend on the spikes: it
+    and ``s`` are computed first, for all steps, on the smallest shape ``v`` broadcasts from
+    (a real-weight layer's variance is one value per position, shared by its channels), and only
+    the mean loops with the spikes.
+
+    Backward: the adjoints obey two linear recurrences,
+    ``gM[t] = β k[t+1] gM[t+1] + g_m[t] + gS[t]·a[t]`` with ``a = factor/s``, and
+    ``gV[t] = β² k[t+1] gV[t+1] + gs[t]·κ²/(2s[t])`` with the σ-gradient through the spike
+    ``gs[t] = g_m[t] ε[t] − gS[t]·factor[t]·θ[t]/s[t]`` (plus the scale output's adjoint). A
+    reset that carries gradient adds to ``gS[t−1]`` from step ``t`` (``−ϑ gM[t]``, or for the
+    zero reset ``−β M[t−1] gM[t] − β² V[t−1] gV[t]``), so that case loops over the spike adjoint.
+
+    Outputs ``(spk, mem, scale, M_last, V_last)``: ``mem = M + sε`` (the noisy sample, as the
+    reference returns), ``scale`` (so a caller can rebuild ``θ`` with its graph; broadcastable to
+    ``spk``) and the final mean and variance (so a per-step caller chains the state with its
+    gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, mu, var, b, eps, beta, threshold, mem0, var0, spk0, floor, reset, detach_reset, estimator, noise):
+        kappa = noise.std_to_scale
+        beta2 = beta * beta
+        n_steps = mu.shape[0]
+        spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
+        mean, prev = mem0, spk0
+        if reset != "zero":
+            # the variance does not depend on the spikes: all steps first, on its own (small) shape
+            vshape = torch.broadcast_shapes(var0.shape, beta.shape, () if var is None else var.shape[1:])
+            vshape = (1,) * (mu.dim() - 1 - len(vshape)) + tuple(vshape)  # aligned with a step's [B, ...]
+            variances = mu.new_empty((n_steps, *vshape))
+            variance = var0
+            for t in range(n_steps):
+                variance = beta2 * variance
+                if var is not None:
+                    variance = variance + var[t]
+                variance = torch.add(variance, floor, out=variances[t])
+            scales = torch.sqrt(variances if b is None else variances + b)
+            if kappa != 1.0:
+                scales = scales * kappa
+            for t in range(n_steps):
+                mean = torch.add(beta * mean, mu[t], out=means[t])
+                if reset == "subtract":
+                    mean = mean.sub_(threshold * prev)
+                theta = torch.div(mean - threshold, scales[t], out=thetas[t])
+                prev = spks[t].copy_(theta + eps[t] >= 0)
+        else:
+            variances = torch.empty_like(mu)
+            scales = torch.empty_like(mu)
+            variance = var0
+            for t in range(n_steps):
+                keep = 1.0 - prev
+                mean = torch.add(beta * mean * keep, mu[t], out=means[t])
+                variance = beta2 * variance * keep
+                if var is not None:
+                    variance = variance + var[t]
+                variance = torch.add(variance, floor, out=variances[t])
+                scale = torch.sqrt(variance if b is None else variance + b, out=scales[t])
+                if kappa != 1.0:
+                    scale = scale.mul_(kappa)
+                theta = torch.div(mean - threshold, scale, out=thetas[t])
+                prev = spks[t].copy_(theta + eps[t] >= 0)
+        mems = torch.addcmul(means, scales, eps)
+        ctx.save_for_backward(b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances)
+        ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+        ctx.var_shape = None if var is None else var.shape
+        ctx.set_materialize_grads(False)
+        return spks, mems, scales, means[-1].clone(), variances[-1].clone()
+
+    @staticmethod
+    def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
+        b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
+        reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
+        needs = ctx.needs_input_grad
+        n_steps = spks.shape[0]
+        g_spk = torch.zeros_like(spks) if g_spk is None else g_spk
+        factor = ctx.estimator.factor(thetas, spks, eps, ctx.noise)
+        inv_s = scales.reciprocal()
+        h = (0.5 * ctx.noise.std_to_scale**2) * inv_s  # ∂s/∂V
+        a = factor * inv_s  # ∂S/∂M
+        c1 = a * thetas  # −∂S/∂s
+        c0 = None if g_mem is None else g_mem * eps  # the σ-adjoint through mem = M + sε
+        # the previous step's values (three copies of [T, ...]): only where a gradient needs them
+        want_prev = reset == "zero" or needs[4]
+        prev_spks = _shifted(spk0, spks) if (reset == "zero" or (needs[5] and reset == "subtract")) else None
+        prev_means = _shifted(mem0, means) if want_prev else None
+        prev_vars = _shifted(var0, variances) if want_prev else None
+        keep = 1.0 - prev_spks if reset == "zero" else None
+        beta2 = beta * beta
+        coeff_m = beta * keep if keep is not None else beta
+        coeff_v = beta2 * keep if keep is not None else beta2
+
+        def at(coeff: Tensor, t: int) -> Tensor:
+            return coeff[t] if keep is not None else coeff
+
+        g_m = torch.empty_like(spks)
+        g_v = torch.empty_like(variances)
+        carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last
+        carry_v = torch.zeros_like(variances[0]) if g_var_last is None else g_var_last
+        v_done = False
+        if detach:
+            g_s_total = g_spk
+            d_m = g_spk * a if g_mem is None else torch.addcmul(g_mem, g_spk, a)
+            carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
+            for t in range(n_steps - 2, -1, -1):
+                carry_m = torch.addcmul(d_m[t], at(coeff_m, t + 1), carry_m, out=g_m[t])
+        elif reset == "subtract":
+            g_s_total = torch.empty_like(spks)
+            g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
+            neg_thr = -threshold
+            g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
+            for t in range(n_steps - 1, -1, -1):
+                gs_t = torch.add(g_spk[t], g_reset, out=g_s_total[t])
+                if t < n_steps - 1:
+                    carry_m = torch.addcmul(g_mem_t[t], coeff_m, carry_m)
+                else:
+                    carry_m = g_mem_t[t] + carry_m
+                carry_m = torch.addcmul(carry_m, gs_t, a[t], out=g_m[t])
+                g_reset = neg_thr * carry_m
+        else:  # zero reset with gradient: S[t−1] restarts both M[t] and V[t]
+            g_s_total = torch.empty_like(spks)
+            g_reset = torch.zeros_like(spks[0])
+            g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
+            # here s has the units' shape, so the scale output's adjoint adds element by element
+            c0h = c0 if g_scale is None else (g_scale if c0 is None else c0 + g_scale)
+            c0h = None if c0h is None else c0h * h
+            c1h = c1 * h
+            for t in range(n_steps - 1, -1, -1):
+                gs_t = torch.add(g_spk[t], g_reset, out=g_s_total[t])
+                if t < n_steps - 1:
+                    carry_m = torch.addcmul(g_mem_t[t], coeff_m[t + 1], carry_m)
+                    carry_v = coeff_v[t + 1] * carry_v
+                else:
+                    carry_m = g_mem_t[t] + carry_m
+                carry_m = torch.addcmul(carry_m, gs_t, a[t], out=g_m[t])
+                if c0h is not None:
+                    carry_v = carry_v + c0h[t]
+                carry_v = torch.addcmul(carry_v, gs_t, -c1h[t], out=g_v[t])
+                g_reset = -(beta * prev_means[t] * carry_m + beta2 * prev_vars[t] * carry_v)
+            v_done = True
+        # ∂L/∂s at every step, on s's own (possibly shared) shape
+        g_s = (-g_s_total * c1 if c0 is None else c0 - g_s_total * c1).sum_to_size(scales.shape)
+        if g_scale is not None:
+            g_s = g_s + g_scale
+        if not v_done:
+            d_v = (g_s * h).sum_to_size(variances.shape)
+            carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
+            for t in range(n_steps - 2, -1, -1):
+                carry_v = torch.addcmul(d_v[t], at(coeff_v, t + 1), carry_v, out=g_v[t])
+        g_mu = g_m if needs[0] else None
+        g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
+        g_b = (g_s * h).sum_to_size(b.shape) if needs[2] else None
+        g_beta = g_thr = g_mem0 = g_var0 = g_spk0 = None
+        if needs[4]:
+            dm = prev_means if keep is None else prev_means * keep
+            dv = prev_vars if keep is None else prev_vars * keep
+            g_beta = ((g_m * dm).sum_to_size(beta.shape) + (2.0 * beta) * (g_v * dv).sum_to_size(beta.shape))
+        if needs[5]:
+            g_thr = -g_s_total * a
+            if reset == "subtract":
+                g_thr = g_thr - prev_spks * g_m
+            g_thr = g_thr.sum_to_size(threshold.shape)
+        if needs[6]:
+            g_mem0 = (at(coeff_m, 0) * g_m[0]).sum_to_size(mem0.shape)
+        if needs[7]:
+            g_var0 = (at(coeff_v, 0) * g_v[0]).sum_to_size(var0.shape)
+        if needs[8] and not detach:
+            if reset == "subtract":
+                g_spk0 = (-threshold * g_m[0]).sum_to_size(spk0.shape)
+            else:
+                g_spk0 = (-(beta * mem0 * g_m[0] + beta2 * var0 * g_v[0])).sum_to_size(spk0.shape)
+        return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None)
+
+
+def _shifted(first: Tensor, seq: Tensor) -> Tensor:
+    """``[first, seq[0], ..., seq[T−2]]``: each step's predecessor."""
+    return torch.cat([first.expand_as(seq[:1]), seq[:-1]])
+
+
+def _compact(x: Tensor) -> Tensor:
+    """``x`` sliced to size 1 along every dimension (after the first) it is broadcast in (stride 0).
+
+    A differentiable view: the gradient it receives is exact for whatever ``x`` was expanded from.
+    """
+    index = tuple(
+        slice(0, 1) if (d > 0 and x.stride(d) == 0 and x.shape[d] > 1) else slice(None) for d in range(x.dim())
+    )
+    return x[index]
+
+
+def _fused_marginal_sequence(
+    mu: Tensor, var: Tensor | None, p: StochasticLIFParameters, state: StochasticLIFState, eps: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, StochasticLIFState]:
+    """:class:`_MarginalSequence` with the reference's signature: ``(spk, mem, theta, scale, state)``.
+
+    ``theta`` is rebuilt from the node's differentiable outputs, so it carries the graph a
+    drive hook (an auxiliary loss) needs.
+    """
+    beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
+    floor = p.sigma0**2 + p.eps_min**2
+    sb2 = _sigma_b_sq(p)
+    b = None if sb2 is None else _as_tensor(sb2, mu)
+    var0 = state.var if state.var is not None else mu.new_zeros(())
+    if var is not None and p.reset_mechanism != "zero":
+        var = _compact(var)
+    spk, mem, scale, mean, variance = _MarginalSequence.apply(
+        mu, var, b, eps, beta, threshold, state.mem, var0, state.spk, floor,
+        p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+    )
+    theta = (mem - scale * eps - threshold) / scale
+    # the state's variance keeps the reference's shape (an expanded view of the small one)
+    return spk, mem, theta, scale.expand_as(spk), StochasticLIFState(mean, spk[-1], variance.expand_as(mean))
 
 
 def spike_train_log_prob(
@@ -304,10 +542,11 @@ def stochastic_lif_sequence(
 ):
     """Run the neuron over a whole time-major sequence.
 
-    Pathwise model: one autograd node for the whole sequence: the noise scale, all noise draws
-    and, in the backward pass, all estimator factors are computed for every step at once; only
-    the membrane recurrence (forward) and its adjoint (backward) loop over time. The marginal
-    model (``p.membrane_noise = "marginal"``) runs by plain autograd.
+    Both models run as one autograd node for the whole sequence: the noise draws and, in the
+    backward pass, all estimator factors are computed for every step at once; only the membrane
+    (and, for the marginal model, variance) recurrence and its adjoint loop over time. Every
+    noise scale gets its gradient through the spike (``∂S/∂s = −(θ/s)·∂S/∂θ``, see
+    ``docs/theory.md``).
 
     Args:
         mu: ``[T, B, ...]`` input means.
@@ -329,7 +568,7 @@ def stochastic_lif_sequence(
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":
-        spk, mem, theta, scale, final = _marginal_sequence(mu, var, p, state, eps)
+        spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps)
     else:
         scale = noise_scale(var, p, mu).expand_as(mu)
         threshold = _as_tensor(p.threshold, mu)

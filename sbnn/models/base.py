@@ -6,7 +6,8 @@ a subclass builds its modules and declares, in :meth:`SpikingClassifier.stages`,
 which they run (:mod:`sbnn.models.stages`). Every model takes the same nested settings:
 
 - ``neuron``: :class:`~sbnn.models.NeuronSettings`, the constants of every stochastic LIF;
-- ``layer``: :class:`~sbnn.models.LayerSettings`, the options of every Bernoulli layer;
+- ``layer``: :class:`~sbnn.models.LayerSettings`, the options of every weight layer (of either
+  family, ``layer.weights``: ±1 Bernoulli or real Gaussian);
 - ``calibration``: :class:`~sbnn.models.CalibrationSettings`, the targets of :meth:`calibrate`.
 """
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_in_range, check_positive_int
+from ..gaussian_layers import GaussianLayer
 from ..modes import evaluation
 from ..neurons import StochasticLIF
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings, as_settings
@@ -163,9 +165,20 @@ class SpikingClassifier(nn.Module):
 
         Raises:
             ValueError: for a stage the event-driven engine cannot run (residual blocks,
-                average pooling), naming it.
+                average pooling), naming it, or for real-weight (Gaussian-posterior) layers.
         """
         from ..kernels.graph import Graph
+
+        real = [name for name, m in self.named_modules() if isinstance(m, GaussianLayer)]
+        if real:
+            raise ValueError(
+                f"{type(self).__name__} cannot be exported: its layers ({', '.join(real[:3])}"
+                f"{', ...' if len(real) > 3 else ''}) have real-valued Gaussian-posterior weights "
+                "(layer.weights='gaussian'), and the event-driven engine, its .sbnn file and the NIR export "
+                "built from it hold ±1 weights only; the mean network is every layer's weight "
+                "(GaussianLayer.mean_weight()), saved with the model's state_dict, or train with "
+                "layer.weights='bernoulli' to deploy"
+            )
 
         shape = self.input_shape()
         nodes: list = []

@@ -51,8 +51,10 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_in_range, check_input, check_positive_int
 from ..functional.neurons import leaky_integrate
-from ..layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
+from ..gaussian_layers import GaussianLayer
+from ..layers import BernoulliLayer, Moments
 from ..neurons import StochasticLIF
+from ..weight_families import conv_layer, linear_layer
 
 __all__ = [
     "SHORTCUTS",
@@ -161,9 +163,12 @@ def calibrate_rms_(
         target_rms: the wanted RMS (``> 0``).
         beta: leak of the neuron that integrates the output, or ``None`` for the per-step RMS.
 
+    A :class:`~sbnn.GaussianLayer` has no ``α``: its whole posterior is multiplied by the factor
+    instead (:meth:`~sbnn.GaussianLayer.rescale_`), which scales ``(μ, v)`` the same way.
+
     Returns:
-        The new ``α`` (all channels get the same value); unchanged, with a warning, when the
-        input is silent.
+        The new ``α`` (all channels get the same value; for a Gaussian layer, the factor
+        applied); unchanged, with a warning, when the input is silent.
     """
     check_in_range("target_rms", target_rms, 0.0, low_open=True)
     second = float(lrt_second_moment(layer.unit_moments(x), beta))
@@ -174,8 +179,12 @@ def calibrate_rms_(
             RuntimeWarning,
             stacklevel=2,
         )
-        return float(layer.scale.mean())
+        return 1.0 if isinstance(layer, GaussianLayer) else float(layer.scale.mean())
     alpha = target_rms / math.sqrt(second)
+    if isinstance(layer, GaussianLayer):
+        # unit moments of a real-weight layer are those of its current posterior: rescale it by α
+        layer.rescale_(alpha)
+        return alpha
     layer.log_scale.fill_(math.log(alpha))
     return alpha
 
@@ -320,7 +329,7 @@ class LinearResidualBlock(_ResidualBlock):
             branch's parameters get no gradient until ``γ`` has moved.
         neuron: keyword arguments of every :class:`~sbnn.StochasticLIF` in the block.
         layer: keyword arguments of every :class:`~sbnn.BernoulliLinear` (``bias``, ``lam_std``,
-            ``prior_lam``, ...).
+            ``prior_lam``, ...); with ``weights="gaussian"``, of every :class:`~sbnn.GaussianLinear`.
 
     Shape:
         - Input: stream ``[T, B, in_features]`` (``Moments`` or a tensor).
@@ -350,9 +359,9 @@ class LinearResidualBlock(_ResidualBlock):
         layer = dict(layer or {})
         self.in_features, self.out_features = in_features, out_features
         self.needs_downsample = in_features != out_features
-        self.layer1 = BernoulliLinear(in_features, out_features, **layer)
-        self.layer2 = BernoulliLinear(out_features, out_features, **layer)
-        self.proj = BernoulliLinear(in_features, out_features, **layer) if self.needs_downsample else None
+        self.layer1 = linear_layer(in_features, out_features, **layer)
+        self.layer2 = linear_layer(out_features, out_features, **layer)
+        self.proj = linear_layer(in_features, out_features, **layer) if self.needs_downsample else None
         _proj_neuron(self, neuron)
 
     def _check(self, x: Tensor) -> None:
@@ -382,7 +391,8 @@ class ConvResidualBlock(_ResidualBlock):
             the default) or ``"pool"`` (average pooling, zero-padded channels; no parameters).
         kernel_size: odd kernel size of the branch convolutions (padding keeps the size).
         gamma_init, neuron: as :class:`LinearResidualBlock`.
-        layer: keyword arguments of every :class:`~sbnn.BernoulliConv2d`.
+        layer: keyword arguments of every :class:`~sbnn.BernoulliConv2d` (with ``weights="gaussian"``,
+            :class:`~sbnn.GaussianConv2d`).
 
     Shape:
         - Input: stream ``[T, B, in_channels, H, W]``.
@@ -432,10 +442,10 @@ class ConvResidualBlock(_ResidualBlock):
         self.in_channels, self.out_channels, self.stride, self.downsample = in_channels, out_channels, stride, downsample
         self.needs_downsample = in_channels != out_channels or stride != 1
         pad = kernel_size // 2
-        self.layer1 = BernoulliConv2d(in_channels, out_channels, kernel_size, stride, pad, **layer)
-        self.layer2 = BernoulliConv2d(out_channels, out_channels, kernel_size, 1, pad, **layer)
+        self.layer1 = conv_layer(in_channels, out_channels, kernel_size, stride, pad, **layer)
+        self.layer2 = conv_layer(out_channels, out_channels, kernel_size, 1, pad, **layer)
         use_conv = self.needs_downsample and downsample == "conv"
-        self.proj = BernoulliConv2d(in_channels, out_channels, 3, stride, 1, **layer) if use_conv else None
+        self.proj = conv_layer(in_channels, out_channels, 3, stride, 1, **layer) if use_conv else None
         _proj_neuron(self, neuron)
 
     def _check(self, x: Tensor) -> None:

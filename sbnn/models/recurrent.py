@@ -35,8 +35,9 @@ class SpikingRecurrentNet(SpikingClassifier):
         num_classes: number of classes ``K``.
         recurrent: add recurrent weights to every hidden layer (``False``: feed-forward).
         neuron: neuron constants (default leak 0.95).
-        layer: Bernoulli layer options (``bias`` applies to the feed-forward and output layers,
-            never to the recurrent ones).
+        layer: weight layer options (``bias`` applies to the feed-forward and output layers,
+            never to the recurrent ones). With ``weights="gaussian"`` the recurrent matrices have a
+            zero diagonal (no self-connection, :class:`~sbnn.GaussianLinear` ``zero_diagonal``).
         calibration: targets of :meth:`calibrate`; ``recurrent_gain`` sets the recurrent
             input's free-membrane std as a fraction of the feed-forward one (our choice:
             recurrence refines, the input drives).
@@ -86,7 +87,9 @@ class SpikingRecurrentNet(SpikingClassifier):
         self.in_features = in_features
         self.recurrent_spike_grad = float(recurrent_spike_grad)
         self.layers = nn.ModuleList(self.layer_settings.linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.recurrent = nn.ModuleList(self.layer_settings.linear(h, h, bias=False) for h in hidden) if recurrent else None
+        # real-weight recurrent matrices have no self-connection (zero diagonal), as in the SBNN paper
+        rec = {"zero_diagonal": True} if self.layer_settings.weights == "gaussian" else {}
+        self.recurrent = nn.ModuleList(self.layer_settings.linear(h, h, bias=False, **rec) for h in hidden) if recurrent else None
         self.neurons = nn.ModuleList(self.neuron_settings.build() for _ in hidden)
         self._build_readout(hidden[-1], readout, readout_beta)
 

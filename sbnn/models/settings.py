@@ -2,8 +2,8 @@
 
 One record per concern, so that a neuron or layer option is declared once and every model gets
 it: :class:`NeuronSettings` (every :class:`~sbnn.StochasticLIF` constant), :class:`LayerSettings`
-(every Bernoulli layer option a model exposes) and :class:`CalibrationSettings` (the targets of
-the data-dependent scale initialisation). They are plain frozen dataclasses: they pickle, compare
+(every weight layer option a model exposes, of either family) and :class:`CalibrationSettings`
+(the targets of the data-dependent scale initialisation). They are plain frozen dataclasses: they pickle, compare
 by value, and a LightningCLI/jsonargparse YAML gives them in nested form::
 
     network:
@@ -29,8 +29,8 @@ from typing import Any, Literal, TypeVar
 from .._validation import check_choice, check_in_range
 from ..functional.estimators import Estimator, get_estimator
 from ..functional.neurons import MEMBRANE_NOISE_MODELS, RESET_MECHANISMS
-from ..layers import BernoulliConv2d, BernoulliLinear
 from ..neurons import StochasticLIF
+from ..weight_families import WEIGHT_FAMILIES, WeightLayer, conv_layer, linear_layer
 
 __all__ = ["NeuronSettings", "LayerSettings", "CalibrationSettings", "as_settings"]
 
@@ -51,6 +51,9 @@ class NeuronSettings:
         detach_reset: stop the gradient through the reset term.
         membrane_noise: ``"pathwise"`` or ``"marginal"`` (see :mod:`sbnn.functional.neurons`).
         learn_beta, learn_threshold: make ``β``/``ϑ`` trainable.
+        sigma_b: threshold-noise standard deviation ``σ_b ≥ 0`` (0: none; see
+            :class:`~sbnn.StochasticLIF`).
+        learn_sigma_b: learn ``σ_b = softplus(ρ_b)`` (needs ``sigma_b > 0``, its initial value).
 
     Raises:
         ValueError: for a value out of range or an unknown name; TypeError for an estimator
@@ -69,9 +72,17 @@ class NeuronSettings:
     membrane_noise: Literal["pathwise", "marginal"] = "pathwise"
     learn_beta: bool = False
     learn_threshold: bool = False
+    sigma_b: float = 0.0
+    learn_sigma_b: bool = False
 
     def __post_init__(self) -> None:
         check_in_range("neuron.beta", self.beta, 0.0, 1.0)
+        check_in_range("neuron.sigma_b", self.sigma_b, 0.0)
+        if self.learn_sigma_b and not self.sigma_b > 0:
+            raise ValueError(
+                "neuron.learn_sigma_b=True needs neuron.sigma_b > 0, its initial value "
+                "(σ_b = softplus(ρ_b) never reaches 0); e.g. sigma_b: 0.127 (softplus(-2))"
+            )
         check_in_range("neuron.threshold", self.threshold, 0.0, low_open=True)
         check_in_range("neuron.sigma0", self.sigma0, 0.0)
         check_in_range("neuron.eps_min", self.eps_min, 0.0, low_open=True)
@@ -98,15 +109,28 @@ class NeuronSettings:
 
 @dataclass(frozen=True)
 class LayerSettings:
-    """Options of every Bernoulli layer of a model (see :class:`~sbnn.BernoulliLayer`).
+    """Options of every weight layer of a model, of either family (:mod:`sbnn.weight_families`).
+
+    ``weights`` chooses the family; the other fields apply to one family each (the rest are
+    ignored): ``lam_std``, ``prior_lam``, ``lam_init``, ``scale``, ``learn_scale`` to Bernoulli
+    layers, ``sigma_init``, ``prior_std``, ``variance_input_grad`` to Gaussian ones. The SBNN
+    paper's configuration (Walker et al. 2025's code) is
+    ``{weights: gaussian, variance_input_grad: false}`` with the other defaults.
 
     Args:
+        weights: ``"bernoulli"`` (±1 weights, :class:`~sbnn.BernoulliLinear`; default) or
+            ``"gaussian"`` (real weights, :class:`~sbnn.GaussianLinear`).
         bias: learn float biases.
         lam_std: standard deviation of the ``λ ~ N(0, lam_std²)`` initialisation (``> 0``).
         prior_lam: natural parameter of the Bernoulli prior (0: uniform).
         lam_init: ``"normal"``, ``"bayesbinn"`` (``±10``) or ``"zero"``.
         scale: ``"layer"`` (one ``α``) or ``"channel"`` (one per output channel).
         learn_scale: make ``log α`` trainable.
+        sigma_init: Gaussian layers' ``σ_w = sigma_init/√fan_in`` at initialisation (``> 0``).
+        prior_std: standard deviation of a zero-mean Gaussian weight prior (``> 0``), or ``None``
+            (no weight KL, the paper's objective).
+        variance_input_grad: whether a Gaussian layer's variance ``σ_w² Σ x²`` sends gradient to
+            its input.
     """
 
     bias: bool = False
@@ -115,24 +139,45 @@ class LayerSettings:
     lam_init: Literal["normal", "bayesbinn", "zero"] = "normal"
     scale: Literal["layer", "channel"] = "layer"
     learn_scale: bool = True
+    weights: Literal["bernoulli", "gaussian"] = "bernoulli"
+    sigma_init: float = 0.5
+    prior_std: float | None = None
+    variance_input_grad: bool = True
 
     def __post_init__(self) -> None:
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))
         check_choice("layer.scale", self.scale, ("layer", "channel"))
+        check_choice("layer.weights", self.weights, WEIGHT_FAMILIES)
+        check_in_range("layer.sigma_init", self.sigma_init, 0.0, low_open=True)
+        if self.prior_std is not None:
+            check_in_range("layer.prior_std", self.prior_std, 0.0, low_open=True)
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments of :class:`~sbnn.BernoulliLinear`/:class:`~sbnn.BernoulliConv2d`."""
-        return {**asdict(self), **overrides}
+        """Keyword arguments of the family's layer classes.
 
-    def linear(self, in_features: int, out_features: int, **overrides: Any) -> BernoulliLinear:
-        """A new :class:`~sbnn.BernoulliLinear` (``overrides``, e.g. ``bias=False``, win)."""
-        return BernoulliLinear(in_features, out_features, **self.kwargs(**overrides))
+        Bernoulli: exactly those of :class:`~sbnn.BernoulliLinear`/:class:`~sbnn.BernoulliConv2d`.
+        Gaussian: those of :class:`~sbnn.GaussianLinear`/:class:`~sbnn.GaussianConv2d` plus
+        ``weights="gaussian"``, for :func:`sbnn.weight_families.linear_layer`.
+        """
+        if self.weights == "gaussian":
+            kwargs: dict[str, Any] = {name: getattr(self, name) for name in _GAUSSIAN_FIELDS}
+            return {"weights": "gaussian", **kwargs, **overrides}
+        kwargs = {name: getattr(self, name) for name in _BERNOULLI_FIELDS}
+        return {**kwargs, **overrides}
 
-    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> BernoulliConv2d:
-        """A new :class:`~sbnn.BernoulliConv2d`."""
-        return BernoulliConv2d(in_channels, out_channels, kernel_size, stride, padding, **self.kwargs())
+    def linear(self, in_features: int, out_features: int, **overrides: Any) -> WeightLayer:
+        """A new linear layer of the family (``overrides``, e.g. ``bias=False``, win)."""
+        return linear_layer(in_features, out_features, **self.kwargs(**overrides))
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> WeightLayer:
+        """A new 2-D convolution of the family."""
+        return conv_layer(in_channels, out_channels, kernel_size, stride, padding, **self.kwargs())
+
+
+_BERNOULLI_FIELDS = ("bias", "lam_std", "prior_lam", "lam_init", "scale", "learn_scale")
+_GAUSSIAN_FIELDS = ("bias", "sigma_init", "prior_std", "variance_input_grad")
 
 
 @dataclass(frozen=True)

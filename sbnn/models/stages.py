@@ -95,8 +95,10 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF,
             r = rec.moments(scale_gradient(spikes[-1], spike_grad), validate=False)
             mu = mu + r.mean
             var = var + r.var if (var is not None and r.var is not None) else var
-        spk, mem = neuron.sequence(Moments(mu[None], None if var is None else var[None]), state=state, validate=False)
-        state = StochasticLIFState(mem[0], spk[0])
+        # the returned state carries the marginal model's conditional mean and variance
+        spk, _, state = neuron.sequence(
+            Moments(mu[None], None if var is None else var[None]), state=state, validate=False, return_state=True
+        )
         spikes.append(spk[0])
     return torch.stack(spikes)
 

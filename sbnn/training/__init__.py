@@ -44,7 +44,7 @@ from .metrics import (
     negative_log_likelihood,
     predictive_entropy,
 )
-from .optim import BayesBiNN, Bop, bernoulli_layers
+from .optim import BayesBiNN, Bop, bernoulli_layers, noise_scale_parameters
 from .schedules import TwoPhaseCosine, cosine
 
 __all__ = [
@@ -56,6 +56,6 @@ __all__ = [
     "TrainingMethod", "make_method", "predict_samples", "weights_from",
     "CalibrationAccumulator", "ClassificationSums", "accuracy", "expected_calibration_error",
     "negative_log_likelihood", "predictive_entropy",
-    "BayesBiNN", "Bop", "bernoulli_layers",
+    "BayesBiNN", "Bop", "bernoulli_layers", "noise_scale_parameters",
     "TwoPhaseCosine", "cosine",
 ]

@@ -25,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._validation import check_in_range, check_positive_int
 from ..functional.neurons import Drive, time_average_weights
+from ..gaussian_layers import GaussianLayer
 from ..layers import BernoulliLayer
 from ..neurons import DriveRecorder, StochasticLIF
 from ..posterior import sign_mean
@@ -33,8 +34,8 @@ __all__ = ["kl_divergence", "ELBOTerms", "ELBOLoss", "BiasProxyLoss", "bias_prox
 
 
 def kl_divergence(model: nn.Module) -> Tensor:
-    """``KL(q ‖ p)`` summed over every Bernoulli layer of ``model`` (0 if it has none)."""
-    terms = [m.kl() for m in model.modules() if isinstance(m, BernoulliLayer)]
+    """``KL(q ‖ p)`` summed over every weight layer of ``model``, Bernoulli or Gaussian (0 if none)."""
+    terms = [m.kl() for m in model.modules() if isinstance(m, (BernoulliLayer, GaussianLayer))]
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()

@@ -49,15 +49,33 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_in_range, check_positive_int
+from ..gaussian_layers import GaussianLayer
 from ..layers import BernoulliLayer
+from ..neurons import StochasticLIF
 from ..posterior import sign_variance
 
-__all__ = ["BayesBiNN", "Bop", "relaxed_sample", "bernoulli_layers", "random_sign_"]
+__all__ = ["BayesBiNN", "Bop", "relaxed_sample", "bernoulli_layers", "random_sign_", "noise_scale_parameters"]
 
 
 def bernoulli_layers(model: nn.Module) -> list[BernoulliLayer]:
     """Every :class:`sbnn.BernoulliLayer` inside ``model`` (recursively), in module order."""
     return [m for m in model.modules() if isinstance(m, BernoulliLayer)]
+
+
+def noise_scale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learned noise scales of ``model``, in module order: every Gaussian layer's ``σ_w``
+    (``sigma_rho``) and every neuron's learned ``σ_b`` (``sigma_b_rho``).
+
+    The SBNN paper trains them with their own learning rate (Walker et al. 2025: 10× the weights');
+    :class:`sbnn.tasks.SpikingClassificationTask` gives them the group ``sigma_lr``.
+    """
+    out: list[nn.Parameter] = []
+    for m in model.modules():
+        if isinstance(m, GaussianLayer):
+            out.append(m.sigma_rho)
+        elif isinstance(m, StochasticLIF) and isinstance(m.sigma_b_rho, nn.Parameter):
+            out.append(m.sigma_b_rho)
+    return out
 
 
 @torch.no_grad()
