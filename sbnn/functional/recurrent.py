@@ -32,7 +32,7 @@ recurrent spikes (0 cuts it), ``r[t]`` the reset term's derivative (``−ϑ`` fo
 ``S·S`` in the recurrent variance (the stepwise formulation computes ``x·x`` for inputs that carry
 a gradient). When ``k = 0`` and the reset is detached only the linear recurrence of ``g_Ū`` runs
 step by step; everything else is computed for all steps at once. The recurrent weights' gradient
-is one matmul over all steps, ``g_W = Σ_t [g_Ū[t] | g_v[t]]^\top S[t−1]``.
+is a matmul over all steps, ``g_W = Σ_t [g_Ū[t] | g_v[t]]^\top S[t−1]``.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ class _RecurrentLIFSequence(torch.autograd.Function):
         # f/s, the spike's derivative per unit of gθ/s
         factor_s = ctx.estimator.factor(theta, spikes, eps, ctx.noise).div_(scale)
         coeff = beta * (1.0 - spikes) if reset == "zero" else beta.expand(batch, hidden)
-        grads = theta.new_empty(steps, batch, 2 * hidden)  # [g_Ū | g_v] per step
-        g_ubar, g_var = grads[..., :hidden], grads[..., hidden:]
+        # contiguous buffers (torch.compile traces no out= into a strided view)
+        g_ubar, g_var = theta.new_empty(steps, batch, hidden), theta.new_empty(steps, batch, hidden)
         if detach and k == 0.0:
             g_theta_s = g_spk * factor_s
             carry = None
@@ -140,7 +140,10 @@ class _RecurrentLIFSequence(torch.autograd.Function):
                 g_var[t].addcmul_(g_theta_s[t], theta[t], value=-1.0).mul_(half_k2).div_(scale[t])
         g_weight = g_beta = g_threshold = None
         if needs[3]:
-            g_weight = grads[1:].reshape(-1, 2 * hidden).t().mm(spikes[:-1].reshape(-1, hidden))
+            prev = spikes[:-1].reshape(-1, hidden)
+            g_weight = theta.new_empty(2 * hidden, hidden)
+            torch.mm(g_ubar[1:].reshape(-1, hidden).t(), prev, out=g_weight[:hidden])
+            torch.mm(g_var[1:].reshape(-1, hidden).t(), prev, out=g_weight[hidden:])
         if needs[4]:
             prev_mem = threshold + scale[:-1] * (theta[:-1] + eps[:-1])
             if reset == "zero":
