@@ -40,6 +40,9 @@ def check_input(
 ) -> None:
     """Raise a clear error unless ``x`` is a finite floating tensor of an allowed rank and size.
 
+    Finiteness is checked on the CPU only (on an accelerator it would need a host synchronisation)
+    and not while ``torch.compile`` traces (it would break the graph).
+
     Args:
         x: the input.
         name: who receives it (e.g. ``"BernoulliLinear(50, 128)"``), used in messages.
@@ -66,8 +69,16 @@ def check_input(
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
     # one vectorised pass: a sum is finite unless an element is (or the sum overflows, which the
-    # exact elementwise check below then rules out); isfinite(x).all() costs three passes
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    # exact elementwise check below then rules out); isfinite(x).all() costs three passes.
+    # On an accelerator reading the flag back would stall every forward pass (a host
+    # synchronisation): there the training loops' deferred divergence checks catch NaN/inf input.
+    # Under torch.compile the same read would split the graph, and is skipped likewise.
+    if (
+        x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not bool(torch.isfinite(x.sum()))
+        and not bool(torch.isfinite(x).all())
+    ):
         raise ValueError(f"{name} received non-finite values (NaN or inf) in an input of shape {tuple(x.shape)}")
 
 

@@ -174,6 +174,11 @@ class StochasticLIF(nn.Module):
         """Draw noise (``True``, training) or run deterministically (``ε = 0``)."""
         self._stochastic = bool(stochastic)
 
+    @property
+    def reports_drive(self) -> bool:
+        """Whether a noisy :meth:`sequence` now calls drive hooks (then it must run through :meth:`sequence`)."""
+        return bool(self._drive_hooks) and self._stochastic
+
     def register_drive_hook(self, hook: DriveHook) -> RemovableHandle:
         """Call ``hook(neuron, drive)`` after every noisy :meth:`sequence` with its :class:`~sbnn.functional.neurons.Drive`.
 

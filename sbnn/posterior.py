@@ -32,12 +32,38 @@ def kl_bernoulli_sign(lam: Tensor, prior_lam: Tensor | float = 0.0) -> Tensor:
         \quad q_± = σ(±2λ),\ p_± = σ(±2λ_0)
 
     evaluated with ``logsigmoid``. Zero when ``λ = λ0``; ``log 2 − H(q)`` for the uniform prior.
+    The gradient is the closed form ``∂KL/∂λ = (1 − m²)(λ − λ0)``, ``∂KL/∂λ0 = tanh λ0 − m``
+    (``m = tanh λ``): the backward pass keeps only ``λ`` and ``λ0``, no ``λ``-sized temporaries.
     """
     prior_lam = torch.as_tensor(prior_lam, dtype=lam.dtype, device=lam.device)
+    return _KLBernoulliSign.apply(lam, prior_lam)
+
+
+def _kl_bernoulli_sign_value(lam: Tensor, prior_lam: Tensor) -> Tensor:
     q_plus = torch.sigmoid(2.0 * lam)
     log_ratio_plus = F.logsigmoid(2.0 * lam) - F.logsigmoid(2.0 * prior_lam)
     log_ratio_minus = F.logsigmoid(-2.0 * lam) - F.logsigmoid(-2.0 * prior_lam)
     return q_plus * log_ratio_plus + (1.0 - q_plus) * log_ratio_minus
+
+
+class _KLBernoulliSign(torch.autograd.Function):
+    """Elementwise KL with its closed-form gradient (see :func:`kl_bernoulli_sign`)."""
+
+    @staticmethod
+    def forward(ctx, lam: Tensor, prior_lam: Tensor) -> Tensor:
+        ctx.save_for_backward(lam, prior_lam)
+        return _kl_bernoulli_sign_value(lam, prior_lam)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        lam, prior_lam = ctx.saved_tensors
+        g_lam = g_prior = None
+        if ctx.needs_input_grad[0]:
+            g_lam = (grad * sign_variance(lam) * (lam - prior_lam)).sum_to_size(lam.shape)
+        if ctx.needs_input_grad[1]:
+            g_prior = (grad * (torch.tanh(prior_lam) - torch.tanh(lam))).sum_to_size(prior_lam.shape)
+        return g_lam, g_prior
 
 
 class _PlusMinusOne(constraints.Constraint):

@@ -2,8 +2,12 @@
 
 The recipes' CLI turns on flush-to-zero for denormals for the run and restores the previous
 setting afterwards (see :func:`sbnn.cli.run_cli`).
-:func:`keep_freed_memory` changes the C allocator of the whole process, so it is never called
-implicitly; the CLI exposes it as ``--keep_freed_memory true``.
+:func:`keep_freed_memory` changes the C allocator of the whole process, so importing or calling
+the library never does it: a host application (a notebook, a server) keeps its own allocator. The
+``sbnn`` command, which owns its process, turns it on by default (``--keep_freed_memory false``
+turns it off): there a training step reaches the same heap peak every step, so keeping the freed
+memory costs nothing the run does not already hold at its peak, and removes thousands of minor
+page faults per step.
 """
 
 from __future__ import annotations

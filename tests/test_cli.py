@@ -79,13 +79,14 @@ def test_negative_learning_rate_fails_at_parse_time(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flag, calls", [("true", 1), ("false", 0)])
+@pytest.mark.parametrize("flag, calls", [("true", 1), ("false", 0), (None, 1)])
 def test_keep_freed_memory_option(tmp_path, capsys, monkeypatch, flag, calls):
     import sbnn.cli
 
     seen = []
     monkeypatch.setattr(sbnn.cli, "keep_freed_memory", lambda: seen.append(True) or True)
-    run_cli(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--keep_freed_memory", flag,
+    option = [] if flag is None else ["--keep_freed_memory", flag]  # on by default in the CLI
+    run_cli(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), *option,
           "--trainer.max_epochs", "1"])
     assert len(seen) == calls  # the flag reaches the allocator setting, and only when asked
     assert "sbnn: final test accuracy" in capsys.readouterr().out

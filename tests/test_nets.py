@@ -10,7 +10,7 @@ from sbnn.layers import BernoulliLayer
 from sbnn.models import CalibrationSettings, NeuronSettings, SpikingMLP
 from sbnn.modes import evaluation
 from sbnn.models import SpikingConvNet, SpikingRecurrentNet
-from sbnn.models.stages import recurrent_sequence
+from sbnn.models.stages import recurrent_sequence, recurrent_sequence_stepwise
 from sbnn.posterior import sign_mode
 
 
@@ -95,7 +95,7 @@ def test_recurrent_variances_add(gen):
 
     neuron.sequence = spy
     with torch.no_grad():
-        spikes = recurrent_sequence(layer.moments(x), rec, neuron)
+        spikes = recurrent_sequence_stepwise(layer.moments(x), rec, neuron)
     ff_mu, ff_var = layer.moments(x)
     for t in range(1, 4):
         r_mu, r_var = rec.moments(spikes[t - 1])

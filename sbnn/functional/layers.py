@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .signs import sign_mean, sign_variance
 
-__all__ = ["lrt_linear", "lrt_conv2d", "scale_shape"]
+__all__ = ["lrt_linear", "lrt_conv2d", "scale_shape", "joint_lrt_weight"]
 
 
 def scale_shape(alpha: Tensor, ndim: int, channel_dim: int) -> Tensor:
@@ -82,3 +82,42 @@ def lrt_conv2d(
     mu = F.conv2d(x, sign_mean(lam) * scale, bias, **conv)
     var = F.conv2d(x * x, sign_variance(lam) * scale.square(), None, **conv)
     return mu, var
+
+
+class _JointLRTWeight(torch.autograd.Function):
+    """``[α m; α²(1 − m²)]`` with a closed-form backward that keeps only ``λ`` and ``α``."""
+
+    @staticmethod
+    def forward(ctx, lam: Tensor, alpha: Tensor) -> Tensor:
+        ctx.save_for_backward(lam, alpha)
+        alpha_col = alpha.reshape(-1, 1)
+        return torch.cat([sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        lam, alpha = ctx.saved_tensors
+        g_mean, g_var = grad.chunk(2)
+        alpha_col = alpha.reshape(-1, 1)
+        m, v = sign_mean(lam), sign_variance(lam)
+        g_lam = g_alpha = None
+        if ctx.needs_input_grad[0]:
+            # ∂m/∂λ = v and ∂v/∂λ = −2mv
+            g_lam = (g_mean * alpha_col - 2.0 * g_var * alpha_col.square() * m) * v
+        if ctx.needs_input_grad[1]:
+            g_alpha = (g_mean * m + 2.0 * g_var * v * alpha_col).sum_to_size(alpha_col.shape).reshape(alpha.shape)
+        return g_lam, g_alpha
+
+
+def joint_lrt_weight(lam: Tensor, alpha: Tensor) -> Tensor:
+    """Both LRT weight matrices of a linear layer stacked, ``[α m; α²(1 − m²)]``: ``[2·out, in]``.
+
+    ``x @ W.T`` then gives ``[μ − b | v]`` for a spike input (``x² = x``) in one matmul. The backward
+    pass is written out (``∂m/∂λ = 1 − m²``, ``∂(1 − m²)/∂λ = −2m(1 − m²)``), so autograd keeps
+    only ``λ`` and ``α`` instead of the ``λ``-sized temporaries of the elementwise chain.
+
+    Args:
+        lam: ``[out, in]`` natural parameters.
+        alpha: ``[1]`` or ``[out]`` scales.
+    """
+    return _JointLRTWeight.apply(lam, alpha)

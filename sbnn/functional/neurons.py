@@ -563,8 +563,8 @@ def stochastic_lif_sequence(
         ``return_drive`` a fourth element, the :class:`Drive`.
     """
     if state is None:
-        zeros = torch.zeros_like(mu[0])
-        state = StochasticLIFState(zeros, zeros)
+        # two tensors, not one twice: torch.compile cannot trace a Function given one tensor twice
+        state = StochasticLIFState(torch.zeros_like(mu[0]), torch.zeros_like(mu[0]))
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.neurons import StochasticLIFState, leaky_integrate, time_average_weights
+from ..functional.recurrent import recurrent_lif_sequence
+from ..functional.layers import joint_lrt_weight
 from ..layers import BernoulliLayer, BernoulliLinear, Moments
 from ..neurons import StochasticLIF
 from . import graph
@@ -41,6 +43,8 @@ __all__ = [
     "Pool",
     "Readout",
     "recurrent_sequence",
+    "recurrent_sequence_stepwise",
+    "joint_recurrent_weight",
     "scale_gradient",
 ]
 
@@ -85,7 +89,42 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF,
     ``S[−1] = 0`` adds nothing at ``t = 0``. ``spike_grad`` scales the gradient that flows back
     through ``S[t−1]`` (the recurrent weights get theirs either way; see
     :class:`~sbnn.models.SpikingRecurrentNet`).
+
+    In training (recurrent weights in ``sample`` mode, pathwise neurons, LRT input moments) the
+    layer runs as one autograd node (:func:`sbnn.functional.recurrent.recurrent_lif_sequence`):
+    no allocation inside its time loop, and only ``θ``, ``s`` and ``ε`` saved for the backward
+    pass. Otherwise (deterministic modes, the marginal noise model, a neuron reporting its drive)
+    it runs step by step (:func:`recurrent_sequence_stepwise`); both compute the same spikes and
+    gradients for the same noise.
     """
+    if _fused_applies(ff, rec, neuron):
+        mu = ff.mean
+        p = neuron.parameters_tuple()
+        eps = p.noise.sample(mu.shape, like=mu) if neuron.stochastic else torch.zeros_like(mu)
+        return recurrent_lif_sequence(mu, ff.var, joint_recurrent_weight(rec), p, eps, spike_grad=spike_grad)
+    return recurrent_sequence_stepwise(ff, rec, neuron, spike_grad)
+
+
+def _fused_applies(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> bool:
+    return (
+        rec.mode == "sample"
+        and rec.bias is None
+        and ff.var is not None
+        and ff.mean.dim() == 3
+        and neuron.membrane_noise == "pathwise"
+        and not neuron.reports_drive
+    )
+
+
+def joint_recurrent_weight(rec: BernoulliLinear) -> Tensor:
+    """``[α m; α²(1 − m²)]``, ``[2H, H]``: both LRT moments of a recurrent layer from one matmul."""
+    return joint_lrt_weight(rec.lam, rec.scale)
+
+
+def recurrent_sequence_stepwise(
+    ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0
+) -> Tensor:
+    """:func:`recurrent_sequence` one step at a time through the neuron's :meth:`~sbnn.StochasticLIF.sequence`."""
     means = ff.mean.unbind(0)
     variances = ff.var.unbind(0) if ff.var is not None else [None] * len(means)
     state: StochasticLIFState | None = None

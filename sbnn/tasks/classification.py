@@ -164,7 +164,8 @@ class SpikingClassificationTask(SpikingTask):
         self.log("train_acc", (logits.argmax(-1) == y).float().mean(), batch_size=b, prog_bar=True)
         if spikes:
             rates = torch.stack([s.detach().mean() for s in spikes])
-            self._epoch_spikes += float(torch.stack([s.detach().sum() for s in spikes]).sum())
+            # summed on the device, read once at the end of the epoch: no host read per step
+            self._epoch_spikes = self._epoch_spikes + torch.stack([s.detach().sum() for s in spikes]).sum()
             self.log("train_rate", rates.mean(), batch_size=b, prog_bar=True)
         else:
             self._epoch_spikes = float("nan")  # no spikes to count: no silence warning
@@ -187,6 +188,7 @@ class SpikingClassificationTask(SpikingTask):
             mean_abs_m = torch.cat([sign_mean(m.lam.detach()).abs().flatten() for m in layers]).mean()
             self.log("mean_abs_m", mean_abs_m)
         self.warn_on_collapse(collapse_warnings(self.network, self.hparams.kl_weight))
-        text = silence_warning(self._epoch_spikes, self.current_epoch) if self._epoch_spikes == self._epoch_spikes else None
+        spikes = float(self._epoch_spikes)
+        text = silence_warning(spikes, self.current_epoch) if spikes == spikes else None
         if text:
             self.warn_on_collapse([text])

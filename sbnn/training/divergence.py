@@ -24,6 +24,7 @@ __all__ = [
     "check_loss",
     "collapse_warnings",
     "silence_warning",
+    "FiniteRecord",
 ]
 
 
@@ -81,6 +82,69 @@ def check_loss(loss: Tensor, step: int) -> None:
             f"training diverged at step {step}: the loss is {float(loss.detach().reshape(-1)[0])} with finite "
             "weights and input. Likely cause: a learning rate too high (lower lr / lam_lr) that drove the scales "
             "or membranes to overflow; no checkpoint of this state was written"
+        )
+
+
+class FiniteRecord:
+    """The first step at which an input, a loss or a parameter was non-finite, kept on the device.
+
+    The immediate checks above read one boolean per check back to the host, which on an
+    accelerator waits for the step to finish (a host synchronisation per step). A record instead
+    folds ``isfinite(...).all()`` into a device tensor of first-bad steps, and :meth:`raise_if_bad`
+    reads it once every few steps (and before anything is saved): the run still stops with the
+    first non-finite step named, a few steps later.
+    """
+
+    INPUT, LOSS, PARAMETER = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._first: Tensor | None = None  # [3] int64, −1 where all was finite
+
+    def record(self, kind: int, step: int, tensors: Iterable[Tensor]) -> None:
+        """Fold the finiteness of ``tensors`` (floating point ones) at ``step`` into the record."""
+        flags = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
+        if not flags:
+            return
+        bad = ~torch.stack(flags).all()
+        if self._first is None:
+            self._first = torch.full((3,), -1, dtype=torch.int64, device=flags[0].device)
+        current = self._first[kind]
+        self._first[kind] = torch.where(bad & (current < 0), torch.full_like(current, step), current)
+
+    def first_bad(self) -> tuple[int, int] | None:
+        """``(kind, step)`` of the earliest non-finite record, or ``None`` (one host read)."""
+        if self._first is None:
+            return None
+        first = self._first.tolist()
+        found = [(step, kind) for kind, step in enumerate(first) if step >= 0]
+        if not found:
+            return None
+        step, kind = min(found)
+        return kind, step
+
+    def raise_if_bad(self, x_name: str, named_parameters: Iterable[tuple[str, Tensor]]) -> None:
+        """Raise :class:`TrainingDivergedError` for the earliest non-finite record, if any."""
+        bad = self.first_bad()
+        if bad is None:
+            return
+        kind, step = bad
+        if kind == self.INPUT:
+            raise TrainingDivergedError(
+                f"the {x_name} of step {step} holds NaN/inf values; check the data (the data module's "
+                "encoding or the files it reads)"
+            )
+        if kind == self.LOSS:
+            raise TrainingDivergedError(
+                f"training diverged at step {step}: the loss became NaN/inf with finite weights and input. Likely cause: "
+                "a learning rate too high (lower lr / lam_lr) that drove the scales or membranes to overflow; no "
+                "checkpoint of this state was written"
+            )
+        names = nonfinite_names(named_parameters)
+        which = _listed(names) if names else "values"
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: parameter {which} became NaN/inf in that step's update. "
+            "Likely cause: a learning rate too high for this network (lower lr / lam_lr, or the method's lr) "
+            "or exploding gradients; no checkpoint of this state was written"
         )
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from .divergence import check_inputs, check_loss, check_parameters
+from .divergence import FiniteRecord, check_inputs, check_loss, check_parameters
 from .evaluation import PREDICTION_KINDS, cast_input, predict_probabilities
 from .methods import TrainingMethod
 
@@ -30,6 +30,7 @@ def fit(
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     n_train: int | None = None,
     setup: bool = True,
+    check_every: int | None = None,
 ) -> list[float]:
     """Train ``network`` with ``method`` for ``epochs`` passes over ``loader``.
 
@@ -42,6 +43,11 @@ def fit(
         n_train: training-set size (default ``len(loader.dataset)``).
         setup: call ``method.setup`` first (``False`` continues with the existing optimisers,
             e.g. for the next task of a continual-learning sequence).
+        check_every: read the divergence checks back every ``check_every`` steps (and at the end
+            of every epoch); in between they stay on the device
+            (:class:`~sbnn.training.divergence.FiniteRecord`), so an accelerator never waits for
+            the host inside an epoch. ``None``: 1 on the CPU, 50 on an accelerator. The error
+            names the first non-finite step either way.
 
     Returns:
         The mean training loss of every epoch.
@@ -51,23 +57,42 @@ def fit(
             names the step, the tensor and the likely cause).
     """
     check_positive_int("fit", epochs=epochs)
+    if check_every is not None:
+        check_positive_int("fit", check_every=check_every)
     if setup:
         method.setup(network, n_train if n_train is not None else len(loader.dataset), epochs)
     check_parameters(network.named_parameters(), 0, after_update=False)
     network.train()
+    if check_every is None:
+        first = next(network.parameters(), None)
+        check_every = 1 if first is None or first.device.type == "cpu" else 50
     history = []
     step = 0
     for epoch in range(epochs):
-        total, count = 0.0, 0
+        total, count = None, 0
+        record = FiniteRecord()
         for x, y in loader:
-            check_inputs(x, step)
+            if check_every == 1:
+                check_inputs(x, step)
+            else:
+                record.record(FiniteRecord.INPUT, step, [x])
             loss = method.train_step(network, loss_fn, cast_input(x, network), y)
-            check_loss(loss, step)
-            check_parameters(network.named_parameters(), step, after_update=True)
-            total, count = total + float(loss) * y.shape[0], count + y.shape[0]
+            if check_every == 1:
+                check_loss(loss, step)
+                check_parameters(network.named_parameters(), step, after_update=True)
+            else:
+                record.record(FiniteRecord.LOSS, step, [loss])
+                record.record(FiniteRecord.PARAMETER, step, [p for _, p in network.named_parameters()])
+                if (step + 1) % check_every == 0:
+                    record.raise_if_bad("input batch", network.named_parameters())
+                    record = FiniteRecord()
+            # summed on the device: no host read per step
+            weighted = loss.detach() * y.shape[0]
+            total, count = (weighted if total is None else total + weighted), count + y.shape[0]
             step += 1
+        record.raise_if_bad("input batch", network.named_parameters())
         method.epoch_end(epoch)
-        history.append(total / max(count, 1))
+        history.append(float(total) / max(count, 1) if total is not None else 0.0)
     return history
 
 
