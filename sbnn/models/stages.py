@@ -107,7 +107,8 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF,
 
 def _fused_applies(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> bool:
     return (
-        rec.mode == "sample"
+        isinstance(rec, BernoulliLinear)  # the joint table is the Bernoulli family's [α m; α²(1 − m²)]
+        and rec.mode == "sample"
         and rec.bias is None
         and ff.var is not None
         and ff.mean.dim() == 3
