@@ -327,7 +327,7 @@ def stochastic_lif_sequence(
         zeros = torch.zeros_like(mu[0])
         state = StochasticLIFState(zeros, zeros)
     if eps is None:
-        eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
+        eps = p.noise.sample(mu.shape, like=mu, generator=generator, batch_dim=1) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":
         spk, mem, theta, scale, final = _marginal_sequence(mu, var, p, state, eps)
     else:
