@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sbnn.functional.keyed import KeyedNoise, active_keyed_noise, keyed_noise, sample_keys, splitmix64
+from sbnn.functional.keyed import KeyedNoise, active_keyed_noise, keyed_noise, lowbias32_, sample_keys, splitmix64
 from sbnn.functional.noise import Gaussian, Logistic
 
 
@@ -20,6 +20,25 @@ def test_splitmix64_gives_the_published_sequence():
     gamma = 0x9E3779B97F4A7C15
     counters = torch.tensor([(k * gamma) % (1 << 64) - (1 << 64) * ((k * gamma) % (1 << 64) >= 1 << 63) for k in (1, 2, 3)])
     assert _unsigned(splitmix64(counters)) == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+def _lowbias32(x: int) -> int:
+    """Python reference: Wellons' lowbias32 on an unsigned 32-bit integer."""
+    m = (1 << 32) - 1
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def test_lowbias32_matches_the_reference_in_vector_body_and_tail():
+    assert [_lowbias32(v) for v in (1, 2, 0xDEADBEEF)] == [0x688990C0, 0xD1132181, 0xE628C683]  # hand-checked
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randint(-(1 << 31), 1 << 31, (1037,), dtype=torch.int32, generator=gen)  # odd length: a scalar tail
+    expected = [_lowbias32(int(v) % (1 << 32)) for v in z]
+    out = lowbias32_(z.clone(), torch.empty_like(z))
+    assert [int(v) % (1 << 32) for v in out] == expected
 
 
 def test_sample_keys_depend_on_the_row_alone():
@@ -58,6 +77,9 @@ def test_draws_are_keyed_by_row_and_follow_their_laws(dtype):
         uniform = source.uniform((64, 2000), like=like, batch_dim=0)
         assert source.draws == 2
     assert normal.dtype == uniform.dtype == dtype
+    # computed in float32: a float64 network gets the same draws as a float32 one
+    with keyed_noise(keys, seed=7) as source:
+        assert torch.equal(source.normal((50, 64, 40), like=torch.zeros(()), batch_dim=1).to(dtype), normal)
     # deterministic draws, so fixed bounds: 128k normals and uniforms
     assert abs(float(normal.mean())) < 0.02 and abs(float(normal.std()) - 1.0) < 0.02
     assert float((normal.abs() > 1.96).double().mean()) == pytest.approx(0.05, abs=0.005)
@@ -79,14 +101,16 @@ def test_draws_are_keyed_by_row_and_follow_their_laws(dtype):
     assert abs(float(torch.corrcoef(torch.stack([other.flatten(), normal.flatten()]))[0, 1])) < 0.02
 
 
-def test_the_extreme_draws_are_finite():
-    # the largest k gives v = 1 − 2⁻²⁴ in float32: √2·erfinv(v) ≈ 5.42
+def test_the_extreme_draws_are_finite_and_hand_computed():
     source = KeyedNoise(torch.zeros(1, dtype=torch.int64), 0)
-    source._bits = lambda shape, batch_dim, device, n_bits: torch.tensor([[0, (1 << n_bits) - 1]])
-    z = source.normal((1, 2), like=torch.zeros(()), batch_dim=0)
-    assert torch.isfinite(z).all() and float(z[0, 1]) == pytest.approx(5.42, abs=0.01) and float(z[0, 0]) == -float(z[0, 1])
-    u = source.uniform((1, 2), like=torch.zeros(()), batch_dim=0)
-    assert float(u[0, 0]) == 2.0 ** -24 and float(u[0, 1]) == 1.0 - 2.0 ** -24
+    # hashes 0 and 0xFFFFFFFF (int32 −1): the smallest and largest top bits
+    source._hashes = lambda length, device: torch.tensor([[0, 0, -1, -1]], dtype=torch.int32)[:, :length].clone()
+    z = source.normal((1, 4), like=torch.zeros(()), batch_dim=0)
+    # pair (0, 0): u₁ = 2⁻²⁴, θ = 0 → (sqrt(48 log 2), 0); pair (−1, −1): u₁ = 1 → R = 0
+    assert z[0, 0].item() == pytest.approx(math.sqrt(48 * math.log(2.0)), rel=1e-6)
+    assert z[0, 1].item() == 0.0 and z[0, 2].item() == 0.0 and z[0, 3].item() == 0.0
+    u = source.uniform((1, 4), like=torch.zeros(()), batch_dim=0)
+    assert u.tolist() == [[2.0 ** -24, 2.0 ** -24, 1.0 - 2.0 ** -24, 1.0 - 2.0 ** -24]]
 
 
 def test_a_draw_that_lost_the_batch_is_refused():
