@@ -17,9 +17,8 @@ non-batch axes of the draw (time step and unit), ``γ = 0x9E3779B97F4A7C15``,
 ``γ₃₂ = 0x9E3779B9``, ``mix₆₄`` the SplitMix64 finaliser (Steele, Lea & Flood 2014,
 doi:10.1145/2714064.2660195) and ``mix₃₂`` Wellons' ``lowbias32`` (hash-prospector, 2018), in
 wrapping integer arithmetic, which torch computes bit-identically on every device. The top 24
-bits of the hashes of the pair ``(j, j + 1)`` (``j`` even) give two standard normals by
-Box–Muller (:meth:`KeyedNoise.normal`); uniforms are exact multiples of ``2⁻²⁴``
-(:meth:`KeyedNoise.uniform`).
+bits of the hashes of two elements of a row give two standard normals by Box–Muller
+(:meth:`KeyedNoise.normal`); uniforms are exact multiples of ``2⁻²⁴`` (:meth:`KeyedNoise.uniform`).
 
 The per-element hash is 32-bit because int32 arithmetic is 3x cheaper than int64 on CPU
 (measured). Within one draw of one row the ``h`` are distinct (``mix₃₂`` is a bijection); two
@@ -170,24 +169,22 @@ class KeyedNoise:
             )
         return shape, batch_dim, shape[:batch_dim] + shape[batch_dim + 1:]
 
-    def _hashes(self, length: int, device: torch.device) -> Tensor:
-        """This draw's hashes ``h`` for ``j < length``, ``[B, length]`` int32 (bits as ``uint32``).
+    def _hashes(self, shape: torch.Size, batch_dim: int, device: torch.device) -> Tensor:
+        """This draw's hashes ``h`` in the layout ``shape``, int32 (bits as ``uint32``).
 
-        Returns a view of a scratch buffer that the next draw overwrites.
+        ``j`` is the flat index over the non-batch axes of ``shape``. Returns a view of a
+        scratch buffer that the next draw overwrites.
         """
         self.draws += 1
         base = splitmix64(self._keys.to(device) + _signed(self.draws * (_GAMMA % (1 << 64)) % (1 << 64)))
         base = (base >> 32).to(torch.int32)  # the top 32 bits: exactly an int32
-        z, tmp = self._scratch(self.batch_size * length, device)
-        z, tmp = z.view(self.batch_size, length), tmp.view(self.batch_size, length)
-        torch.bitwise_xor(base[:, None], self._counter(length, device), out=z)
+        view = [1] * len(shape)
+        view[batch_dim] = self.batch_size
+        rest = shape[:batch_dim] + shape[batch_dim + 1:]
+        z, tmp = self._scratch(shape.numel(), device)
+        z, tmp = z.view(shape), tmp.view(shape)
+        torch.bitwise_xor(base.reshape(view), self._counter(rest.numel(), device).view(rest).unsqueeze(batch_dim), out=z)
         return lowbias32_(z, tmp)
-
-    @staticmethod
-    def _place(rows: Tensor, batch_dim: int, rest: torch.Size, like: Tensor) -> Tensor:
-        """``[B, L]`` values to the draw's layout (batch axis ``batch_dim``), contiguous, in ``like``'s dtype."""
-        out = rows.reshape(rows.shape[0], *rest).movedim(0, batch_dim)
-        return out.to(like.dtype).contiguous()
 
     def _scratch(self, numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Two int32 work buffers of ``numel`` elements, reused by the draws of the block.
@@ -211,36 +208,44 @@ class KeyedNoise:
 
         Exact in float32; cast to ``like``'s dtype.
         """
-        shape, batch_dim, rest = self._rows(shape, batch_dim)
-        k = self._hashes(rest.numel(), like.device)
+        shape, batch_dim, _ = self._rows(shape, batch_dim)
+        k = self._hashes(shape, batch_dim, like.device)
         k >>= 9
         k &= (1 << 23) - 1
-        u = torch.empty(k.shape, dtype=torch.float32, device=like.device).copy_(k)
+        u = torch.empty(shape, dtype=torch.float32, device=like.device).copy_(k)
         u *= 2.0 ** -23
-        u += 2.0 ** -24  # exact: |2k + 1| < 2²⁴
-        return self._place(u, batch_dim, rest, like)
+        u += 2.0 ** -24  # exact: 2k + 1 < 2²⁴
+        return u.to(like.dtype)
 
     def normal(self, shape: Sequence[int], *, like: Tensor, batch_dim: int) -> Tensor:
-        """Standard normals by Box–Muller on consecutive pairs ``(j, j + 1)``, ``j`` even.
+        """Standard normals by Box–Muller on the two halves of the last axis.
 
-        With ``k₁, k₂`` the top 24 bits of the pair's hashes, ``u₁ = (k₁ + 1)·2⁻²⁴ ∈ (0, 1]``
-        and ``θ = 2π k₂ 2⁻²⁴``: ``ξ_j = R cos θ``, ``ξ_{j+1} = R sin θ``, ``R = sqrt(−2 log u₁)``
-        (finite: ``|ξ| ≤ 5.8``). Computed in float32 and cast to ``like``'s dtype, so a float64
-        network gets the same draws. Box–Muller rather than ``erfinv``/``ndtri``, whose CPU
-        kernels are not vectorised (several times slower, measured).
+        The last non-batch axis (a unit axis is appended when the batch axis is last) is padded
+        to an even length ``2m`` and ``j`` runs over that padded layout; element ``i < m`` pairs
+        with ``i + m``. With ``s₁, s₂`` the top 24 bits of their hashes read as signed integers,
+        ``u₁ = (s₁ + 2²³ + 1)·2⁻²⁴ ∈ (0, 1]`` and ``θ = 2π s₂ 2⁻²⁴``: ``ξ_i = R cos θ``,
+        ``ξ_{i+m} = R sin θ``, ``R = sqrt(−2 log u₁)`` (finite: ``|ξ| ≤ 5.8``). Computed in float32
+        and cast to ``like``'s dtype, so a float64 network gets the same draws. Box–Muller rather
+        than ``erfinv``/``ndtri``, whose CPU kernels are not vectorised (several times slower,
+        measured); halves rather than neighbours, so that every operation runs on contiguous rows.
         """
-        shape, batch_dim, rest = self._rows(shape, batch_dim)
-        n = rest.numel()
-        h = self._hashes(n + n % 2, like.device)
-        h >>= 8
-        h &= (1 << 24) - 1
-        f = torch.empty(h.shape, dtype=torch.float32, device=like.device).copy_(h)
-        radius = f[:, 0::2].add(1.0).mul_(2.0 ** -24).log_().mul_(-2.0).sqrt_()
-        angle = f[:, 1::2].mul_(2.0 * math.pi * 2.0 ** -24)
-        out = torch.empty_like(f)
-        torch.mul(radius, torch.cos(angle), out=out[:, 0::2])
-        torch.mul(radius, angle.sin_(), out=out[:, 1::2])
-        return self._place(out[:, :n], batch_dim, rest, like)
+        shape, batch_dim, _ = self._rows(shape, batch_dim)
+        ext = shape if batch_dim < len(shape) - 1 else shape + (1,)
+        last = ext[-1]
+        half = (last + 1) // 2
+        padded = ext[:-1] + (2 * half,)
+        h = self._hashes(padded, batch_dim, like.device)
+        h >>= 8  # arithmetic: the top 24 bits as a signed integer
+        f = torch.empty(padded, dtype=torch.float32, device=like.device).copy_(h)
+        pairs = f.view(*padded[:-1], 2, half)
+        radius, angle = pairs.select(-2, 0), pairs.select(-2, 1)
+        radius.add_(2.0 ** 23 + 1.0).mul_(2.0 ** -24).log_().mul_(-2.0).sqrt_()  # exact sum: ≤ 2²⁴
+        angle.mul_(2.0 * math.pi * 2.0 ** -24)
+        cos = torch.cos(angle)
+        angle.sin_().mul_(radius)  # ξ_{i+m} = R sin θ
+        radius.mul_(cos)  # ξ_i = R cos θ
+        out = f if last == 2 * half else f[..., :last]
+        return out.reshape(shape).to(like.dtype).contiguous()
 
 
 _ACTIVE: contextvars.ContextVar[KeyedNoise | None] = contextvars.ContextVar("sbnn_keyed_noise", default=None)

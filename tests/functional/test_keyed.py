@@ -103,14 +103,30 @@ def test_draws_are_keyed_by_row_and_follow_their_laws(dtype):
 
 def test_the_extreme_draws_are_finite_and_hand_computed():
     source = KeyedNoise(torch.zeros(1, dtype=torch.int64), 0)
-    # hashes 0 and 0xFFFFFFFF (int32 −1): the smallest and largest top bits
-    source._hashes = lambda length, device: torch.tensor([[0, 0, -1, -1]], dtype=torch.int32)[:, :length].clone()
+    # hashes as int32 whose top 24 bits, signed, are −2²³ and 0; pairs (0, 2) and (1, 3)
+    hashes = torch.tensor([[-(1 << 31), 0, 0, -(1 << 31)]], dtype=torch.int32)
+    source._hashes = lambda shape, batch_dim, device: hashes.clone().view(shape)
     z = source.normal((1, 4), like=torch.zeros(()), batch_dim=0)
-    # pair (0, 0): u₁ = 2⁻²⁴, θ = 0 → (sqrt(48 log 2), 0); pair (−1, −1): u₁ = 1 → R = 0
-    assert z[0, 0].item() == pytest.approx(math.sqrt(48 * math.log(2.0)), rel=1e-6)
-    assert z[0, 1].item() == 0.0 and z[0, 2].item() == 0.0 and z[0, 3].item() == 0.0
-    u = source.uniform((1, 4), like=torch.zeros(()), batch_dim=0)
-    assert u.tolist() == [[2.0 ** -24, 2.0 ** -24, 1.0 - 2.0 ** -24, 1.0 - 2.0 ** -24]]
+    # element 0: u₁ = 2⁻²⁴, θ = 0 → (sqrt(48 log 2), 0); element 1: u₁ = (2²³ + 1)·2⁻²⁴, θ = −π → (−R₁, 0)
+    r0, r1 = math.sqrt(48 * math.log(2.0)), math.sqrt(-2 * math.log((2 ** 23 + 1) * 2.0 ** -24))
+    assert z[0].tolist() == pytest.approx([r0, -r1, 0.0, 0.0], abs=1e-5)
+    assert torch.isfinite(z).all()
+    source._hashes = lambda shape, batch_dim, device: torch.tensor([[0, -1]], dtype=torch.int32)
+    u = source.uniform((1, 2), like=torch.zeros(()), batch_dim=0)
+    assert u.tolist() == [[2.0 ** -24, 1.0 - 2.0 ** -24]]
+
+
+def test_odd_lengths_and_a_trailing_batch_axis_are_keyed_too():
+    x = torch.rand(2, 5, 3)
+    keys = sample_keys(x, 1)
+    like = torch.zeros(())
+    for shape, batch_dim, part in (((5, 7), 0, (slice(1, 3),)), ((3, 5), 1, (slice(None), slice(1, 3))), ((5,), 0, (slice(1, 3),))):
+        with keyed_noise(keys, 0) as source:
+            whole = source.normal(shape, like=like, batch_dim=batch_dim)
+        with keyed_noise(keys[1:3], 0) as source:
+            sub = source.normal(tuple(2 if d == batch_dim else n for d, n in enumerate(shape)), like=like, batch_dim=batch_dim)
+        assert whole.shape == shape and whole.is_contiguous() and torch.isfinite(whole).all()
+        assert torch.equal(sub, whole[part])
 
 
 def test_a_draw_that_lost_the_batch_is_refused():
