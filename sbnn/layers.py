@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from ._validation import check_choice, check_in_range, check_input, check_positive_int
+from .functional.keyed import active_keyed_noise
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 
@@ -290,7 +291,8 @@ class BernoulliLayer(nn.Module):
         moments = self.moments(x)
         if self.return_moments:
             return moments
-        return sample_moments(moments)
+        # λ has the rank of one unbatched input frame plus one: a time-major input has one axis more
+        return sample_moments(moments, batch_dim=x.dim() - self.lam.dim())
 
     @torch.no_grad()
     def calibrate_scale_(
@@ -323,12 +325,20 @@ class BernoulliLayer(nn.Module):
         return self.scale
 
 
-def sample_moments(moments: Moments, generator: torch.Generator | None = None) -> Tensor:
-    """An LRT sample ``μ + sqrt(v)·ξ``, ``ξ ~ N(0, 1)`` (just ``μ`` when ``v`` is ``None``)."""
+def sample_moments(moments: Moments, generator: torch.Generator | None = None, *, batch_dim: int = 0) -> Tensor:
+    """An LRT sample ``μ + sqrt(v)·ξ``, ``ξ ~ N(0, 1)`` (just ``μ`` when ``v`` is ``None``).
+
+    Inside a :func:`~sbnn.functional.keyed.keyed_noise` block (and without ``generator``) ``ξ`` is
+    keyed by sample along ``batch_dim`` (``1`` for time-major ``[T, B, ...]`` moments).
+    """
     mean, var = moments
     if var is None:
         return mean
-    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    source = active_keyed_noise() if generator is None else None
+    if source is not None:
+        noise = source.normal(mean.shape, like=mean, batch_dim=batch_dim)
+    else:
+        noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
     # v = 0 exactly wherever a unit got no input; sqrt'(0) = inf would turn the gradient into NaN
     return mean + var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() * noise
 
@@ -415,7 +425,7 @@ class BernoulliLinear(BernoulliLayer):
         summed = torch.tensordot(weights, x, dims=1)
         if self._mode == "sample":
             summed_sq = torch.tensordot(weights.square(), x * x, dims=1)
-            out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)))
+            out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)), batch_dim=0)
         else:
             out = F.linear(summed, self.binary_weight()) * self.scale
         return out if self.bias is None else out + self.bias * weights.sum()

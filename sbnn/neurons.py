@@ -231,7 +231,7 @@ class StochasticLIF(nn.Module):
 
     def _noise(self, mu: Tensor) -> Tensor:
         if self._stochastic:
-            return self.noise.sample(mu.shape, like=mu)
+            return self.noise.sample(mu.shape, like=mu, batch_dim=0)  # one step: [B, ...]
         return torch.zeros_like(mu)
 
     def forward(self, x: Tensor | Moments, mem: Tensor | None = None):

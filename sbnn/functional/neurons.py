@@ -566,7 +566,7 @@ def stochastic_lif_sequence(
         # two tensors, not one twice: torch.compile cannot trace a Function given one tensor twice
         state = StochasticLIFState(torch.zeros_like(mu[0]), torch.zeros_like(mu[0]))
     if eps is None:
-        eps = p.noise.sample(mu.shape, like=mu, generator=generator) if stochastic else torch.zeros_like(mu)
+        eps = p.noise.sample(mu.shape, like=mu, generator=generator, batch_dim=1) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":
         spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps)
     else:

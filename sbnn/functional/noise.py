@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .keyed import active_keyed_noise
+
 __all__ = ["NoiseFamily", "Gaussian", "Logistic", "NOISE_FAMILIES", "get_noise", "safe_exp"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -68,9 +70,19 @@ class NoiseFamily:
         sign = 2.0 * spikes - 1.0
         return self.log_cdf(sign * theta)
 
-    def sample(self, shape: torch.Size, *, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Draw standard noise of ``shape`` with the dtype and device of ``like``."""
-        u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    def sample(
+        self, shape: torch.Size, *, like: Tensor, generator: torch.Generator | None = None, batch_dim: int = 0
+    ) -> Tensor:
+        """Draw standard noise of ``shape`` with the dtype and device of ``like``.
+
+        Inside a :func:`~sbnn.functional.keyed.keyed_noise` block (and without ``generator``)
+        the draw is keyed by sample along ``batch_dim`` (``1`` for time-major ``[T, B, ...]``).
+        """
+        source = active_keyed_noise() if generator is None else None
+        if source is not None:
+            u = source.uniform(shape, like=like, batch_dim=batch_dim)
+        else:
+            u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
         return self.icdf(u.clamp(torch.finfo(like.dtype).tiny, 1.0 - torch.finfo(like.dtype).eps))
 
     def sample_given_spike(
@@ -115,7 +127,12 @@ class Gaussian(NoiseFamily):
     def icdf(self, u: Tensor) -> Tensor:
         return torch.special.ndtri(u)
 
-    def sample(self, shape: torch.Size, *, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, shape: torch.Size, *, like: Tensor, generator: torch.Generator | None = None, batch_dim: int = 0
+    ) -> Tensor:
+        source = active_keyed_noise() if generator is None else None
+        if source is not None:  # evaluation: keyed by sample (sbnn.functional.keyed)
+            return source.normal(shape, like=like, batch_dim=batch_dim)
         # randn is 5x cheaper than ndtri(rand) (measured), and this runs for every unit and step
         return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
 

@@ -107,9 +107,9 @@ def predict(
 ) -> dict[str, Tensor]:
     """Class probabilities ``{kind: [N, K]}`` over every batch of ``loader``, in loader order.
 
-    Batches are ``(x, y)`` pairs (``y`` ignored) or bare inputs ``x``. The noise of batch ``i``
-    is seeded from ``(eval_seed, i)`` (see :mod:`sbnn.training.evaluation`), so two calls give
-    the same numbers.
+    Batches are ``(x, y)`` pairs (``y`` ignored) or bare inputs ``x``. The noise is seeded by
+    ``eval_seed`` and keyed by example (see :mod:`sbnn.training.evaluation`), so two calls give
+    the same numbers, whatever the batching.
     """
     check_positive_int("predict", mc_samples=mc_samples)
     was_training = network.training
