@@ -258,7 +258,8 @@ class GaussianLayer(nn.Module):
         moments = self.moments(x)
         if self.return_moments:
             return moments
-        return sample_moments(moments)
+        # the weight has the rank of one unbatched input frame plus one: a time-major input has one axis more
+        return sample_moments(moments, batch_dim=x.dim() - self.weight.dim())
 
     @torch.no_grad()
     def rescale_(self, factor: float) -> None:
@@ -383,7 +384,7 @@ class GaussianLinear(GaussianLayer):
             src = x if self.variance_input_grad else x.detach()
             var = torch.tensordot(weights.square(), self._sum_sq(src * src), dims=1) * self.sigma.square().reshape(())
             mu = F.linear(summed, self.mean_weight())
-            out = sample_moments(Moments(mu, var.expand_as(mu)))
+            out = sample_moments(Moments(mu, var.expand_as(mu)), batch_dim=0)
         else:
             out = F.linear(summed, self.deterministic_weight())
         return out if self.bias is None else out + self.bias * weights.sum()

@@ -16,6 +16,7 @@ from sbnn import BernoulliConv2d, BernoulliLinear, StochasticLIF, evaluation
 from sbnn.functional.keyed import keyed_noise, sample_keys
 from sbnn.layers import Moments, sample_moments
 from sbnn.models import (
+    LayerSettings,
     NeuronSettings,
     ResidualSpikingMLP,
     SpikingConvNet,
@@ -47,6 +48,16 @@ NETWORKS = {
         lambda: _spikes(3, 6, 2, 8, 8),
     ),
     "residual-mlp": (lambda: ResidualSpikingMLP(6, 3, depth=4, width=5), lambda: _spikes(4, 6, 6)),
+    # real-weight layers and the accumulated-variance neuron with a learned σ_b
+    "gaussian-recurrent-marginal": (
+        lambda: SpikingRecurrentNet(
+            6, (5, 4), 3, layer=LayerSettings(weights="gaussian"),
+            neuron=NeuronSettings(membrane_noise="marginal", sigma_b=0.1, learn_sigma_b=True),
+        ),
+        lambda: _spikes(5, 6, 6),
+    ),
+    "gaussian-recurrent": (lambda: SpikingRecurrentNet(6, (5,), 3, layer=LayerSettings(weights="gaussian")), lambda: _spikes(5, 6, 6)),
+    "gaussian-conv": (lambda: SpikingConvNet(2, 8, (3,), 3, fc=(5,), layer=LayerSettings(weights="gaussian")), lambda: _spikes(4, 6, 2, 8, 8)),
 }
 
 

@@ -283,7 +283,7 @@ class _MarginalSequence(torch.autograd.Function):
                 variance = beta2 * variance
                 if var is not None:
                     variance = variance + var[t]
-                variance = torch.add(variance, floor, out=variances[t])
+                variance = variances[t].copy_(variance + floor)  # copy_ broadcasts a 0-d variance into its [1, ...] slot
             scales = torch.sqrt(variances if b is None else variances + b)
             if kappa != 1.0:
                 scales = scales * kappa
@@ -303,7 +303,7 @@ class _MarginalSequence(torch.autograd.Function):
                 variance = beta2 * variance * keep
                 if var is not None:
                     variance = variance + var[t]
-                variance = torch.add(variance, floor, out=variances[t])
+                variance = variances[t].copy_(variance + floor)  # copy_ broadcasts a 0-d variance into its [1, ...] slot
                 scale = torch.sqrt(variance if b is None else variance + b, out=scales[t])
                 if kappa != 1.0:
                     scale = scale.mul_(kappa)

@@ -100,7 +100,7 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF,
     if _fused_applies(ff, rec, neuron):
         mu = ff.mean
         p = neuron.parameters_tuple()
-        eps = p.noise.sample(mu.shape, like=mu) if neuron.stochastic else torch.zeros_like(mu)
+        eps = p.noise.sample(mu.shape, like=mu, batch_dim=1) if neuron.stochastic else torch.zeros_like(mu)
         return recurrent_lif_sequence(mu, ff.var, joint_recurrent_weight(rec), p, eps, spike_grad=spike_grad)
     return recurrent_sequence_stepwise(ff, rec, neuron, spike_grad)
 
