@@ -53,6 +53,7 @@ from .._validation import check_choice, check_in_range, check_input, check_posit
 from ..functional.neurons import leaky_integrate
 from ..layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
 from ..neurons import StochasticLIF
+from .time_affine import apply_time_affine
 
 __all__ = [
     "SHORTCUTS",
@@ -216,7 +217,7 @@ class _ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
-        return layer.moments(x, validate=False)
+        return apply_time_affine(layer, layer.moments(x, validate=False))
 
     # -- computation ---------------------------------------------------------------------------------
     def _shortcut(self, x: Moments, spikes_in: Tensor | None) -> Moments:
@@ -360,7 +361,7 @@ class LinearResidualBlock(_ResidualBlock):
 
     def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
         # spikes: x² = x saves a matmul when no gradient flows into x (calibration, evaluation)
-        return layer.moments(x, binary=binary, validate=False)
+        return apply_time_affine(layer, layer.moments(x, binary=binary, validate=False))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, shortcut={self.shortcut}"

@@ -107,6 +107,9 @@ class LayerSettings:
         lam_init: ``"normal"``, ``"bayesbinn"`` (``±10``) or ``"zero"``.
         scale: ``"layer"`` (one ``α``) or ``"channel"`` (one per output channel).
         learn_scale: make ``log α`` trainable.
+        time_affine_steps: ``None`` (default) or ``T_max``: give every layer that feeds a hidden
+            neuron a learned per-channel gain and bias for each of ``T_max`` time steps
+            (:mod:`sbnn.models.time_affine`); longer inputs are refused.
     """
 
     bias: bool = False
@@ -115,16 +118,25 @@ class LayerSettings:
     lam_init: Literal["normal", "bayesbinn", "zero"] = "normal"
     scale: Literal["layer", "channel"] = "layer"
     learn_scale: bool = True
+    time_affine_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
+        steps = self.time_affine_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(
+                f"layer.time_affine_steps must be None (no per-time-step gain and bias) or a positive integer, the "
+                f"longest sequence the model will run; got {steps!r}"
+            )
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))
         check_choice("layer.scale", self.scale, ("layer", "channel"))
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments of :class:`~sbnn.BernoulliLinear`/:class:`~sbnn.BernoulliConv2d`."""
-        return {**asdict(self), **overrides}
+        kwargs = {**asdict(self), **overrides}
+        kwargs.pop("time_affine_steps")  # a model option (sbnn.models.time_affine), not a layer argument
+        return kwargs
 
     def linear(self, in_features: int, out_features: int, **overrides: Any) -> BernoulliLinear:
         """A new :class:`~sbnn.BernoulliLinear` (``overrides``, e.g. ``bias=False``, win)."""
