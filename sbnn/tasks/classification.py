@@ -98,6 +98,11 @@ class SpikingClassificationTask(SpikingTask):
         check_in_range("lr", lr, 0.0, low_open=True)
         check_in_range("lam_lr", lam_lr, 0.0, low_open=True)
         check_in_range("kl_weight", kl_weight, 0.0)
+        if isinstance(aux_weight, (int, float)) and aux_weight < 0:
+            raise ValueError(
+                f"aux_weight (λ, the weight of the auxiliary loss) must be >= 0, got {aux_weight}; "
+                "use 0 to switch the auxiliary loss off"
+            )
         check_in_range("aux_weight", aux_weight, 0.0)
         check_positive_int("SpikingClassificationTask", mc_samples=mc_samples)
         if not isinstance(mode_finetune_epochs, int) or mode_finetune_epochs < 0:
