@@ -10,7 +10,8 @@ each part prints its table and writes ``benchmarks/results/paper_<part>.json``.
 - ``randman``: accuracy of the Randman quickstart network (``SpikingMLP(50, (128,), 10)``,
   ``T = 50``), shortened to 15 epochs, with and without the SNR loss.
 - ``affine``: with and without the per-time-step gain and bias (``LayerSettings.time_affine_steps``)
-  on a residual MLP (``ResidualSpikingMLP``, depth 6, width 64) and a convolutional net on Randman.
+  on a residual MLP (``ResidualSpikingMLP``, depth 6, width 64) on Randman; ``affine_time``: its
+  training-step time with and without, alternated in one process.
 
 Everything runs on one CPU thread; ``--quick`` shrinks epochs for a smoke run.
 """
@@ -52,11 +53,11 @@ def _acc(test: dict) -> dict:
 SNR_WEIGHTS = [0.0, 0.01, 0.1, 1.0, 10.0]
 
 
-def part_snr(quick: bool) -> None:
+def part_snr(quick: bool, seeds: list[int] | None = None, tag: str = "") -> None:
     epochs = 4 if quick else 30
     runs = []
     for weight in (SNR_WEIGHTS[:2] if quick else SNR_WEIGHTS):
-        for seed in ([0] if quick else [0, 1]):
+        for seed in (seeds or ([0] if quick else [0, 1])):
             L.seed_everything(seed, verbose=False)
             dm = DigitsDataModule(encoding="rate", n_steps=1, batch_size=64, seed=42)
             dm.setup("fit")
@@ -69,7 +70,7 @@ def part_snr(quick: bool) -> None:
             _, test = _fit(task, dm, epochs, [tracker])
             runs.append({"aux_weight": weight, "seed": seed, "seconds": time.perf_counter() - t0, "bias": tracker.rows, **_acc(test)})
             _report_snr(runs)
-    _save("snr", runs)
+    _save("snr" + tag, runs)
 
 
 def _report_snr(runs) -> None:
@@ -93,7 +94,7 @@ def _report(runs, key) -> None:
               + f" {r['seconds']:5.0f}", flush=True)
 
 
-def part_randman(quick: bool) -> None:
+def part_randman(quick: bool, seeds: list[int] | None = None, tag: str = "") -> None:
     epochs = 2 if quick else 15
     runs = []
     for weight in ([0.0, 0.1] if quick else [0.0, 0.01, 0.1, 1.0]):
@@ -103,14 +104,14 @@ def part_randman(quick: bool) -> None:
         _, test = _fit(SpikingClassificationTask(net, aux_weight=weight, aux_loss="snr"), _randman(), epochs)
         runs.append({"aux_weight": weight, "seed": 0, "epochs": epochs, "seconds": time.perf_counter() - t0, **_acc(test)})
         _report(runs, "aux_weight")
-    _save("randman", runs)
+    _save("randman" + tag, runs)
 
 
-def part_affine(quick: bool) -> None:
+def part_affine(quick: bool, seeds: list[int] | None = None, tag: str = "") -> None:
     epochs = 2 if quick else 15
     runs = []
     for steps in (None, 50):
-        for seed in ([0] if quick else [0, 1]):
+        for seed in (seeds or ([0] if quick else [0, 1])):
             L.seed_everything(seed, verbose=False)
             net = ResidualSpikingMLP(50, 10, depth=6, width=64, binary_input=True,
                                      layer=LayerSettings(time_affine_steps=steps))
@@ -119,19 +120,43 @@ def part_affine(quick: bool) -> None:
             runs.append({"model": "ResidualSpikingMLP", "time_affine_steps": steps, "seed": seed, "epochs": epochs,
                          "seconds": time.perf_counter() - t0, **_acc(test)})
             _report(runs, "time_affine_steps")
-    _save("affine", runs)
+    _save("affine" + tag, runs)
+
+
+def part_affine_time(quick: bool, seeds: list[int] | None = None, tag: str = "") -> None:
+    """Training-step time with/without the gain and bias, alternated in one process (median ratio)."""
+    import statistics
+
+    torch.manual_seed(0)
+    x, y = (torch.rand(50, 32, 50) < 0.05).float(), torch.randint(0, 10, (32,))
+    nets = {s: ResidualSpikingMLP(50, 10, depth=6, width=64, binary_input=True, layer=LayerSettings(time_affine_steps=s))
+            for s in (None, 50)}
+
+    def step(net) -> float:
+        t0 = time.perf_counter()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        return time.perf_counter() - t0
+
+    for net in nets.values():
+        step(net)
+    ratios = [step(nets[50]) / step(nets[None]) for _ in range(3 if quick else 21)]
+    out = {"median_ratio": statistics.median(ratios), "ratios": ratios}
+    print(f"step time with / without the gain and bias: median {out['median_ratio']:.3f} over {len(ratios)} pairs", flush=True)
+    _save("affine_time" + tag, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["snr", "randman", "affine", "all"], default="all")
+    parser.add_argument("--part", choices=["snr", "randman", "affine", "affine_time", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny epochs (smoke run)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="seeds of the snr and affine parts (default 0 1)")
+    parser.add_argument("--tag", default="", help="suffix of the results file, e.g. _s23 for extra seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    for part in (["snr", "randman", "affine"] if args.part == "all" else [args.part]):
+    for part in (["snr", "randman", "affine", "affine_time"] if args.part == "all" else [args.part]):
         t0 = time.perf_counter()
-        globals()[f"part_{part}"](args.quick)
+        globals()[f"part_{part}"](args.quick, args.seeds, args.tag)
         print(f"[{part}: {time.perf_counter() - t0:.0f} s]", flush=True)
 
 

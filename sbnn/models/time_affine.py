@@ -52,7 +52,7 @@ class TimeAffine(nn.Module):
     Example:
         >>> affine = TimeAffine(10, 4)
         >>> out = affine(Moments(torch.ones(3, 2, 4), torch.ones(3, 2, 4)))
-        >>> tuple(out.mean.shape), float(out.var.sum())
+        >>> tuple(out.mean.shape), float(out.var.detach().sum())
         ((3, 2, 4), 24.0)
     """
 
