@@ -182,3 +182,28 @@ def test_pickles_without_its_drives():
     assert clone.reduction == "sum"
     with pytest.raises(RuntimeError, match="attach"):
         clone(net)
+
+
+def test_recurrent_net_counts_every_step_by_hand():
+    """A recurrent layer runs its neuron one step at a time: every step's drive counts.
+
+    With the recurrent weights' scale at ~0 the layer is the feed-forward one, so the hand replay
+    of ``_hand_ratios`` applies to the noise the steps drew.
+    """
+    torch.manual_seed(7)
+    net = SpikingRecurrentNet(6, (5,), 3, neuron=NeuronSettings(beta=0.7)).double()
+    with torch.no_grad():
+        net.recurrent[0].log_scale.fill_(-60.0)
+    x = torch.rand(4, 3, 6, dtype=torch.float64).round()
+    steps = []
+    handle = net.neurons[0].register_drive_hook(lambda neuron, drive: steps.append(drive))
+    aux = SNRLoss("sum").attach(net)
+    torch.manual_seed(8)
+    net(x)
+    handle.remove()
+    assert len(steps) == 4  # one drive per step
+    loss = aux(net)
+    with torch.no_grad():
+        ratios = _hand_ratios(net, x, torch.cat([d.eps for d in steps]), False)
+    assert float(loss) == pytest.approx(float(ratios.square().sum()) / 3, rel=1e-9)
+    assert float(SNRLoss()(net, {"neurons.0": steps})) == pytest.approx(float(ratios.square().sum()) / (3 * 4 * 5), rel=1e-9)

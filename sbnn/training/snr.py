@@ -33,7 +33,7 @@ auxiliary loss".
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +41,9 @@ from torch.utils.hooks import RemovableHandle
 
 from .._validation import check_choice
 from ..functional.neurons import Drive
-from ..neurons import DriveRecorder, StochasticLIF
+from ..neurons import StochasticLIF
 
-__all__ = ["SNR_REDUCTIONS", "snr_ratio", "SNRLoss"]
+__all__ = ["SNR_REDUCTIONS", "snr_ratio", "SNRLoss", "DriveCollector"]
 
 SNR_REDUCTIONS = ("mean", "sum")
 
@@ -63,6 +63,20 @@ def snr_ratio(drive: Drive, threshold: Tensor | float, std_to_scale: float = 1.0
         std_to_scale: the noise family's ``κ``.
     """
     return std_to_scale * (drive.theta * drive.scale + threshold) / drive.scale
+
+
+class DriveCollector:
+    """A drive hook (:meth:`~sbnn.StochasticLIF.register_drive_hook`) appending every drive to ``drives[name]``.
+
+    A recurrent layer runs its neuron one step at a time, so one forward pass reports several
+    drives per neuron; all of them count.
+    """
+
+    def __init__(self, drives: dict[str, list[Drive]], name: str) -> None:
+        self.drives, self.name = drives, name
+
+    def __call__(self, neuron: StochasticLIF, drive: Drive) -> None:
+        self.drives.setdefault(self.name, []).append(drive)
 
 
 class SNRLoss:
@@ -92,7 +106,7 @@ class SNRLoss:
     def __init__(self, reduction: Literal["mean", "sum"] = "mean") -> None:
         check_choice("SNRLoss reduction", reduction, SNR_REDUCTIONS)
         self.reduction = reduction
-        self._drives: dict[str, Drive] = {}
+        self._drives: dict[str, list[Drive]] = {}
         self._handles: list[RemovableHandle] = []
 
     def attach(self, model: nn.Module) -> "SNRLoss":
@@ -100,7 +114,7 @@ class SNRLoss:
         self.detach()
         for name, module in model.named_modules():
             if isinstance(module, StochasticLIF):
-                self._handles.append(module.register_drive_hook(DriveRecorder(self._drives, name)))
+                self._handles.append(module.register_drive_hook(DriveCollector(self._drives, name)))
         return self
 
     def detach(self) -> None:
@@ -110,8 +124,12 @@ class SNRLoss:
         self._handles.clear()
         self._drives.clear()
 
-    def __call__(self, model: nn.Module, drives: Mapping[str, Drive] | None = None) -> Tensor:
+    def __call__(self, model: nn.Module, drives: Mapping[str, Drive | Sequence[Drive]] | None = None) -> Tensor:
         """The loss from ``drives`` (default: those recorded since :meth:`attach`, which are then released).
+
+        ``drives`` maps a neuron's qualified name to its drive, or to the list of drives of one
+        pass (a recurrent layer reports one per step; :func:`sbnn.neurons.record_drives` keeps
+        only the last, so use :meth:`attach` for recurrent networks).
 
         Raises:
             RuntimeError: when no drive was recorded (no noisy pass ran, or nothing attached).
@@ -126,13 +144,14 @@ class SNRLoss:
                 "before training (in sample mode), or run the forward pass inside sbnn.neurons.record_drives(model)"
             )
         total, count, batch = None, 0, None
-        for name, drive in drives.items():
+        for name, recorded_drives in drives.items():
             neuron = model.get_submodule(name)
-            ratio = snr_ratio(drive, neuron.threshold, neuron.noise.std_to_scale)
-            term = ratio.square().sum()
-            total = term if total is None else total + term
-            batch = ratio.shape[1]
-            count += ratio.numel() // batch  # T · units
+            for drive in ([recorded_drives] if isinstance(recorded_drives, Drive) else recorded_drives):
+                ratio = snr_ratio(drive, neuron.threshold, neuron.noise.std_to_scale)
+                term = ratio.square().sum()
+                total = term if total is None else total + term
+                batch = ratio.shape[1]
+                count += ratio.numel() // batch  # steps · units
         if self.reduction == "sum":
             return total / batch
         return total / (batch * count)
