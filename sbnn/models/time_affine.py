@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..layers import BernoulliConv2d, BernoulliLayer, BernoulliLinear, Moments
+from ..layers import BernoulliLayer, Moments
 
 __all__ = ["TimeAffine", "apply_time_affine", "apply_time_affine_step", "attach_time_affines", "check_time_steps"]
 
@@ -103,7 +103,7 @@ def apply_time_affine_step(layer: nn.Module, moments: Moments, t: int) -> Moment
 
 
 def attach_time_affines(model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = ()) -> list[str]:
-    """Give every Bernoulli layer of ``model`` but those in ``exclude`` a :class:`TimeAffine` child.
+    """Give every weight layer of ``model`` (a layer with LRT ``moments``) but those in ``exclude`` a :class:`TimeAffine` child.
 
     Args:
         model: a network (or a residual block) built from Bernoulli layers.
@@ -115,15 +115,20 @@ def attach_time_affines(model: nn.Module, steps: int, exclude: tuple[nn.Module, 
     """
     check_positive_int("attach_time_affines", steps=steps)
     skip = {id(m) for m in exclude}
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, BernoulliLayer) and id(m) not in skip]
+    named = [(n, m) for n, m in model.named_modules() if _is_weight_layer(m) and id(m) not in skip]
     for _, layer in named:
-        if isinstance(layer, BernoulliConv2d):
+        if hasattr(layer, "out_channels"):  # a convolution: [T, B, C, H, W]
             layer.time_affine = TimeAffine(steps, layer.out_channels, spatial_dims=2)
-        elif isinstance(layer, BernoulliLinear):
+        else:
             layer.time_affine = TimeAffine(steps, layer.out_features)
-        else:  # pragma: no cover - a Bernoulli layer of another shape
-            raise TypeError(f"attach_time_affines: no per-time-step gain for {type(layer).__name__}")
     return [n for n, _ in named]
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    # any weight family's layer: LRT moments and an output width (Bernoulli or Gaussian weights)
+    return isinstance(module, BernoulliLayer) or (
+        callable(getattr(module, "moments", None)) and (hasattr(module, "out_features") or hasattr(module, "out_channels"))
+    )
 
 
 def check_time_steps(model: nn.Module, x: Tensor, owner: str) -> None:
