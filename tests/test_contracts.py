@@ -57,6 +57,13 @@ CASES = {
         lambda: _spikes(3, 2, 2, 8, 8),
     ),
     "ResidualSpikingMLP": (lambda: ResidualSpikingMLP(6, 3, depth=4, width=5), lambda: _spikes(4, 2, 6)),
+    "SpikingRecurrentNet-time_affine": (
+        lambda: SpikingRecurrentNet(6, (5,), 3, layer=LayerSettings(time_affine_steps=5)), lambda: _spikes(5, 2, 6),
+    ),
+    "SpikingResNet-time_affine": (
+        lambda: SpikingResNet(2, 3, depth=4, widths=(3,), input_size=(6, 6), layer=LayerSettings(time_affine_steps=3)),
+        lambda: _spikes(3, 2, 2, 6, 6),
+    ),
     "BinaryMLP": (lambda: BinaryMLP(4, (5,), 3), lambda: torch.randn(1, 2, 4)),
     "GaussianLinear": (lambda: GaussianLinear(6, 4, prior_std=1.0), lambda: torch.randn(3, 2, 6)),
     "GaussianConv2d": (lambda: GaussianConv2d(2, 3, 3, padding=1), lambda: torch.randn(3, 2, 2, 5, 5)),

@@ -106,7 +106,7 @@ def test_fit_and_predict_without_lightning_are_seeded_and_complete():
     a = predict(net, dm.test_dataloader(), mc_samples=3, eval_seed=5)
     torch.rand(7)  # the global RNG's state does not matter
     b = predict(net, dm.test_dataloader(), mc_samples=3, eval_seed=5)
-    assert set(a) == {"mode", "mc", "lrt"}
+    assert set(a) == {"mode", "mc", "lrt", "sample"}
     for kind in a:
         assert a[kind].shape == (64, 3)
         assert torch.allclose(a[kind].sum(-1), torch.ones(64))
@@ -315,13 +315,13 @@ def test_ddp_metrics_equal_the_single_process_ones(tmp_path, capsys):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = _test_metrics(tmp_path, "one"), _test_metrics(tmp_path, "two")
-    assert set(one) == set(two) and len(one) == 12
-    assert {"test_acc_lrt", "test_nll_lrt", "test_entropy_lrt", "test_ece_lrt"} <= set(one)
+    assert set(one) == set(two) and len(one) == 16
+    assert {"test_acc_lrt", "test_nll_lrt", "test_entropy_lrt", "test_ece_lrt", "test_acc_sample"} <= set(one)
     for name, value in one.items():
         # every accuracy is a count over the 41 real examples, on both, and the same count
         if name.startswith("test_acc"):
             assert round(value * 41, 3) == round(value * 41) and round(two[name] * 41, 3) == round(two[name] * 41)
             assert round(two[name] * 41) == round(value * 41), name
-        # mode, MC and LRT alike (the LRT noise is keyed by example): the same numbers up to
+        # mode, MC, LRT and one sample alike (the LRT noise is keyed by example): the same numbers up to
         # float rounding (sums in another order, rows rounded in other batch shapes)
         assert two[name] == pytest.approx(value, abs=1e-6), name

@@ -11,17 +11,20 @@ model                         stages
 ============================= ==================================================================
 
 Each ends in the same readout (membrane or spike count) and takes the same nested settings
-(:class:`NeuronSettings`, :class:`LayerSettings`, :class:`CalibrationSettings`).
+(:class:`NeuronSettings`, :class:`LayerSettings`, :class:`CalibrationSettings`);
+``LayerSettings(time_affine_steps=T)`` adds a learned gain and bias per channel and time step
+(:class:`TimeAffine`).
 :class:`BinaryMLP` is the non-spiking ±1-weight MLP of BayesBiNN's synthetic experiments.
 """
 
-from . import blocks, graph, stages
+from . import blocks, graph, stages, time_affine
 from .base import READOUTS, SpikingClassifier
 from .conv import SpikingConvNet
 from .mlp import BinaryMLP, SpikingMLP
 from .recurrent import SpikingRecurrentNet
 from .residual import ResidualSpikingMLP, SpikingResNet, lambda_gradient_norms
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings
+from .time_affine import TimeAffine
 
 __all__ = [
     "SpikingClassifier",
@@ -39,4 +42,6 @@ __all__ = [
     "blocks",
     "graph",
     "stages",
+    "TimeAffine",
+    "time_affine",
 ]

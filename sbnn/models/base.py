@@ -25,6 +25,7 @@ from ..modes import evaluation
 from ..neurons import StochasticLIF
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings, as_settings
 from .stages import Readout, Stage
+from .time_affine import TimeAffine, attach_time_affines, check_time_steps
 
 __all__ = ["SpikingClassifier", "READOUTS"]
 
@@ -79,6 +80,9 @@ class SpikingClassifier(nn.Module):
         self.readout, self.readout_beta = readout, float(readout_beta)
         self.output = self.layer_settings.linear(in_features, self.num_classes)
         self.output_neuron = self.neuron_settings.build() if readout == "spike_count" else None
+        # the last construction step of every model: the hidden layers exist now
+        if self.layer_settings.time_affine_steps is not None:
+            attach_time_affines(self, self.layer_settings.time_affine_steps, exclude=(self.output,))
 
     # -- what a subclass declares ---------------------------------------------------------------
     def stages(self) -> list[Stage]:  # pragma: no cover - interface
@@ -97,6 +101,7 @@ class SpikingClassifier(nn.Module):
     def forward_with_spikes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits ``[B, K]`` and the spike trains of every hidden stochastic neuron layer, in forward order."""
         self.check_input(x, type(self).__name__)
+        check_time_steps(self, x, type(self).__name__)
         binary, spikes = self.binary_input, []
         for stage in self.stages():
             x, binary, stage_spikes = stage.forward(x, binary)
@@ -130,6 +135,7 @@ class SpikingClassifier(nn.Module):
         """
         name = f"{type(self).__name__}.calibrate"
         self.check_input(x, name)
+        check_time_steps(self, x, name)
         if self.binary_input and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError(
                 f"{type(self).__name__} was built with binary_input=True but the calibration batch holds values "
@@ -180,6 +186,11 @@ class SpikingClassifier(nn.Module):
                 "layer.weights='bernoulli' to deploy"
             )
 
+        if any(isinstance(m, TimeAffine) for m in self.modules()):
+            raise ValueError(
+                f"{type(self).__name__} cannot be exported: the event-driven engine has no per-time-step gain and "
+                "bias; train without layer.time_affine_steps to deploy"
+            )
         shape = self.input_shape()
         nodes: list = []
         for stage in self.stages():

@@ -55,6 +55,7 @@ from ..gaussian_layers import GaussianLayer
 from ..layers import BernoulliLayer, Moments
 from ..neurons import StochasticLIF
 from ..weight_families import conv_layer, linear_layer
+from .time_affine import apply_time_affine
 
 __all__ = [
     "SHORTCUTS",
@@ -225,7 +226,7 @@ class _ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
-        return layer.moments(x, validate=False)
+        return apply_time_affine(layer, layer.moments(x, validate=False))
 
     # -- computation ---------------------------------------------------------------------------------
     def _shortcut(self, x: Moments, spikes_in: Tensor | None) -> Moments:
@@ -369,7 +370,7 @@ class LinearResidualBlock(_ResidualBlock):
 
     def _layer_moments(self, layer: BernoulliLayer, x: Tensor, binary: bool) -> Moments:
         # spikes: x² = x saves a matmul when no gradient flows into x (calibration, evaluation)
-        return layer.moments(x, binary=binary, validate=False)
+        return apply_time_affine(layer, layer.moments(x, binary=binary, validate=False))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, shortcut={self.shortcut}"

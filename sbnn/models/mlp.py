@@ -129,6 +129,8 @@ class BinaryMLP(nn.Module):
         check_sizes("BinaryMLP", in_features=in_features, hidden=hidden, num_classes=num_classes)
         check_choice("activation", activation, ("tanh", "relu"))
         layer = as_settings(LayerSettings, layer, "BinaryMLP", "layer")
+        if layer.time_affine_steps is not None:
+            raise ValueError("BinaryMLP averages its input over time: it has no per-time-step gain; leave layer.time_affine_steps unset")
         sizes = [in_features, *hidden, num_classes]
         self.in_features, self.num_classes, self.activation = in_features, num_classes, activation
         self.layers = nn.ModuleList(layer.linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))

@@ -131,6 +131,9 @@ class LayerSettings:
             (no weight KL, the paper's objective).
         variance_input_grad: whether a Gaussian layer's variance ``σ_w² Σ x²`` sends gradient to
             its input.
+        time_affine_steps: ``None`` (default) or ``T_max``: give every layer that feeds a hidden
+            neuron a learned per-channel gain and bias for each of ``T_max`` time steps
+            (:mod:`sbnn.models.time_affine`); longer inputs are refused.
     """
 
     bias: bool = False
@@ -143,9 +146,16 @@ class LayerSettings:
     sigma_init: float = 0.5
     prior_std: float | None = None
     variance_input_grad: bool = True
+    time_affine_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
+        steps = self.time_affine_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(
+                f"layer.time_affine_steps must be None (no per-time-step gain and bias) or a positive integer, the "
+                f"longest sequence the model will run; got {steps!r}"
+            )
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))
         check_choice("layer.scale", self.scale, ("layer", "channel"))

@@ -32,6 +32,7 @@ from ..neurons import StochasticLIF
 from . import graph
 from .blocks import calibrate_rms_
 from .settings import CalibrationSettings
+from .time_affine import apply_time_affine, apply_time_affine_step
 
 __all__ = [
     "Stage",
@@ -132,7 +133,7 @@ def recurrent_sequence_stepwise(
     spikes: list[Tensor] = []
     for t, (mu, var) in enumerate(zip(means, variances)):
         if t > 0:
-            r = rec.moments(scale_gradient(spikes[-1], spike_grad), validate=False)
+            r = apply_time_affine_step(rec, rec.moments(scale_gradient(spikes[-1], spike_grad), validate=False), t)
             mu = mu + r.mean
             var = var + r.var if (var is not None and r.var is not None) else var
         # the returned state carries the marginal model's conditional mean and variance
@@ -171,7 +172,7 @@ class SpikingStage(Stage):
         self.output_binary = output_binary
 
     def _spikes(self, x: Tensor, binary: bool) -> Tensor:
-        moments = self.layer.moments(x, binary=binary, validate=False)
+        moments = apply_time_affine(self.layer, self.layer.moments(x, binary=binary, validate=False))
         if self.recurrent is None:
             return self.neuron.sequence(moments, validate=False)[0]
         return recurrent_sequence(moments, self.recurrent, self.neuron, self.recurrent_spike_grad)
@@ -233,7 +234,7 @@ class ResidualStem(Stage):
         self.layer, self.neuron, self.first = layer, neuron, first
 
     def forward(self, x: Tensor, binary: bool) -> tuple[Moments, bool, list[Tensor]]:
-        stream = self.layer.moments(x, binary=binary, validate=False)
+        stream = apply_time_affine(self.layer, self.layer.moments(x, binary=binary, validate=False))
         if self.neuron is None:
             return stream, False, []
         spk, _ = self.neuron.sequence(stream, validate=False)

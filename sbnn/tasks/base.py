@@ -143,7 +143,7 @@ class SpikingTask(L.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------------
     def prediction_kinds(self) -> tuple[str, ...]:
-        """The kinds reported by test and predict (``mode``, ``mc``, ``lrt``)."""
+        """The kinds reported by test and predict (``mode``, ``mc``, ``lrt``, ``sample``)."""
         return PREDICTION_KINDS
 
     def predict(self, x: Tensor, kinds: tuple[str, ...], stream: int) -> dict[str, Tensor]:
@@ -223,7 +223,7 @@ class SpikingTask(L.LightningModule):
         self._log_sums("test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """``{kind: class probabilities [B, K]}`` for ``mode``, ``mc`` (and ``lrt``).
+        """``{kind: class probabilities [B, K]}`` for ``mode``, ``mc`` (and ``lrt``, ``sample``).
 
         Batches are ``(x, y)`` pairs (``y`` ignored) or bare inputs ``x``.
         """

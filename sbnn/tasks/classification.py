@@ -5,7 +5,8 @@ step the scales ``α`` are set from the first training batch (``network.calibrat
 :class:`~sbnn.tasks.SpikingTask`). The last ``mode_finetune_epochs`` epochs also train the deployed
 ``mode`` network (weights ``sign(λ)``, straight-through on ``λ``) alongside the LRT loss, which
 closes most of the train–deploy gap (docs/design.md §7). Validation reports the ``mode`` network; testing
-reports ``mode``, MC (``mc_samples`` drawn binary networks) and LRT-averaged accuracy, NLL,
+reports ``mode``, MC (``mc_samples`` drawn binary networks), LRT-averaged and one-noisy-sample
+(``sample``) accuracy, NLL,
 expected calibration error and mean predictive entropy (:mod:`sbnn.training.metrics`), exactly
 reduced across ranks.
 """
@@ -13,7 +14,7 @@ reduced across ranks.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 # constrained floats/ints: LightningCLI rejects bad values at parse time; Python callers get the
 # same checks in __init__
@@ -22,15 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_in_range, check_positive_int
+from .._validation import check_choice, check_in_range, check_positive_int
 from ..modes import evaluation
 from ..training.divergence import collapse_warnings, silence_warning
 from ..training.losses import BiasProxyLoss, ELBOLoss
 from ..training.optim import noise_scale_parameters
 from ..training.schedules import TwoPhaseCosine
+from ..training.snr import SNRLoss
 from .base import SpikingTask
 
-__all__ = ["SpikingClassificationTask"]
+__all__ = ["SpikingClassificationTask", "AUX_LOSSES"]
+
+#: the auxiliary losses ``aux_loss`` selects
+AUX_LOSSES = ("bias_proxy", "snr")
 
 
 @contextlib.contextmanager
@@ -55,8 +60,7 @@ class SpikingClassificationTask(SpikingTask):
         lr: Adam learning rate of the float parameters (scales, biases, leaks).
         lam_lr: Adam learning rate of the natural parameters ``λ`` (a logit scale: ≈ 0.1, docs/design.md §7).
         kl_weight: weight of ``KL/N_train`` (0.1 by default for small data sets, docs/design.md §7).
-        aux_weight: weight of the bias-reducing auxiliary loss (0 disables it; see
-            :class:`sbnn.training.BiasProxyLoss`).
+        aux_weight: weight ``λ`` of the bias-reducing auxiliary loss (``≥ 0``; 0 disables it).
         mc_samples: number of binary networks drawn for MC evaluation (and LRT passes averaged).
         mode_finetune_epochs: final epochs that also train the ``mode`` network.
         mode_finetune_lr_factor: the learning rates restart at this fraction of their base values
@@ -65,13 +69,17 @@ class SpikingClassificationTask(SpikingTask):
             are the network's own).
         train_size: number of training examples; read from the datamodule (``n_train`` attribute
             or its training set's length) when ``None``.
-        aux_fn: the auxiliary loss, ``aux_fn(network) -> Tensor`` (default
-            :class:`~sbnn.training.BiasProxyLoss` when ``aux_weight > 0``).
+        aux_fn: the auxiliary loss, ``aux_fn(network) -> Tensor`` (default: the one ``aux_loss``
+            names, when ``aux_weight > 0``); given, it is used whatever ``aux_loss`` says.
         eval_seed: seed of the MC and LRT test noise: the same checkpoint gives the same numbers
             on every run (see :mod:`sbnn.training.evaluation`).
         sigma_lr: Adam learning rate of the learned noise scales (Gaussian layers' ``σ_w``,
             neurons' ``σ_b``; :func:`sbnn.training.optim.noise_scale_parameters`); ``None``: ``lr``.
             The SBNN paper's code uses 10× the weights' rate (5e-2 against 5e-3).
+        aux_loss: which auxiliary loss ``aux_weight`` weighs: ``"bias_proxy"`` (default,
+            :class:`~sbnn.training.BiasProxyLoss`, MLP-shaped networks) or ``"snr"``
+            (:class:`~sbnn.training.SNRLoss`, every network family; the paper's loss, with
+            ``aux_weight`` on the per-unit-step mean scale, docs/diagnostics.md).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class SpikingClassificationTask(SpikingTask):
         aux_fn: Any = None,
         eval_seed: NonNegativeInt = 0,
         sigma_lr: PositiveFloat | None = None,
+        aux_loss: Literal["bias_proxy", "snr"] = "bias_proxy",
     ) -> None:
         super().__init__(network)
         if sigma_lr is not None:
@@ -96,6 +105,11 @@ class SpikingClassificationTask(SpikingTask):
         check_in_range("lr", lr, 0.0, low_open=True)
         check_in_range("lam_lr", lam_lr, 0.0, low_open=True)
         check_in_range("kl_weight", kl_weight, 0.0)
+        if isinstance(aux_weight, (int, float)) and aux_weight < 0:
+            raise ValueError(
+                f"aux_weight (λ, the weight of the auxiliary loss) must be >= 0, got {aux_weight}; "
+                "use 0 to switch the auxiliary loss off"
+            )
         check_in_range("aux_weight", aux_weight, 0.0)
         check_positive_int("SpikingClassificationTask", mc_samples=mc_samples)
         if not isinstance(mode_finetune_epochs, int) or mode_finetune_epochs < 0:
@@ -103,8 +117,9 @@ class SpikingClassificationTask(SpikingTask):
         check_in_range("mode_finetune_lr_factor", mode_finetune_lr_factor, 0.0)
         if not isinstance(eval_seed, int) or eval_seed < 0:
             raise ValueError(f"eval_seed must be a non-negative integer, got {eval_seed!r}")
+        check_choice("aux_loss", aux_loss, AUX_LOSSES)
         if aux_weight > 0 and aux_fn is None:
-            aux_fn = BiasProxyLoss()
+            aux_fn = SNRLoss() if aux_loss == "snr" else BiasProxyLoss()
         self.save_hyperparameters(ignore=["network", "aux_fn"])
         self.aux_fn = aux_fn
         self.loss_fn: ELBOLoss | None = None

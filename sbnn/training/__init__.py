@@ -8,6 +8,7 @@ module                contents
 ===================== =====================================================================
 ``losses``            the ELBO (:class:`ELBOLoss`, :func:`kl_divergence`) and the auxiliary
                       bias-reducing loss (:class:`BiasProxyLoss`)
+``snr``               the signal-to-noise auxiliary loss (:class:`SNRLoss`)
 ``optim``             the :class:`BayesBiNN` and :class:`Bop` optimisers
 ``schedules``         :class:`TwoPhaseCosine`, :func:`cosine`
 ``methods``           training methods (:class:`SBNNMethod`, :class:`BayesBiNNMethod`, ...)
@@ -46,6 +47,7 @@ from .metrics import (
 )
 from .optim import BayesBiNN, Bop, bernoulli_layers, noise_scale_parameters
 from .schedules import TwoPhaseCosine, cosine
+from .snr import SNR_REDUCTIONS, SNRLoss, snr_ratio
 
 __all__ = [
     "TrainingDivergedError", "check_inputs", "check_loss", "check_parameters", "collapse_warnings", "silence_warning",
@@ -58,4 +60,5 @@ __all__ = [
     "negative_log_likelihood", "predictive_entropy",
     "BayesBiNN", "Bop", "bernoulli_layers", "noise_scale_parameters",
     "TwoPhaseCosine", "cosine",
+    "SNR_REDUCTIONS", "SNRLoss", "snr_ratio",
 ]

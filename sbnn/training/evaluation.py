@@ -1,4 +1,4 @@
-r"""Seeded class probabilities of a network: the deployed ``mode``, MC and LRT predictions.
+r"""Seeded class probabilities of a network: the deployed ``mode``, MC, LRT and one-sample predictions.
 
 :func:`predict_probabilities` is what :func:`sbnn.training.predict` and the Lightning tasks'
 test and predict steps call, so every path gives the same numbers for the same seed.
@@ -29,6 +29,9 @@ median), LRT evaluation with ``mc_samples = 10`` took 1.54x the time of the same
 ``torch.randn`` for the quickstart network (50→128→10, ``T = 50``, ``B = 32``; 425 against 275 ms)
 and 1.47x for an SHD-sized one (700→256→20, ``T = 100``, ``B = 64``; 5.54 against 3.78 s).
 Training never enters a keyed block and draws exactly as before.
+- ``sample``: one noisy pass in ``sample`` (LRT) mode, the evaluation of Walker et al. 2025
+  (arXiv 2505.17962). Its noise is keyed exactly as ``lrt``'s (same helper, same seed), so it is
+  the first of the passes ``lrt`` averages.
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ from ..functional.keyed import keyed_noise, sample_keys
 from ..modes import evaluation, lrt_predict, mc_predict
 from .methods import TrainingMethod, predict_samples
 
-__all__ = ["PREDICTION_KINDS", "cast_input", "predict_probabilities", "seeded_rng", "stream_seed"]
+__all__ = ["PREDICTION_KINDS", "LRT_KINDS", "cast_input", "predict_probabilities", "seeded_rng", "stream_seed"]
 
 #: the prediction kinds, in the order they are reported
-PREDICTION_KINDS = ("mode", "mc", "lrt")
+PREDICTION_KINDS = ("mode", "mc", "lrt", "sample")
+
+#: the kinds drawn from the LRT noise (sbnn's own training only)
+LRT_KINDS = ("lrt", "sample")
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -74,7 +80,7 @@ def predict_probabilities(
     network: nn.Module,
     x: Tensor,
     *,
-    kinds: Sequence[Literal["mode", "mc", "lrt"]] = PREDICTION_KINDS,
+    kinds: Sequence[Literal["mode", "mc", "lrt", "sample"]] = PREDICTION_KINDS,
     mc_samples: int = 10,
     seed: int = 0,
     stream: int = 0,
@@ -86,14 +92,14 @@ def predict_probabilities(
     Args:
         network: returns logits ``[B, K]``.
         x: the batch (e.g. ``[T, B, N]``); cast to the network's floating dtype.
-        kinds: any of ``"mode"``, ``"mc"``, ``"lrt"``.
+        kinds: any of ``"mode"``, ``"mc"``, ``"lrt"``, ``"sample"`` (one noisy pass).
         mc_samples: ``C``, the drawn networks of ``mc`` and the noisy passes averaged by ``lrt``.
         seed: the evaluation seed (see the module docstring).
         stream: seeds torch's RNG for draws outside sbnn's keyed draw sites (none in sbnn's
             networks); ``lrt``'s own noise is keyed by example and does not depend on it.
         method: a :class:`~sbnn.training.TrainingMethod` whose evaluation to use (``mode`` with
             its evaluation weight; ``mc`` falls back to ``mode`` for methods without a
-            posterior); ``lrt`` needs ``method=None`` (sbnn's own training).
+            posterior); ``lrt`` and ``sample`` need ``method=None`` (sbnn's own training).
         batch_dim: the batch axis of ``x`` (``1`` for time-major input), along which ``lrt``
             keys its noise by example.
 
@@ -104,8 +110,11 @@ def predict_probabilities(
     unknown = [k for k in kinds if k not in PREDICTION_KINDS]
     if unknown:
         raise ValueError(f"predict_probabilities: unknown kinds {unknown}; choose from {list(PREDICTION_KINDS)}")
-    if method is not None and "lrt" in kinds:
-        raise ValueError("predict_probabilities: 'lrt' is sbnn's own evaluation; drop it from kinds when a method is given")
+    if method is not None and any(k in LRT_KINDS for k in kinds):
+        raise ValueError(
+            f"predict_probabilities: {[k for k in kinds if k in LRT_KINDS]} are sbnn's own evaluations; drop them "
+            "from kinds when a method is given"
+        )
     x = cast_input(x, network)
     out: dict[str, Tensor] = {}
     for kind in kinds:
@@ -121,9 +130,9 @@ def predict_probabilities(
                 out[kind] = mc_predict(network, x, mc_samples, generator)
             else:
                 out[kind] = predict_samples(network, method, x, "mc", mc_samples, generator).softmax(-1).mean(0)
-        else:
+        else:  # lrt, sample: noise keyed by example; sample is lrt's first pass
             with seeded_rng(stream_seed(seed, stream), x.device), keyed_noise(sample_keys(x, batch_dim), seed):
-                out[kind] = lrt_predict(network, x, mc_samples)
+                out[kind] = lrt_predict(network, x, mc_samples if kind == "lrt" else 1)
     return out
 
 

@@ -100,7 +100,7 @@ def predict(
     network: nn.Module,
     loader: Any,
     *,
-    kinds: Sequence[Literal["mode", "mc", "lrt"]] = PREDICTION_KINDS,
+    kinds: Sequence[Literal["mode", "mc", "lrt", "sample"]] = PREDICTION_KINDS,
     mc_samples: int = 10,
     eval_seed: int = 0,
     method: TrainingMethod | None = None,
