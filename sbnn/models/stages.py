@@ -111,6 +111,7 @@ def _fused_applies(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> 
         isinstance(rec, BernoulliLinear)  # the joint table is the Bernoulli family's [α m; α²(1 − m²)]
         and rec.mode == "sample"
         and rec.bias is None
+        and getattr(rec, "time_affine", None) is None  # a per-step gain on the recurrent current runs step by step
         and ff.var is not None
         and ff.mean.dim() == 3
         and neuron.membrane_noise == "pathwise"
