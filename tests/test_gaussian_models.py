@@ -158,3 +158,20 @@ model:
     assert net.neurons[0].membrane_noise == "marginal" and float(net.neurons[0].sigma_b_rho) == pytest.approx(-2.0, abs=1e-4)
     opt = task.configure_optimizers()["optimizer"]
     assert sorted(g["lr"] for g in opt.param_groups) == [0.005, 0.05]
+
+
+def test_the_bias_proxy_reads_a_gaussian_layer_through_its_mean_weights():
+    from sbnn.neurons import record_drives
+    from sbnn.training.losses import bias_proxy_terms
+
+    torch.manual_seed(0)
+    net, x = SpikingMLP(12, (10,), 3, binary_input=True, layer=GAUSSIAN), _spikes(6, 8, 12)
+    net.calibrate(x)
+    with record_drives(net) as drives:
+        net(x)
+    terms = bias_proxy_terms(net, drives)
+    assert len(terms) == 1 and torch.isfinite(terms[0]).all() and float(terms[0].sum()) > 0
+    # the readout term is the softmax spread of the mean weights W̄: it moves with them
+    with torch.no_grad():
+        net.output.weight.mul_(2.0)
+    assert float(bias_proxy_terms(net, drives)[0].sum()) > float(terms[0].sum())

@@ -91,8 +91,11 @@ class ELBOLoss(nn.Module):
         return ELBOTerms(loss, nll, kl, aux)
 
 
-def _signed_weights(layer: BernoulliLayer) -> Tensor:
-    """``α_k m_kj``: the mean change of unit k's pre-activation when input j spikes, ``[out, in]``."""
+def _signed_weights(layer: nn.Module) -> Tensor:
+    """The mean change of unit k's pre-activation when input j spikes, ``[out, in]``: ``α_k m_kj``
+    for a Bernoulli layer, the mean weight ``W̄_kj`` for a Gaussian one."""
+    if isinstance(layer, GaussianLayer):
+        return layer.mean_weight()
     return layer.scale.reshape(-1, 1) * sign_mean(layer.lam)
 
 
