@@ -33,7 +33,15 @@ from torch.nn.modules.utils import _pair
 
 from ._validation import check_choice, check_in_range, check_input, check_positive_int
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
-from .functional.sparse import SPARSE_MAX_DENSITY, SpikeIndices, gather_sum, lrt_linear_gather, spike_indices
+from .functional.sparse import (
+    SPARSE_MAX_DENSITY,
+    SpikeIndices,
+    all_ones,
+    gather_sum,
+    lrt_linear_gather,
+    spike_indices,
+    use_gather,
+)
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 
 __all__ = [
@@ -410,15 +418,11 @@ class BernoulliLinear(BernoulliLayer):
         check_choice(f"{type(self).__name__}.gather", self.gather, GATHER_CHOICES)
         if self.gather == "never" or x.numel() == 0:
             return None
-        if self.gather == "auto" and (
-            x.is_cuda or int(torch.count_nonzero(x)) > self.gather_max_density * x.numel()
-        ):
-            return None  # the crossover was measured on CPU
+        if self.gather == "auto" and not use_gather(x, self.gather_max_density):
+            return None
         idx = spike_indices(x)
-        flat = x.detach().reshape(-1, self.in_features)
-        if not bool((flat[idx.rows, idx.cols] == 1).all()):
-            return None  # counts or real values: the dense path
-        return idx
+        # counts or real values: the dense path (O(nnz), against the O(N·in) passes above)
+        return idx if all_ones(x, idx) else None
 
     def moments(self, x: Tensor | SpikeIndices, *, binary: bool = False, validate: bool = True) -> Moments:
         """As :meth:`BernoulliLayer.moments`, through the event-driven path where it pays (class docstring)."""
@@ -440,7 +444,7 @@ class BernoulliLinear(BernoulliLayer):
         spikes = idx if x is None else x
         if self._mode == "sample":
             return Moments(*lrt_linear_gather(spikes, self.lam, self.scale, self.bias, indices=None if x is None else idx))
-        table = self.binary_weight().t()
+        table = self.binary_weight().t().contiguous()
         # α after the ±1 sum, as in _apply_weight: exact integer sums, bit-identical to the dense path
         out = gather_sum(spikes, table, indices=None if x is None else idx) * self.scale
         return Moments(out if self.bias is None else out + self.bias, None)

@@ -43,7 +43,9 @@ __all__ = [
     "SpikeIndices",
     "SPARSE_MAX_DENSITY",
     "spike_indices",
+    "estimate_density",
     "use_gather",
+    "all_ones",
     "gather_sum",
     "gather_moments",
     "lrt_table",
@@ -102,15 +104,33 @@ def spike_indices(x: Tensor) -> SpikeIndices:
     return SpikeIndices(rows, cols, offsets, tuple(x.shape))
 
 
+def estimate_density(x: Tensor, stride: int = 8) -> float:
+    """The fraction of nonzero entries of ``x`` ``[..., in]``, counted on every ``stride``-th row.
+
+    A cheap estimate for choosing a path (``1/stride`` of a full ``count_nonzero`` pass); exact
+    for inputs of fewer than ``16·stride`` rows, which are counted whole.
+    """
+    flat = x.detach().reshape(-1, x.shape[-1]) if x.dim() else x.detach().reshape(1, 1)
+    if flat.shape[0] >= 16 * stride:
+        flat = flat[::stride]
+    return int(torch.count_nonzero(flat)) / max(flat.numel(), 1)
+
+
 def use_gather(x: Tensor, max_density: float = SPARSE_MAX_DENSITY) -> bool:
     """Whether the gather path pays for the spike tensor ``x``: its density is at most ``max_density``.
 
-    One ``count_nonzero`` pass (much cheaper than the matmul it may save).
+    The density comes from :func:`estimate_density` (much cheaper than the matmul it may save).
     """
     if x.numel() == 0 or x.is_cuda:
         # the crossover was measured on CPU; a GPU matmul on a dense tile is another trade-off
         return False
-    return int(torch.count_nonzero(x)) <= max_density * x.numel()
+    return estimate_density(x) <= max_density
+
+
+def all_ones(x: Tensor, indices: SpikeIndices) -> bool:
+    """Whether the entries of ``x`` at ``indices`` (its nonzero entries) are all 1: ``x`` is binary."""
+    flat = x.detach().reshape(-1)
+    return bool((flat.take(indices.rows * x.shape[-1] + indices.cols) == 1).all())
 
 
 def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
@@ -185,7 +205,7 @@ def gather_sum(
     if table.dim() != 2 or table.shape[0] != idx.shape[-1]:
         raise ValueError(f"gather_sum: table must be [in={idx.shape[-1]}, K], got {tuple(table.shape)}")
     n_linear = table.shape[1] if squared_from is None else squared_from
-    out = _GatherSum.apply(table, x, idx, n_linear)
+    out = _GatherSum.apply(table.contiguous(), x, idx, n_linear)
     return out.reshape(*idx.shape[:-1], table.shape[1])
 
 
@@ -207,7 +227,9 @@ def gather_moments(
         raise ValueError(f"gather_moments: table must be [in, 2H] (mean rows | variance rows), got {tuple(table.shape)}")
     width = table.shape[1] // 2
     out = gather_sum(spikes, table, squared_from=width, indices=indices)
-    return out[..., :width], out[..., width:]
+    # chunk, not two slices: its backward is one cat (slices would each zero-fill a [N, 2H] buffer)
+    mean, var = out.chunk(2, dim=-1)
+    return mean, var
 
 
 def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
@@ -217,8 +239,9 @@ def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
         lam: natural parameters ``[out, in]``.
         alpha: scale ``[1]`` or ``[out]``.
     """
-    alpha_col = alpha.reshape(-1, 1)
-    return torch.cat([sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()]).t()
+    # built [in, ·] directly: the gather reads whole contiguous rows
+    lam_t = lam.t()
+    return torch.cat([sign_mean(lam_t) * alpha, sign_variance(lam_t) * alpha.square()], dim=1)
 
 
 def lrt_linear_gather(
