@@ -20,8 +20,7 @@ carries the table gradient on to ``λ``, ``α`` and whatever else built it.
 
 **Input gradient.** Spikes between layers carry a straight-through gradient. It stays dense and
 is that of the dense formula with ``x·x`` in the variance (what the dense path differentiates):
-``∂L/∂x = g_μ A_μᵀ + 2x ⊙ (g_v A_vᵀ)``; the second term is needed at the active inputs only
-and is computed there (a sampled dot product, ``nnz × H``).
+``∂L/∂x = g_μ A_μᵀ + 2x ⊙ (g_v A_vᵀ)``, by dense matmuls.
 
 **When it pays.** The gather wins below a crossover density and loses above it (the dense matmul
 runs at full SIMD width, the gather does not): :data:`SPARSE_MAX_DENSITY` holds the crossover
@@ -151,24 +150,27 @@ class _GatherSum(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         table, x, idx, n_linear = inputs
-        ctx.idx, ctx.n_linear = idx, n_linear
-        ctx.save_for_backward(table)
+        ctx.shape, ctx.n_linear = idx.shape, n_linear
+        x_saved = x if n_linear < table.shape[1] and ctx.needs_input_grad[1] else None
+        # the indices go through save_for_backward too, so that memory accounting sees them
+        ctx.save_for_backward(table, x_saved, idx.rows, idx.cols, idx.offsets)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (table,) = ctx.saved_tensors
-        idx, n_linear = ctx.idx, ctx.n_linear
+        table, x, rows, cols, offsets = ctx.saved_tensors
+        idx, n_linear = SpikeIndices(rows, cols, offsets, ctx.shape), ctx.n_linear
         grad = grad.contiguous()
         grad_table = grad_x = None
         if ctx.needs_input_grad[0]:
             rows_t, offsets_t = _transposed(idx, table.shape[0])
             grad_table = F.embedding_bag(rows_t, grad, offsets_t, mode="sum")
         if ctx.needs_input_grad[1]:
+            # dense products: a sampled (gathered) product at the active inputs only was measured
+            # slower than the matmul even at 1 % (its nnz × H gathers lose to BLAS)
             grad_x = grad[:, :n_linear] @ table[:, :n_linear].t()
             if n_linear < table.shape[1]:
-                # d(x²)/dx = 2x: the squared columns contribute at the active inputs only
-                sampled = (grad[idx.rows, n_linear:] * table[idx.cols, n_linear:]).sum(-1)
-                grad_x.index_put_((idx.rows, idx.cols), 2.0 * sampled, accumulate=True)
+                # d(x²)/dx = 2x: the squared columns count at the active inputs only
+                grad_x = torch.addcmul(grad_x, x.reshape(grad_x.shape), grad[:, n_linear:] @ table[:, n_linear:].t(), value=2.0)
             grad_x = grad_x.reshape(idx.shape)
         return grad_table, grad_x, None, None
 
