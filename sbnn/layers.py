@@ -367,7 +367,8 @@ class BernoulliLinear(BernoulliLayer):
     (:mod:`sbnn.functional.sparse`) instead of dense matmuls; the weight gradient is the
     transposed gather and the input gradient stays dense. The result equals the dense path's
     within float rounding (exactly, for ±1 weights in ``mode``/``fixed``). The input density is
-    counted on every call; an input whose nonzero values are not all 1 runs dense.
+    estimated on every call; an input whose nonzero values are not all 1 runs dense, and so do
+    CUDA tensors and code under ``torch.compile`` (the choice is data-dependent).
     ``gather`` (``"auto"``, ``"always"``, ``"never"``) overrides the choice for tests and
     benchmarks (:func:`gather_path`). ``moments`` also accepts a
     :class:`~sbnn.functional.sparse.SpikeIndices`, always gathered.
@@ -418,6 +419,8 @@ class BernoulliLinear(BernoulliLayer):
         check_choice(f"{type(self).__name__}.gather", self.gather, GATHER_CHOICES)
         if self.gather == "never" or x.numel() == 0:
             return None
+        if self.gather == "auto" and torch.compiler.is_compiling():
+            return None  # the data-dependent choice would break the graph: compiled code stays dense
         if self.gather == "auto" and not use_gather(x, self.gather_max_density):
             return None
         idx = spike_indices(x)

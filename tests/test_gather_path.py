@@ -173,3 +173,10 @@ def test_the_choice_survives_pickle_and_deepcopy():
     for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
         assert (clone.gather, clone.gather_max_density) == ("never", 0.2)
     assert "gather" not in layer.state_dict()
+
+
+def test_compiled_code_stays_dense_without_graph_breaks(gen):
+    layer = BernoulliLinear(20, 5)
+    x = _spikes(gen, (4, 3, 20), 0.02, torch.float32)
+    explained = torch._dynamo.explain(lambda z: layer.moments(z, binary=True, validate=False).mean)(x)
+    assert explained.graph_break_count == 0
