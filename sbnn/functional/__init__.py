@@ -3,6 +3,6 @@
 Modules in :mod:`sbnn` (layers, neurons, models) are thin stateful wrappers over these.
 """
 
-from . import estimators, layers, neurons, noise, signs
+from . import estimators, layers, neurons, noise, signs, sparse
 
-__all__ = ["estimators", "layers", "neurons", "noise", "signs"]
+__all__ = ["estimators", "layers", "neurons", "noise", "signs", "sparse"]

@@ -60,12 +60,10 @@ SPARSE_MAX_DENSITY = 0.05
 class SpikeIndices(NamedTuple):
     """The active inputs of a binary tensor ``[..., in]``, row-major (rows ascending).
 
-    Attributes:
-        rows: ``[nnz]`` int64, the row of each active input in the flattened ``[N, in]`` view.
-        cols: ``[nnz]`` int64, its input index ``i``.
-        offsets: ``[N]`` int64, where each row's run starts in ``rows``/``cols``
-            (``embedding_bag``'s ``offsets``).
-        shape: the dense shape ``[..., in]``.
+    ``rows`` (``[nnz]``, int64) is the row of each active input in the flattened ``[N, in]`` view,
+    ``cols`` (``[nnz]``, int64) its input index ``i``, ``offsets`` (``[N]``, int64) where each
+    row's run starts in ``rows``/``cols`` (``embedding_bag``'s ``offsets``), and ``shape`` the
+    dense shape ``[..., in]``.
     """
 
     rows: Tensor
