@@ -120,7 +120,7 @@ def _count_gathers(monkeypatch) -> list[int]:
 def test_auto_choice_follows_the_density(gen, monkeypatch):
     calls = _count_gathers(monkeypatch)
     layer = BernoulliLinear(50, 8)
-    sparse, dense = _spikes(gen, (20, 50), 0.02, torch.float32), _spikes(gen, (20, 50), 0.5, torch.float32)
+    sparse, dense = _spikes(gen, (32, 100, 50), 0.02, torch.float32), _spikes(gen, (32, 100, 50), 0.5, torch.float32)
     layer.moments(sparse, binary=True)
     assert calls[0] == 1
     layer.moments(dense, binary=True)

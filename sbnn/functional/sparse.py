@@ -41,6 +41,7 @@ from .signs import sign_mean, sign_variance
 __all__ = [
     "SpikeIndices",
     "SPARSE_MAX_DENSITY",
+    "SPARSE_FULL_ROWS",
     "spike_indices",
     "estimate_density",
     "use_gather",
@@ -57,6 +58,9 @@ __all__ = [
 #: 0.99 at 5 %; 1.70, 1.26, 1.63 at 10 %), and no lower for hidden spikes whose input gradient
 #: stays dense (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
 SPARSE_MAX_DENSITY = 0.05
+#: Input rows (``T·B``) at which :data:`SPARSE_MAX_DENSITY` was measured; :func:`use_gather`
+#: lowers the threshold in proportion below it.
+SPARSE_FULL_ROWS = 3200
 
 
 class SpikeIndices(NamedTuple):
@@ -116,14 +120,19 @@ def estimate_density(x: Tensor, stride: int = 8) -> float:
 
 
 def use_gather(x: Tensor, max_density: float = SPARSE_MAX_DENSITY) -> bool:
-    """Whether the gather path pays for the spike tensor ``x``: its density is at most ``max_density``.
+    """Whether the gather path pays for the spike tensor ``x`` ``[..., in]``.
 
-    The density comes from :func:`estimate_density` (much cheaper than the matmul it may save).
+    It does when the density (:func:`estimate_density`, much cheaper than the matmul it may save)
+    is at most ``max_density · min(1, N / SPARSE_FULL_ROWS)`` for ``N`` input rows: the path's
+    fixed costs (the table's transposing copies, the index sort) grow with the table, its savings
+    with the rows, so fewer rows lower the crossover (measured at 800 rows: 2.5-3 % for 256-wide
+    layers, below 2 % for a 2048 → 2048 hidden layer that gains at 3200 rows).
     """
     if x.numel() == 0 or x.is_cuda:
         # the crossover was measured on CPU; a GPU matmul on a dense tile is another trade-off
         return False
-    return estimate_density(x) <= max_density
+    rows = x.numel() // x.shape[-1]
+    return estimate_density(x) <= max_density * min(1.0, rows / SPARSE_FULL_ROWS)
 
 
 def all_ones(x: Tensor, indices: SpikeIndices) -> bool:

@@ -117,10 +117,12 @@ def test_gather_moments_with_a_gaussian_table(gen):
 
 
 def test_density_estimate_and_choice():
-    x = torch.zeros(400, 100)
+    x = torch.zeros(3200, 100)
     x[:, :3] = 1.0  # 3 % in every row
     assert estimate_density(x) == pytest.approx(0.03)
     assert use_gather(x, 0.05) and not use_gather(x, 0.02)
+    # fewer rows, lower threshold: 800 rows give 0.05 · 800/3200 = 1.25 % < 3 %
+    assert not use_gather(x[:800], 0.05) and use_gather(x[:800], 0.2)
     assert not use_gather(torch.zeros(0, 4))
     assert estimate_density(torch.ones(3, 2)) == 1.0
 
