@@ -55,8 +55,9 @@ __all__ = [
 #: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls,
 #: forward + backward, one thread: the measured crossover lies at 4.5-5.5 % for 700→256, 256→256
 #: and 700→2048 layers over ``T·B = 3200`` rows (gather/dense 0.77, 0.72, 0.70 at 3 %; 1.07, 0.93,
-#: 0.99 at 5 %; 1.70, 1.26, 1.63 at 10 %), and no lower for hidden spikes whose input gradient
-#: stays dense (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
+#: 0.99 at 5 %; 1.70, 1.26, 1.63 at 10 %), and no lower for 256-wide hidden spikes whose input
+#: gradient stays dense (0.83 at 3 %, 0.94 at 5 %; ``benchmarks/gather_crossover.py``,
+#: ``benchmarks/README.md``).
 SPARSE_MAX_DENSITY = 0.05
 #: Input rows (``T·B``) at which :data:`SPARSE_MAX_DENSITY` was measured; :func:`use_gather`
 #: lowers the threshold in proportion below it.
