@@ -361,7 +361,8 @@ class BernoulliLinear(BernoulliLayer):
         - Output: ``[B, out]`` or ``[T, B, out]``.
 
     **Event-driven path.** For an input declared binary (``moments(x, binary=True)``, what the
-    models pass for spikes) whose density is at most :attr:`gather_max_density`, both LRT
+    models pass for spikes) whose density is at most :attr:`gather_max_density` (scaled down for
+    fewer than 3200 rows, :func:`~sbnn.functional.sparse.use_gather`), both LRT
     moments (``sample``) or the deterministic pre-activation (``mode``, ``mean``, ``fixed``)
     are computed by summing the weight-table rows of the active inputs
     (:mod:`sbnn.functional.sparse`) instead of dense matmuls; the weight gradient is the
