@@ -34,6 +34,15 @@ from torch.nn.modules.utils import _pair
 from ._validation import check_choice, check_in_range, check_input, check_positive_int
 from .functional.keyed import active_keyed_noise
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
+from .functional.sparse import (
+    SPARSE_MAX_DENSITY,
+    SpikeIndices,
+    all_ones,
+    gather_sum,
+    lrt_linear_gather,
+    spike_indices,
+    use_gather,
+)
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 
 __all__ = [
@@ -45,9 +54,13 @@ __all__ = [
     "LAYER_MODES",
     "BAYESBINN_LAMBDA",
     "sample_moments",
+    "GATHER_CHOICES",
+    "gather_path",
 ]
 
 LAYER_MODES = ("sample", "mode", "mean", "fixed")
+#: values of :attr:`BernoulliLinear.gather`: ``auto`` (by the input's density), ``always``, ``never``
+GATHER_CHOICES = ("auto", "always", "never")
 #: magnitude of BayesBiNN's random ±λ initialisation (Meng et al. 2020, arXiv:2002.10778)
 BAYESBINN_LAMBDA = 10.0
 
@@ -357,6 +370,20 @@ class BernoulliLinear(BernoulliLayer):
         - Input: ``[B, in]`` or time-major ``[T, B, in]`` (all steps in one matmul).
         - Output: ``[B, out]`` or ``[T, B, out]``.
 
+    **Event-driven path.** For an input declared binary (``moments(x, binary=True)``, what the
+    models pass for spikes) whose density is at most :attr:`gather_max_density` (scaled down for
+    fewer than 3200 rows, :func:`~sbnn.functional.sparse.use_gather`), both LRT
+    moments (``sample``) or the deterministic pre-activation (``mode``, ``mean``, ``fixed``)
+    are computed by summing the weight-table rows of the active inputs
+    (:mod:`sbnn.functional.sparse`) instead of dense matmuls; the weight gradient is the
+    transposed gather and the input gradient stays dense. The result equals the dense path's
+    within float rounding (exactly, for ±1 weights in ``mode``/``fixed``). The input density is
+    estimated on every call; an input whose nonzero values are not all 1 runs dense, and so do
+    CUDA tensors and code under ``torch.compile`` (the choice is data-dependent).
+    ``gather`` (``"auto"``, ``"always"``, ``"never"``) overrides the choice for tests and
+    benchmarks (:func:`gather_path`). ``moments`` also accepts a
+    :class:`~sbnn.functional.sparse.SpikeIndices`, always gathered.
+
     Example:
         >>> layer = BernoulliLinear(4, 3)
         >>> mu, var = layer.moments(torch.ones(2, 4))
@@ -390,8 +417,51 @@ class BernoulliLinear(BernoulliLayer):
             return_moments=return_moments,
         )
 
+    #: crossover input density of the event-driven path (see the class docstring)
+    gather_max_density: float = SPARSE_MAX_DENSITY
+    #: ``auto`` (by density), ``always`` or ``never``; an override for tests and benchmarks
+    gather: str = "auto"
+
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
+
+    def _spike_indices(self, x: Tensor) -> SpikeIndices | None:
+        """Indices of a binary ``x`` when the gather path should run on it, else ``None``."""
+        check_choice(f"{type(self).__name__}.gather", self.gather, GATHER_CHOICES)
+        if self.gather == "never" or x.numel() == 0:
+            return None
+        if self.gather == "auto" and torch.compiler.is_compiling():
+            return None  # the data-dependent choice would break the graph: compiled code stays dense
+        if self.gather == "auto" and not use_gather(x, self.gather_max_density):
+            return None
+        idx = spike_indices(x)
+        # counts or real values: the dense path (O(nnz), against the O(N·in) passes above)
+        return idx if all_ones(x, idx) else None
+
+    def moments(self, x: Tensor | SpikeIndices, *, binary: bool = False, validate: bool = True) -> Moments:
+        """As :meth:`BernoulliLayer.moments`, through the event-driven path where it pays (class docstring)."""
+        if isinstance(x, SpikeIndices):
+            if len(x.shape) not in (2, 3) or x.shape[-1] != self.in_features:
+                raise ValueError(
+                    f"{self!r}: SpikeIndices of shape {x.shape} given; expected [B, {self.in_features}] "
+                    f"or [T, B, {self.in_features}]"
+                )
+            return self._gather_moments(None, x)
+        if validate:
+            self._check(x)
+        idx = self._spike_indices(x) if binary else None
+        if idx is not None:
+            return self._gather_moments(x, idx)
+        return super().moments(x, binary=binary, validate=False)
+
+    def _gather_moments(self, x: Tensor | None, idx: SpikeIndices) -> Moments:
+        spikes = idx if x is None else x
+        if self._mode == "sample":
+            return Moments(*lrt_linear_gather(spikes, self.lam, self.scale, self.bias, indices=None if x is None else idx))
+        table = self.binary_weight().t().contiguous()
+        # α after the ±1 sum, as in _apply_weight: exact integer sums, bit-identical to the dense path
+        out = gather_sum(spikes, table, indices=None if x is None else idx) * self.scale
+        return Moments(out if self.bias is None else out + self.bias, None)
 
     def _lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return lrt_linear(x, self.lam, self.scale, self.bias, x_sq)
@@ -432,6 +502,42 @@ class BernoulliLinear(BernoulliLayer):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, mode={self._mode}"
+
+
+class gather_path:
+    """Context manager: force the event-driven choice of every :class:`BernoulliLinear` in a module.
+
+    For tests and benchmarks (the default ``auto`` chooses by the input's density); the previous
+    choices are restored on exit.
+
+    Args:
+        module: a layer or a whole model.
+        choice: ``"auto"``, ``"always"`` or ``"never"``.
+
+    Example:
+        >>> layer = BernoulliLinear(4, 3)
+        >>> with gather_path(layer, "never"):
+        ...     layer.gather
+        'never'
+        >>> layer.gather
+        'auto'
+    """
+
+    def __init__(self, module: nn.Module, choice: str) -> None:
+        check_choice("gather_path choice", choice, GATHER_CHOICES)
+        self.layers = [m for m in module.modules() if isinstance(m, BernoulliLinear)]
+        self.choice = choice
+        self.saved: list[str] = []
+
+    def __enter__(self) -> "gather_path":
+        self.saved = [layer.gather for layer in self.layers]
+        for layer in self.layers:
+            layer.gather = self.choice
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for layer, choice in zip(self.layers, self.saved):
+            layer.gather = choice
 
 
 class BernoulliConv2d(BernoulliLayer):

@@ -5,6 +5,6 @@ The one piece of state, the keyed evaluation noise of :mod:`sbnn.functional.keye
 context variable that only an evaluation block sets.
 """
 
-from . import estimators, keyed, layers, neurons, noise, recurrent, signs
+from . import estimators, keyed, layers, neurons, noise, recurrent, signs, sparse
 
-__all__ = ["estimators", "keyed", "layers", "neurons", "noise", "recurrent", "signs"]
+__all__ = ["estimators", "keyed", "layers", "neurons", "noise", "recurrent", "signs", "sparse"]

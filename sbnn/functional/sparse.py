@@ -1,0 +1,284 @@
+r"""Event-driven (gather/scatter) products of binary spike inputs with a weight table.
+
+For a spike input ``x ∈ {0, 1}^{N×in}`` the product ``x A`` with a table ``A ∈ ℝ^{in×K}`` is the
+sum of the table rows of the active inputs:
+
+.. math::
+    (x A)_n = \sum_{i:\,x_{ni} = 1} A_i
+
+At a few percent of active inputs this gather-sum costs a fraction of the dense matmul
+(``torch.nn.functional.embedding_bag`` with ``mode="sum"``), and so does its weight gradient,
+the transposed gather ``∂L/∂A_i = Σ_{n: x_{ni}=1} ∂L/∂(xA)_n``.
+
+**One gather for both LRT moments.** A layer whose pre-activation has mean linear in ``x`` and
+variance linear in ``x²`` reads both from one joint table of per-input rows ``[A_μ | A_v]``
+(width ``2H``): for ±1 weights with a Bernoulli posterior ``A_μ = α·mᵀ`` and
+``A_v = α²(1 − m²)ᵀ`` (:func:`lrt_table`); a real-weight Gaussian posterior would use
+``[Wᵀ | σ_w²·1]``. Since ``x² = x`` for spikes, one gather-sum gives ``(μ, v)``
+(:func:`gather_moments`). The table is an ordinary tensor built from the parameters, so autograd
+carries the table gradient on to ``λ``, ``α`` and whatever else built it.
+
+**Input gradient.** Spikes between layers carry a straight-through gradient. It stays dense and
+is that of the dense formula with ``x·x`` in the variance (what the dense path differentiates):
+``∂L/∂x = g_μ A_μᵀ + 2x ⊙ (g_v A_vᵀ)``, by dense matmuls.
+
+**When it pays.** The gather wins below a crossover density and loses above it (the dense matmul
+runs at full SIMD width, the gather does not): :data:`SPARSE_MAX_DENSITY` holds the crossover
+measured for sbnn's layer sizes (see ``docs/design.md`` and ``benchmarks/README.md``), and
+:func:`use_gather` applies it to the density of the input at hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .signs import sign_mean, sign_variance
+
+__all__ = [
+    "SpikeIndices",
+    "SPARSE_MAX_DENSITY",
+    "SPARSE_FULL_ROWS",
+    "spike_indices",
+    "estimate_density",
+    "use_gather",
+    "all_ones",
+    "gather_sum",
+    "gather_moments",
+    "lrt_table",
+    "lrt_linear_gather",
+]
+
+#: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls,
+#: forward + backward, one thread: the measured crossover lies at 4.5-5.5 % for 700→256, 256→256
+#: and 700→2048 layers over ``T·B = 3200`` rows (gather/dense 0.77, 0.72, 0.70 at 3 %; 1.07, 0.93,
+#: 0.99 at 5 %; 1.70, 1.26, 1.63 at 10 %), and no lower for 256-wide hidden spikes whose input
+#: gradient stays dense (0.83 at 3 %, 0.94 at 5 %; ``benchmarks/gather_crossover.py``,
+#: ``benchmarks/README.md``).
+SPARSE_MAX_DENSITY = 0.05
+#: Input rows (``T·B``) at which :data:`SPARSE_MAX_DENSITY` was measured; :func:`use_gather`
+#: lowers the threshold in proportion below it.
+SPARSE_FULL_ROWS = 3200
+
+
+class SpikeIndices(NamedTuple):
+    """The active inputs of a binary tensor ``[..., in]``, row-major (rows ascending).
+
+    ``rows`` (``[nnz]``, int64) is the row of each active input in the flattened ``[N, in]`` view,
+    ``cols`` (``[nnz]``, int64) its input index ``i``, ``offsets`` (``[N]``, int64) where each
+    row's run starts in ``rows``/``cols`` (``embedding_bag``'s ``offsets``), and ``shape`` the
+    dense shape ``[..., in]``.
+    """
+
+    rows: Tensor
+    cols: Tensor
+    offsets: Tensor
+    shape: tuple[int, ...]
+
+    @property
+    def density(self) -> float:
+        """The fraction of active inputs, ``nnz / numel``."""
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return self.cols.numel() / max(numel, 1)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The binary tensor ``[..., in]`` these indices describe."""
+        n_rows = self.offsets.numel()
+        out = torch.zeros(n_rows, self.shape[-1], dtype=dtype, device=self.cols.device)
+        out[self.rows, self.cols] = 1
+        return out.reshape(self.shape)
+
+
+def spike_indices(x: Tensor) -> SpikeIndices:
+    """Indices of the nonzero entries of a spike tensor ``x`` ``[..., in]`` (values are not read).
+
+    One pass over ``x`` (``nonzero``) plus ``O(nnz)`` work; the caller vouches that the nonzero
+    values are ones (see :func:`use_gather`).
+    """
+    flat = x.detach().reshape(-1, x.shape[-1])
+    nz = flat.nonzero()
+    rows, cols = nz[:, 0], nz[:, 1]
+    counts = torch.bincount(rows, minlength=flat.shape[0])
+    offsets = torch.cumsum(counts, 0) - counts
+    return SpikeIndices(rows, cols, offsets, tuple(x.shape))
+
+
+def estimate_density(x: Tensor, stride: int = 8) -> float:
+    """The fraction of nonzero entries of ``x`` ``[..., in]``, counted on every ``stride``-th row.
+
+    A cheap estimate for choosing a path (``1/stride`` of a full ``count_nonzero`` pass); exact
+    for inputs of fewer than ``16·stride`` rows, which are counted whole.
+    """
+    flat = x.detach().reshape(-1, x.shape[-1]) if x.dim() else x.detach().reshape(1, 1)
+    if flat.shape[0] >= 16 * stride:
+        flat = flat[::stride]
+    return int(torch.count_nonzero(flat)) / max(flat.numel(), 1)
+
+
+def use_gather(x: Tensor, max_density: float = SPARSE_MAX_DENSITY) -> bool:
+    """Whether the gather path pays for the spike tensor ``x`` ``[..., in]``.
+
+    It does when the density (:func:`estimate_density`, much cheaper than the matmul it may save)
+    is at most ``max_density · min(1, N / SPARSE_FULL_ROWS)`` for ``N`` input rows: the path's
+    fixed costs (the table's transposing copies, the index sort) grow with the table, its savings
+    with the rows, so fewer rows lower the crossover (measured at 800 rows: 2.5-3 % for 256-wide
+    layers, below 2 % for a 2048 → 2048 hidden layer that gains at 3200 rows).
+    """
+    if x.numel() == 0 or x.is_cuda:
+        # the crossover was measured on CPU; a GPU matmul on a dense tile is another trade-off
+        return False
+    rows = x.numel() // x.shape[-1]
+    return estimate_density(x) <= max_density * min(1.0, rows / SPARSE_FULL_ROWS)
+
+
+def all_ones(x: Tensor, indices: SpikeIndices) -> bool:
+    """Whether the entries of ``x`` at ``indices`` (its nonzero entries) are all 1: ``x`` is binary."""
+    flat = x.detach().reshape(-1)
+    return bool((flat.take(indices.rows * x.shape[-1] + indices.cols) == 1).all())
+
+
+def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
+    """``(rows sorted by column, per-column offsets)``: the bags of the transposed gather."""
+    order = torch.argsort(idx.cols.int(), stable=True)  # int32 keys sort faster (1.3-1.5× measured)
+    counts = torch.bincount(idx.cols, minlength=n_in)
+    return idx.rows[order], torch.cumsum(counts, 0) - counts
+
+
+class _GatherSum(torch.autograd.Function):
+    """``out = x A`` for binary ``x`` given as indices; ``A`` ``[in, K]``, the first ``n_linear``
+    columns linear in ``x``, the rest in ``x²`` (only the input gradient tells them apart)."""
+
+    @staticmethod
+    def forward(table: Tensor, x: Tensor | None, idx: SpikeIndices, n_linear: int) -> Tensor:
+        return F.embedding_bag(idx.cols, table, idx.offsets, mode="sum")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        table, x, idx, n_linear = inputs
+        ctx.shape, ctx.n_linear = idx.shape, n_linear
+        x_saved = x if n_linear < table.shape[1] and ctx.needs_input_grad[1] else None
+        # the indices go through save_for_backward too, so that memory accounting sees them
+        ctx.save_for_backward(table, x_saved, idx.rows, idx.cols, idx.offsets)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        table, x, rows, cols, offsets = ctx.saved_tensors
+        idx, n_linear = SpikeIndices(rows, cols, offsets, ctx.shape), ctx.n_linear
+        grad = grad.contiguous()
+        grad_table = grad_x = None
+        if ctx.needs_input_grad[0]:
+            rows_t, offsets_t = _transposed(idx, table.shape[0])
+            grad_table = F.embedding_bag(rows_t, grad, offsets_t, mode="sum")
+        if ctx.needs_input_grad[1]:
+            # dense products: a sampled (gathered) product at the active inputs only was measured
+            # slower than the matmul even at 1 % (its nnz × H gathers lose to BLAS)
+            grad_x = grad[:, :n_linear] @ table[:, :n_linear].t()
+            if n_linear < table.shape[1]:
+                # d(x²)/dx = 2x: the squared columns count at the active inputs only
+                grad_x = torch.addcmul(grad_x, x.reshape(grad_x.shape), grad[:, n_linear:] @ table[:, n_linear:].t(), value=2.0)
+            grad_x = grad_x.reshape(idx.shape)
+        return grad_table, grad_x, None, None
+
+
+def _as_indices(spikes: Tensor | SpikeIndices, indices: SpikeIndices | None) -> tuple[Tensor | None, SpikeIndices]:
+    if isinstance(spikes, SpikeIndices):
+        return None, spikes
+    if indices is not None and indices.shape != tuple(spikes.shape):
+        raise ValueError(f"indices describe shape {indices.shape}, the spikes have {tuple(spikes.shape)}")
+    return spikes, spike_indices(spikes) if indices is None else indices
+
+
+def gather_sum(
+    spikes: Tensor | SpikeIndices,
+    table: Tensor,
+    *,
+    squared_from: int | None = None,
+    indices: SpikeIndices | None = None,
+) -> Tensor:
+    r"""``x A`` for binary spikes ``x``, by summing the table rows of the active inputs.
+
+    Args:
+        spikes: ``x`` ``[..., in]`` with values in {0, 1} (not checked here), or its
+            :class:`SpikeIndices`. A dense ``x`` that requires grad gets the dense input gradient.
+        table: ``A`` ``[in, K]``.
+        squared_from: columns from this index on are linear in ``x²`` (a variance); this changes
+            only the input gradient (``2x ⊙ g Aᵀ`` there). ``None``: every column is linear in ``x``.
+        indices: :func:`spike_indices` of a dense ``spikes``, when the caller already has them.
+
+    Returns:
+        ``[..., K]``, equal to ``x @ table`` within float rounding (summation order differs).
+    """
+    x, idx = _as_indices(spikes, indices)
+    if table.dim() != 2 or table.shape[0] != idx.shape[-1]:
+        raise ValueError(f"gather_sum: table must be [in={idx.shape[-1]}, K], got {tuple(table.shape)}")
+    n_linear = table.shape[1] if squared_from is None else squared_from
+    out = _GatherSum.apply(table.contiguous(), x, idx, n_linear)
+    return out.reshape(*idx.shape[:-1], table.shape[1])
+
+
+def gather_moments(
+    spikes: Tensor | SpikeIndices, table: Tensor, *, indices: SpikeIndices | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Both moments from one gather over a joint table ``[A_μ | A_v]``: ``(x A_μ, x² A_v)``.
+
+    Args:
+        spikes: binary ``x`` ``[..., in]`` or its :class:`SpikeIndices`.
+        table: ``[in, 2H]``, the mean rows then the variance rows (:func:`lrt_table` for a
+            Bernoulli ±1 layer; ``[Wᵀ | σ_w²·1]`` for a Gaussian real-weight layer).
+        indices: :func:`spike_indices` of a dense ``spikes``, when the caller already has them.
+
+    Returns:
+        ``(mean, var)``, each ``[..., H]``.
+    """
+    if table.dim() != 2 or table.shape[1] % 2:
+        raise ValueError(f"gather_moments: table must be [in, 2H] (mean rows | variance rows), got {tuple(table.shape)}")
+    width = table.shape[1] // 2
+    out = gather_sum(spikes, table, squared_from=width, indices=indices)
+    # chunk, not two slices: its backward is one cat (slices would each zero-fill a [N, 2H] buffer)
+    mean, var = out.chunk(2, dim=-1)
+    return mean, var
+
+
+def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
+    r"""The joint LRT table ``[α·mᵀ | α²(1 − m²)ᵀ]`` ``[in, 2·out]`` of a Bernoulli ±1 linear layer.
+
+    Args:
+        lam: natural parameters ``[out, in]``.
+        alpha: scale ``[1]`` or ``[out]``.
+    """
+    # elementwise work on λ's own [out, in] layout, then one transposing copy: the gather reads
+    # whole contiguous rows (elementwise ops on the transposed view measured 1.4× slower)
+    alpha_col = alpha.reshape(-1, 1)
+    return torch.cat([sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()]).t().contiguous()
+
+
+def lrt_linear_gather(
+    spikes: Tensor | SpikeIndices,
+    lam: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None = None,
+    *,
+    indices: SpikeIndices | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""LRT moments of a Bernoulli linear layer on binary spikes, by one gather (see the module).
+
+    Equal to :func:`sbnn.functional.layers.lrt_linear` with ``x² = x`` within float rounding,
+    gradients included (to ``λ``, ``α``, ``bias`` and a dense ``x``).
+
+    Args:
+        spikes: binary ``x`` ``[..., in]`` or its :class:`SpikeIndices`.
+        lam: ``[out, in]``.
+        alpha: ``[1]`` or ``[out]``.
+        bias: optional ``[out]``.
+        indices: :func:`spike_indices` of a dense ``spikes``, when the caller already has them.
+
+    Returns:
+        ``(μ, v)``, each ``[..., out]``.
+    """
+    mu, var = gather_moments(spikes, lrt_table(lam, alpha), indices=indices)
+    return (mu if bias is None else mu + bias), var

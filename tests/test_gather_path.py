@@ -1,0 +1,182 @@
+"""The event-driven (gather) path of BernoulliLinear and the models: equal to the dense path."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import sbnn
+import sbnn.layers as layers_module
+from sbnn.functional.estimators import ESTIMATORS
+from sbnn.functional.sparse import spike_indices
+from sbnn.layers import BernoulliLinear, gather_path
+from sbnn.models import NeuronSettings, SpikingMLP
+
+
+def _spikes(gen: torch.Generator, shape: tuple[int, ...], density: float, dtype=torch.float64) -> torch.Tensor:
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) < density).to(dtype)
+
+
+def _run(module, choice: str, fn, seed: int = 7):
+    params = [p for p in module.parameters() if p.requires_grad]
+    with gather_path(module, choice):
+        torch.manual_seed(seed)  # the same noise draws on both paths
+        out = fn()
+    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    return out.detach(), grads
+
+
+def _assert_paths_equal(module, fn, exact: bool = False):
+    out_dense, g_dense = _run(module, "never", fn)
+    out_sparse, g_sparse = _run(module, "always", fn)
+    tol = dict(rtol=0, atol=0) if exact else {}
+    torch.testing.assert_close(out_sparse, out_dense, **tol)
+    for a, b in zip(g_sparse, g_dense):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["sample", "mode", "mean", "fixed"])
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("scale", ["layer", "channel"])
+def test_layer_moments_equal_dense(gen, dtype, mode, input_grad, scale):
+    layer = BernoulliLinear(12, 5, scale=scale).to(dtype)
+    with torch.no_grad():
+        layer.bias.normal_(generator=gen)
+    if mode == "fixed":
+        layer.draw_weights(gen)
+    layer.set_mode(mode)
+    x = _spikes(gen, (6, 4, 12), 0.2, dtype)
+
+    def fn():
+        xx = x.clone().requires_grad_(input_grad)
+        m = layer.moments(xx, binary=True)
+        out = m.mean if m.var is None else torch.cat([m.mean, m.var], dim=-1)
+        if input_grad:  # the input gradient, through an extra output channel
+            out = torch.cat([out, torch.autograd.grad(out.square().sum(), xx, create_graph=True)[0]], dim=-1)
+        return out
+
+    # ±1 weights with the scale applied after the sum: integer sums, so bit-identical
+    _assert_paths_equal(layer, fn, exact=mode in ("mode", "fixed"))
+
+
+def test_input_gradient_equals_dense(gen):
+    layer = BernoulliLinear(9, 4).double()
+    x = _spikes(gen, (5, 9), 0.3)
+    grads = []
+    for choice in ("never", "always"):
+        xx = x.clone().requires_grad_()
+        with gather_path(layer, choice):
+            m = layer.moments(xx, binary=True)
+        grads.append(torch.autograd.grad((m.mean * 2 + m.var * 3).sum(), xx)[0])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def _mlp(dtype, estimator: str = "st", **neuron) -> SpikingMLP:
+    torch.manual_seed(0)
+    net = SpikingMLP(40, (24, 16), 5, binary_input=True, neuron=NeuronSettings(estimator=estimator, **neuron))
+    return net.to(dtype)
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_network_forward_and_gradients_equal_dense_for_every_estimator(gen, estimator):
+    net = _mlp(torch.float64, estimator)
+    x = _spikes(gen, (8, 3, 40), 0.1)
+    _assert_paths_equal(net, lambda: net(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["sample", "mode", "mean", "mc"])
+def test_network_modes_equal_dense(gen, dtype, mode):
+    net = _mlp(dtype)
+    x = _spikes(gen, (8, 3, 40), 0.1, dtype)
+    sbnn.set_mode(net, mode, generator=gen)  # "mc": one drawn network, used by both paths
+    _assert_paths_equal(net, lambda: net(x), exact=mode == "mode")
+
+
+def test_network_with_marginal_membrane_noise_equals_dense(gen):
+    net = _mlp(torch.float64, membrane_noise="marginal")
+    x = _spikes(gen, (8, 3, 40), 0.1)
+    _assert_paths_equal(net, lambda: net(x))
+
+
+def _count_gathers(monkeypatch) -> list[int]:
+    calls = [0]
+    original = layers_module.lrt_linear_gather
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(layers_module, "lrt_linear_gather", counting)
+    return calls
+
+
+def test_auto_choice_follows_the_density(gen, monkeypatch):
+    calls = _count_gathers(monkeypatch)
+    layer = BernoulliLinear(50, 8)
+    sparse, dense = _spikes(gen, (32, 100, 50), 0.02, torch.float32), _spikes(gen, (32, 100, 50), 0.5, torch.float32)
+    layer.moments(sparse, binary=True)
+    assert calls[0] == 1
+    layer.moments(dense, binary=True)
+    assert calls[0] == 1
+    layer.moments(sparse)  # not declared binary: dense
+    assert calls[0] == 1
+    layer.gather_max_density = 0.0
+    layer.moments(sparse, binary=True)
+    assert calls[0] == 1
+
+
+def test_counts_run_dense_even_when_forced(gen, monkeypatch):
+    calls = _count_gathers(monkeypatch)
+    layer = BernoulliLinear(6, 3)
+    counts = torch.tensor([[0.0, 2.0, 0.0, 0.0, 1.0, 0.0]])
+    with gather_path(layer, "always"):
+        a = layer.moments(counts, binary=True)
+    assert calls[0] == 0
+    b = layer.moments(counts, binary=True)
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+
+
+def test_spike_indices_input(gen):
+    layer = BernoulliLinear(10, 4).double()
+    x = _spikes(gen, (3, 2, 10), 0.3)
+    a = layer.moments(spike_indices(x))
+    b = layer.moments(x, binary=True)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(a.var, b.var)
+    with pytest.raises(ValueError, match=r"expected \[B, 10\] or \[T, B, 10\]"):
+        layer.moments(spike_indices(torch.ones(2, 7)))
+
+
+def test_gather_choice_is_checked_and_restored():
+    net = _mlp(torch.float32)
+    with gather_path(net, "never"):
+        assert {m.gather for m in net.modules() if isinstance(m, BernoulliLinear)} == {"never"}
+    assert {m.gather for m in net.modules() if isinstance(m, BernoulliLinear)} == {"auto"}
+    with pytest.raises(ValueError, match="gather_path choice"):
+        gather_path(net, "sometimes")
+    layer = BernoulliLinear(3, 2)
+    layer.gather = "sometimes"
+    with pytest.raises(ValueError, match="BernoulliLinear.gather"):
+        layer.moments(torch.ones(1, 3), binary=True)
+
+
+def test_the_choice_survives_pickle_and_deepcopy():
+    layer = BernoulliLinear(3, 2)
+    layer.gather, layer.gather_max_density = "never", 0.2
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert (clone.gather, clone.gather_max_density) == ("never", 0.2)
+    assert "gather" not in layer.state_dict()
+
+
+def test_compiled_code_stays_dense_without_graph_breaks(gen):
+    layer = BernoulliLinear(20, 5)
+    x = _spikes(gen, (4, 3, 20), 0.02, torch.float32)
+    explained = torch._dynamo.explain(lambda z: layer.moments(z, binary=True, validate=False).mean)(x)
+    assert explained.graph_break_count == 0
