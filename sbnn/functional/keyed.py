@@ -252,7 +252,14 @@ _ACTIVE: contextvars.ContextVar[KeyedNoise | None] = contextvars.ContextVar("sbn
 
 
 def active_keyed_noise() -> KeyedNoise | None:
-    """The source of the innermost :func:`keyed_noise` block, or ``None`` (draw from torch's RNG)."""
+    """The source of the innermost :func:`keyed_noise` block, or ``None`` (draw from torch's RNG).
+
+    Always ``None`` while ``torch.compile`` traces: dynamo cannot trace a ``ContextVar`` lookup,
+    and keyed noise belongs to evaluation, which is not compiled (a compiled forward draws from
+    torch's RNG).
+    """
+    if torch.compiler.is_compiling():
+        return None
     return _ACTIVE.get()
 
 
