@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from ._validation import check_choice, check_in_range, check_input, check_positive_int
-from .layers import LAYER_MODES, Moments, ModeState, sample_moments
+from ._validation import check_in_range, check_input, check_positive_int
+from .layers import Moments, ModeStateMixin, sample_moments
 
 __all__ = ["GaussianLayer", "GaussianLinear", "GaussianConv2d", "kl_gaussian", "softplus_inverse"]
 
@@ -70,7 +70,7 @@ def kl_gaussian(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
     return terms.expand_as(mean).sum()
 
 
-class GaussianLayer(nn.Module):
+class GaussianLayer(ModeStateMixin, nn.Module):
     """Shared machinery of Gaussian-posterior layers (parameters, modes, KL, calibration).
 
     Subclasses implement :meth:`_linear` (the layer's linear map with given weights, no bias),
@@ -144,39 +144,11 @@ class GaussianLayer(nn.Module):
             return self.weight.new_zeros(())
         return kl_gaussian(self._masked(self.weight), self.sigma, self.prior_std)
 
-    # -- modes ---------------------------------------------------------------------------------
+    # -- modes (ModeStateMixin) ----------------------------------------------------------------
     @property
-    def mode(self) -> str:
-        """One of ``sample``, ``mode``, ``mean``, ``fixed`` (see the module docstring)."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        self.set_mode(value)
-
-    def set_mode(self, mode: str) -> None:
-        """Switch to ``mode``; ``fixed`` needs a weight already given (:meth:`draw_weights`)."""
-        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
-        if mode == "fixed" and self._fixed_weight.numel() == 0:
-            raise ValueError("mode 'fixed' needs drawn weights: call layer.draw_weights() first")
-        self._mode = mode
-
-    def mode_state(self) -> ModeState:
-        """The whole mode state ``(mode, weight)``."""
-        return ModeState(self._mode, self._fixed_weight if self._fixed_weight.numel() else None)
-
-    def restore_mode_state(self, state: ModeState) -> None:
-        """Put back a state returned by :meth:`mode_state`."""
-        mode, weight = state
-        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
-        if weight is None:
-            if mode == "fixed":
-                raise ValueError("a 'fixed' mode state needs its weight")
-            self._fixed_weight = self._fixed_weight.new_zeros(0)
-        else:
-            self._check_weight(weight)
-            self._fixed_weight = weight
-        self._mode = mode
+    def weight_shape_source(self) -> Tensor:
+        """The mean weights ``W̄``: an explicit weight has their shape."""
+        return self.weight
 
     @torch.no_grad()
     def draw_weights(self, generator: torch.Generator | None = None) -> Tensor:
@@ -184,17 +156,6 @@ class GaussianLayer(nn.Module):
         noise = torch.randn(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device, generator=generator)
         self._fixed_weight = self._masked(self.weight + self.sigma * noise)
         return self._fixed_weight
-
-    def _check_weight(self, weight: Tensor) -> None:
-        if not isinstance(weight, Tensor) or weight.shape != self.weight.shape:
-            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-            raise ValueError(f"weight must have the shape {tuple(self.weight.shape)} of the layer's weights, got {shape}")
-
-    def set_fixed_weight(self, weight: Tensor) -> None:
-        """Run in the ``fixed`` mode with ``weight`` from now on (the gradient flows through its graph)."""
-        self._check_weight(weight)
-        self._fixed_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
-        self._mode = "fixed"
 
     def deterministic_weight(self) -> Tensor:
         """The weight of the current deterministic mode (``W̄``, or the fixed draw)."""

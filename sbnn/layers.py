@@ -48,6 +48,7 @@ from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
 __all__ = [
     "Moments",
     "ModeState",
+    "ModeStateMixin",
     "BernoulliLayer",
     "BernoulliLinear",
     "BernoulliConv2d",
@@ -84,7 +85,80 @@ class ModeState(NamedTuple):
     weight: Tensor | None
 
 
-class BernoulliLayer(nn.Module):
+class ModeStateMixin:
+    """The mode state ``(mode, weight)`` of a weight layer, and the only ways to write it.
+
+    Shared by both weight families (:class:`BernoulliLayer`, :class:`sbnn.GaussianLayer`). A
+    subclass keeps ``_mode`` (a string) and a ``_fixed_weight`` buffer (empty when no weight was
+    given), and names the parameter whose shape an explicit weight takes in
+    :attr:`weight_shape_source` (with ``weight_shape_name`` for error messages); it defines
+    ``draw_weights`` itself (what a draw is depends on the family).
+    """
+
+    weight_shape_name = "the weights'"
+
+    @property
+    def weight_shape_source(self) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def mode(self) -> str:
+        """One of ``sample``, ``mode``, ``mean``, ``fixed`` (see the module docstring)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.set_mode(value)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``mode`` (one of :data:`LAYER_MODES`); ``fixed`` needs a weight already given.
+
+        Raises:
+            ValueError: for an unknown mode, or ``fixed`` before :meth:`draw_weights` or
+                :meth:`set_fixed_weight`.
+        """
+        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
+        if mode == "fixed" and self._fixed_weight.numel() == 0:
+            raise ValueError("mode 'fixed' needs drawn weights: call layer.draw_weights() first")
+        self._mode = mode
+
+    def mode_state(self) -> ModeState:
+        """The whole mode state ``(mode, weight)``, e.g. to restore it later with :meth:`restore_mode_state`."""
+        return ModeState(self._mode, self._fixed_weight if self._fixed_weight.numel() else None)
+
+    def restore_mode_state(self, state: ModeState) -> None:
+        """Put back a state returned by :meth:`mode_state` (both the mode and the weight)."""
+        mode, weight = state
+        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
+        if weight is None:
+            if mode == "fixed":
+                raise ValueError("a 'fixed' mode state needs its weight")
+            self._fixed_weight = self._fixed_weight.new_zeros(0)
+        else:
+            self._check_weight(weight)
+            self._fixed_weight = weight
+        self._mode = mode
+
+    def _check_weight(self, weight: Tensor) -> None:
+        expected = self.weight_shape_source.shape
+        if not isinstance(weight, Tensor) or weight.shape != expected:
+            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(f"weight must have {self.weight_shape_name} shape {tuple(expected)}, got {shape}")
+
+    def set_fixed_weight(self, weight: Tensor) -> None:
+        """Run in the ``fixed`` mode with ``weight`` (the shape of :attr:`weight_shape_source`) from now on.
+
+        For training methods that compute the weight from the layer's parameters themselves (a
+        quantiser, a relaxed sample, a latent real weight; :mod:`sbnn.training.methods`): the
+        gradient reaches them through ``weight``'s own graph.
+        """
+        self._check_weight(weight)
+        # a Parameter assigned to a buffer attribute would be registered as a new parameter
+        self._fixed_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
+        self._mode = "fixed"
+
+
+class BernoulliLayer(ModeStateMixin, nn.Module):
     """Shared machinery of Bernoulli-posterior layers (parameters, modes, KL, initialisation).
 
     Subclasses implement :meth:`_lrt` (moments in ``sample`` mode), :meth:`_unit_lrt` (the same
@@ -108,6 +182,13 @@ class BernoulliLayer(nn.Module):
         return_moments: make ``forward`` return :class:`Moments` (for a following
             :class:`sbnn.StochasticLIF` inside an ``nn.Sequential``).
     """
+
+    weight_shape_name = "λ's"
+
+    @property
+    def weight_shape_source(self) -> Tensor:
+        """``λ``: an explicit weight has its shape."""
+        return self.lam
 
     def __init__(
         self,
@@ -159,44 +240,6 @@ class BernoulliLayer(nn.Module):
         """``α = exp(log α)``, shape ``[1]`` or ``[C_out]``."""
         return self.log_scale.exp()
 
-    @property
-    def mode(self) -> str:
-        """One of ``sample``, ``mode``, ``mean``, ``fixed`` (see the module docstring)."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        self.set_mode(value)
-
-    def set_mode(self, mode: str) -> None:
-        """Switch to ``mode`` (one of :data:`LAYER_MODES`); ``fixed`` needs a weight already given.
-
-        Raises:
-            ValueError: for an unknown mode, or ``fixed`` before :meth:`draw_weights` or
-                :meth:`set_fixed_weight`.
-        """
-        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
-        if mode == "fixed" and self._fixed_weight.numel() == 0:
-            raise ValueError("mode 'fixed' needs drawn weights: call layer.draw_weights() first")
-        self._mode = mode
-
-    def mode_state(self) -> ModeState:
-        """The whole mode state ``(mode, weight)``, e.g. to restore it later with :meth:`restore_mode_state`."""
-        return ModeState(self._mode, self._fixed_weight if self._fixed_weight.numel() else None)
-
-    def restore_mode_state(self, state: ModeState) -> None:
-        """Put back a state returned by :meth:`mode_state` (both the mode and the weight)."""
-        mode, weight = state
-        check_choice(f"{type(self).__name__}.mode", mode, LAYER_MODES)
-        if weight is None:
-            if mode == "fixed":
-                raise ValueError("a 'fixed' mode state needs its weight")
-            self._fixed_weight = self._fixed_weight.new_zeros(0)
-        else:
-            self._check_weight(weight)
-            self._fixed_weight = weight
-        self._mode = mode
-
     def posterior(self) -> BernoulliSign:
         """The weight posterior ``q(w)`` as a distribution (shares ``λ``, keeps its gradient)."""
         return BernoulliSign(lam=self.lam, validate_args=False)
@@ -223,23 +266,6 @@ class BernoulliLayer(nn.Module):
         """
         self._fixed_weight = self.posterior().sample(generator=generator)
         return self._fixed_weight
-
-    def _check_weight(self, weight: Tensor) -> None:
-        if not isinstance(weight, Tensor) or weight.shape != self.lam.shape:
-            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-            raise ValueError(f"weight must have λ's shape {tuple(self.lam.shape)}, got {shape}")
-
-    def set_fixed_weight(self, weight: Tensor) -> None:
-        """Run in the ``fixed`` mode with ``weight`` (λ's shape) from now on.
-
-        For training methods that compute the weight from ``λ`` themselves (a quantiser, a
-        relaxed sample, a latent real weight; :mod:`sbnn.training.methods`): the gradient reaches ``λ``
-        through ``weight``'s own graph.
-        """
-        self._check_weight(weight)
-        # a Parameter assigned to a buffer attribute would be registered as a new parameter
-        self._fixed_weight = weight.view_as(weight) if isinstance(weight, nn.Parameter) else weight
-        self._mode = "fixed"
 
     def binary_weight(self) -> Tensor:
         """The ±1 (or mean) weight of the current deterministic mode, without the scale."""
