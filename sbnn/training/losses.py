@@ -160,7 +160,39 @@ def bias_proxy_terms(model: nn.Module, drives: Mapping[str, Drive], detach_drive
     return terms
 
 
-class BiasProxyLoss:
+class DriveHookedLoss:
+    """An auxiliary loss computed from the drives the neurons report during a forward pass.
+
+    :meth:`attach` registers one drive hook on every :class:`~sbnn.StochasticLIF` of a model; the
+    drives are kept here, not on the model, until the loss is next computed (they hold that
+    forward pass's graph); :meth:`detach` removes the hooks. ``recorder`` makes a hook from the
+    drive store and the neuron's name: :class:`~sbnn.neurons.DriveRecorder` keeps a neuron's last
+    drive, a collector (e.g. :class:`sbnn.training.DriveCollector`) every drive of the pass.
+    """
+
+    recorder: Callable[[dict, str], Callable] = DriveRecorder
+
+    def __init__(self) -> None:
+        self._drives: dict = {}
+        self._handles: list[RemovableHandle] = []
+
+    def attach(self, model: nn.Module) -> "DriveHookedLoss":
+        """Record the drive of every :class:`~sbnn.StochasticLIF` in ``model`` (a drive hook each)."""
+        self.detach()
+        for name, module in model.named_modules():
+            if isinstance(module, StochasticLIF):
+                self._handles.append(module.register_drive_hook(type(self).recorder(self._drives, name)))
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks :meth:`attach` registered and forget the recorded drives."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._drives.clear()
+
+
+class BiasProxyLoss(DriveHookedLoss):
     r"""The bias-reducing auxiliary loss: the mean over examples and steps of the summed bound.
 
     Args:
@@ -184,28 +216,8 @@ class BiasProxyLoss:
     """
 
     def __init__(self, detach_drive: bool = True) -> None:
+        super().__init__()
         self.detach_drive = bool(detach_drive)
-        self._drives: dict[str, Drive] = {}
-        self._handles: list[RemovableHandle] = []
-
-    def attach(self, model: nn.Module) -> "BiasProxyLoss":
-        """Record the drive of every :class:`~sbnn.StochasticLIF` in ``model`` (a drive hook each).
-
-        The drives are kept here, not on the model, until the loss is next computed; :meth:`detach`
-        removes the hooks.
-        """
-        self.detach()
-        for name, module in model.named_modules():
-            if isinstance(module, StochasticLIF):
-                self._handles.append(module.register_drive_hook(DriveRecorder(self._drives, name)))
-        return self
-
-    def detach(self) -> None:
-        """Remove the hooks :meth:`attach` registered and forget the recorded drives."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._drives.clear()
 
     def __call__(self, model: nn.Module, drives: Mapping[str, Drive] | None = None) -> Tensor:
         """The loss from ``drives`` (default: those recorded since :meth:`attach`, which are then released)."""

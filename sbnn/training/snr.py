@@ -37,11 +37,10 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .._validation import check_choice
 from ..functional.neurons import Drive
-from ..neurons import StochasticLIF
+from .losses import DriveHookedLoss
 
 __all__ = ["SNR_REDUCTIONS", "snr_ratio", "SNRLoss", "DriveCollector"]
 
@@ -79,7 +78,7 @@ class DriveCollector:
         self.drives.setdefault(self.name, []).append(drive)
 
 
-class SNRLoss:
+class SNRLoss(DriveHookedLoss):
     r"""The signal-to-noise auxiliary loss ``L_snr`` (see the module docstring).
 
     Works on any model with :class:`~sbnn.StochasticLIF` neurons (MLP, recurrent, convolutional
@@ -103,26 +102,12 @@ class SNRLoss:
         loss = ELBOLoss(n_train, aux_weight=0.01, aux_fn=aux)(net(x), y, net)
     """
 
+    recorder = DriveCollector  # a recurrent layer reports one drive per step: keep them all
+
     def __init__(self, reduction: Literal["mean", "sum"] = "mean") -> None:
         check_choice("SNRLoss reduction", reduction, SNR_REDUCTIONS)
+        super().__init__()
         self.reduction = reduction
-        self._drives: dict[str, list[Drive]] = {}
-        self._handles: list[RemovableHandle] = []
-
-    def attach(self, model: nn.Module) -> "SNRLoss":
-        """Record the drive of every :class:`~sbnn.StochasticLIF` in ``model`` (a drive hook each)."""
-        self.detach()
-        for name, module in model.named_modules():
-            if isinstance(module, StochasticLIF):
-                self._handles.append(module.register_drive_hook(DriveCollector(self._drives, name)))
-        return self
-
-    def detach(self) -> None:
-        """Remove the hooks :meth:`attach` registered and forget the recorded drives."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._drives.clear()
 
     def __call__(self, model: nn.Module, drives: Mapping[str, Drive | Sequence[Drive]] | None = None) -> Tensor:
         """The loss from ``drives`` (default: those recorded since :meth:`attach`, which are then released).
