@@ -22,6 +22,9 @@ How the evaluation noise is seeded (``seed``, the tasks' ``eval_seed`` hyperpara
   examples with identical inputs get identical noise. Draws outside sbnn's draw sites (none in
   sbnn's networks) would come from torch's RNG, forked and seeded with :func:`stream_seed`
   ``(seed, stream)``, then restored, so training's own random stream is left untouched either way.
+- ``sample``: one noisy pass in ``sample`` (LRT) mode, the evaluation of Walker et al. 2025
+  (arXiv 2505.17962). Its noise is keyed exactly as ``lrt``'s (same helper, same seed), so it is
+  the first of the passes ``lrt`` averages.
 
 Cost: the keyed draws are int32 hashing plus Box–Muller instead of ``torch.randn``. Measured with
 ``benchmarks/eval_noise.py`` (1 thread, CPU, a 2-core machine at load average 14, 7 rounds,
@@ -29,9 +32,6 @@ median), LRT evaluation with ``mc_samples = 10`` took 1.54x the time of the same
 ``torch.randn`` for the quickstart network (50→128→10, ``T = 50``, ``B = 32``; 425 against 275 ms)
 and 1.47x for an SHD-sized one (700→256→20, ``T = 100``, ``B = 64``; 5.54 against 3.78 s).
 Training never enters a keyed block and draws exactly as before.
-- ``sample``: one noisy pass in ``sample`` (LRT) mode, the evaluation of Walker et al. 2025
-  (arXiv 2505.17962). Its noise is keyed exactly as ``lrt``'s (same helper, same seed), so it is
-  the first of the passes ``lrt`` averages.
 """
 
 from __future__ import annotations
