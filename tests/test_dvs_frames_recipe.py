@@ -35,3 +35,26 @@ def test_frames_recipe_end_to_end_on_fixtures(tmp_path, capsys, recipe):
     assert sum(1 for r in rows if r.get("val_acc_mode")) == 2  # the folder's validation split, every epoch
     assert cli.datamodule.n_train == 3 and len(cli.datamodule.val_set) == 3
     assert any((tmp_path / "sbnn_cache" / "dvs_frames").glob("train-*.npz"))
+
+
+@pytest.mark.parametrize("method", [None, "sbnn.training.FullPrecisionMethod"])
+def test_methods_recipe_trains_the_same_network_by_another_method(tmp_path, capsys, method):
+    root = write_dvs_frames(tmp_path / "DVSGC_frames_number_49_split_by_number", (1, 1, 1), classes=(0, 4, 7))
+    out = tmp_path / "runs"
+    args = [
+        "fit", "--config", str(RECIPES / "dvs_gesture_frames_methods.yaml"), "--data.root", str(root),
+        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+        "--model.init_args.mc_samples", "2", "--model.init_args.network.init_args.channels", "[4, 4]",
+        "--model.init_args.network.init_args.fc", "[8]", "--data.init_args.batch_size", "2",
+        "--data.init_args.n_time_bins", "4", "--trainer.max_epochs", "1",
+    ]
+    if method:
+        args += ["--model.init_args.method", method]
+    cli = main(args)
+    assert "sbnn: final test accuracy" in capsys.readouterr().out
+    expected = "FullPrecisionMethod" if method else "STEMethod"
+    assert type(cli.model.method).__name__ == expected
+    # the same network as the SBNN recipe (only the training method differs)
+    assert type(cli.model.network).__name__ == "SpikingConvNet" and cli.model.network.num_classes == 11
+    assert 0.0 <= float(cli.trainer.callback_metrics["test_acc_mode"]) <= 1.0
