@@ -47,10 +47,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from ._validation import check_in_range, check_input, check_positive_int
-from .layers import Moments, ModeStateMixin, sample_moments
+from .layers import Conv2dGeometry, Moments, ModeStateMixin, sample_moments
 
 __all__ = ["GaussianLayer", "GaussianLinear", "GaussianConv2d", "kl_gaussian", "softplus_inverse"]
 
@@ -355,7 +354,7 @@ class GaussianLinear(GaussianLayer):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}{extra}, mode={self._mode}"
 
 
-class GaussianConv2d(GaussianLayer):
+class GaussianConv2d(Conv2dGeometry, GaussianLayer):
     """Gaussian-posterior real-weight 2-D convolution ``h = conv(x, W̄) + b + noise`` (LRT).
 
     The variance is ``σ_w²·conv(x ⊙ x, 1)`` with an all-ones kernel over each group's input
@@ -387,17 +386,8 @@ class GaussianConv2d(GaussianLayer):
         variance_input_grad: bool = True,
         return_moments: bool = False,
     ) -> None:
-        check_positive_int("GaussianConv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"GaussianConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                f"must both be divisible by groups ({groups})"
-            )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
         super().__init__(
-            (out_channels, in_channels // groups, *self.kernel_size),
+            self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups),
             bias=bias,
             sigma_init=sigma_init,
             prior_std=prior_std,
@@ -407,19 +397,6 @@ class GaussianConv2d(GaussianLayer):
 
     def _conv_kwargs(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-
-    def _check(self, x: Tensor) -> None:
-        check_input(
-            x, repr(self), ndims=(4, 5), size=self.in_channels, dim=x.dim() - 3 if isinstance(x, Tensor) else -3,
-            what="([B, C_in, H, W] or [T, B, C_in, H, W])",
-        )
-
-    def _folded(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        if x.dim() == 4:
-            return fn(x)
-        t, b = x.shape[:2]
-        out = fn(x.reshape(t * b, *x.shape[2:]))
-        return out.reshape(t, b, *out.shape[1:])
 
     def _linear(self, x: Tensor, weight: Tensor) -> Tensor:
         return self._folded(lambda z: F.conv2d(z, weight, None, groups=self.groups, **self._conv_kwargs()), x)

@@ -49,6 +49,7 @@ __all__ = [
     "Moments",
     "ModeState",
     "ModeStateMixin",
+    "Conv2dGeometry",
     "BernoulliLayer",
     "BernoulliLinear",
     "BernoulliConv2d",
@@ -566,7 +567,52 @@ class gather_path:
             layer.gather = choice
 
 
-class BernoulliConv2d(BernoulliLayer):
+class Conv2dGeometry:
+    """The ``nn.Conv2d`` geometry of a 2-D convolution layer of either weight family: its
+    arguments checked and stored, its input checked, a leading time axis folded into the batch."""
+
+    def _set_geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int] | str,
+        dilation: int | tuple[int, int],
+        groups: int,
+    ) -> tuple[int, ...]:
+        """Check and store the geometry; returns the weight shape ``[C_out, C_in/groups, kH, kW]``."""
+        owner = type(self).__name__
+        check_positive_int(owner, in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{owner}: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must both be divisible by groups ({groups})"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        return (out_channels, in_channels // groups, *self.kernel_size)
+
+    def _check(self, x: Tensor) -> None:
+        check_input(
+            x, repr(self), ndims=(4, 5), size=self.in_channels, dim=x.dim() - 3 if isinstance(x, Tensor) else -3,
+            what="([B, C_in, H, W] or [T, B, C_in, H, W])",
+        )
+
+    @staticmethod
+    def _folded(fn, x: Tensor):
+        """Apply ``fn`` to ``[N, C, H, W]``, folding a leading time dimension into the batch."""
+        if x.dim() == 4:
+            return fn(x)
+        t, b = x.shape[:2]
+        out = fn(x.reshape(t * b, *x.shape[2:]))
+        if isinstance(out, tuple):
+            return tuple(o.reshape(t, b, *o.shape[1:]) for o in out)
+        return out.reshape(t, b, *out.shape[1:])
+
+
+class BernoulliConv2d(Conv2dGeometry, BernoulliLayer):
     """Bernoulli-posterior ±1 2-D convolution ``h = α·conv(x, w) + b``.
 
     Args:
@@ -599,17 +645,8 @@ class BernoulliConv2d(BernoulliLayer):
         prior_lam: float | Tensor = 0.0,
         return_moments: bool = False,
     ) -> None:
-        check_positive_int("BernoulliConv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"BernoulliConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                f"must both be divisible by groups ({groups})"
-            )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
         super().__init__(
-            (out_channels, in_channels // groups, *self.kernel_size),
+            self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups),
             bias=bias,
             scale=scale,
             learn_scale=learn_scale,
@@ -621,22 +658,6 @@ class BernoulliConv2d(BernoulliLayer):
 
     def _conv_kwargs(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
-
-    def _check(self, x: Tensor) -> None:
-        check_input(
-            x, repr(self), ndims=(4, 5), size=self.in_channels, dim=x.dim() - 3 if isinstance(x, Tensor) else -3,
-            what="([B, C_in, H, W] or [T, B, C_in, H, W])",
-        )
-
-    def _folded(self, fn, x: Tensor):
-        """Apply ``fn`` to ``[N, C, H, W]``, folding a leading time dimension into the batch."""
-        if x.dim() == 4:
-            return fn(x)
-        t, b = x.shape[:2]
-        out = fn(x.reshape(t * b, *x.shape[2:]))
-        if isinstance(out, tuple):
-            return tuple(o.reshape(t, b, *o.shape[1:]) for o in out)
-        return out.reshape(t, b, *out.shape[1:])
 
     def _lrt(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # the convolution has no one-pass x² = x path: ``binary`` changes nothing here
