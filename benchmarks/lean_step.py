@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 import sbnn
 from sbnn import layers as sbnn_layers
+from sbnn.diagnostics import saved_for_backward_bytes
 from sbnn.functional import estimators as E
 from sbnn.models import NeuronSettings, SpikingMLP, SpikingRecurrentNet, stages
 from sbnn.posterior import _kl_bernoulli_sign_value
@@ -162,21 +163,6 @@ def make_snntorch(net_kind: str, x: Tensor, y: Tensor, lr: float) -> Variant:
     return Variant("snntorch-rleaky" if net_kind == "rec" else "snntorch-leaky", net, step)
 
 
-def saved_bytes(model: nn.Module, fn: Callable[[], Tensor]) -> int:
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -192,7 +178,7 @@ def run(net_kind: str, args) -> None:
     y = torch.randint(0, 20, (args.batch,))
     variants = [make_sbnn(net_kind, v, x, y, args.lr) for v in args.variants]
     variants.append(make_snntorch(net_kind, x, y, args.lr))
-    memory = {v.name: saved_bytes(v.model, v.step) for v in variants}
+    memory = {v.name: saved_for_backward_bytes(v.model, v.step) for v in variants}
     for v in variants:
         for _ in range(args.warmup):
             v.step()

@@ -73,6 +73,7 @@ from torch import Tensor, nn
 import snntorch
 
 import sbnn
+from sbnn.diagnostics import saved_for_backward_bytes
 from sbnn.layers import BernoulliLinear
 from sbnn.models import NeuronSettings, SpikingMLP, SpikingRecurrentNet
 
@@ -370,22 +371,6 @@ def peers_available(wanted: list[str]) -> list[str]:
             continue
         found.append(name)
     return found
-
-
-def saved_for_backward_bytes(model: nn.Module, fn: Callable[[], Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves for backward during ``fn()`` (minus parameters)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:

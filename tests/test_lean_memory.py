@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import sbnn
+from sbnn.diagnostics import saved_for_backward_bytes
 from sbnn.functional.layers import joint_lrt_weight
 from sbnn.functional.signs import sign_mean, sign_variance
 from sbnn.models import NeuronSettings, SpikingRecurrentNet, stages
@@ -101,22 +102,6 @@ def test_joint_lrt_weight_equals_autograd(gen, alpha_shape):
 
 
 # -- memory kept for backward -------------------------------------------------------------------
-def _saved_bytes(model: nn.Module, fn) -> int:
-    """Bytes of the distinct storages autograd saves during ``fn()``, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 class _RLeakyNet(nn.Module):
     """snnTorch's recurrent network, time-batched: Linear → RLeaky → RLeaky → Linear → leaky readout."""
 
@@ -152,14 +137,14 @@ def test_recurrent_step_saves_about_what_snntorch_saves(gen):
     net = SpikingRecurrentNet(sizes[0], sizes[1:-1], sizes[-1])
     net.calibrate(x)
     loss = sbnn.ELBOLoss(n_train=1000, kl_weight=0.1)
-    ours = _saved_bytes(net, lambda: loss(net(x), y, net).loss)
+    ours = saved_for_backward_bytes(net, lambda: loss(net(x), y, net).loss)
     stepwise = stages.recurrent_sequence
     try:
         stages.recurrent_sequence = stages.recurrent_sequence_stepwise
-        before = _saved_bytes(net, lambda: loss(net(x), y, net).loss)
+        before = saved_for_backward_bytes(net, lambda: loss(net(x), y, net).loss)
     finally:
         stages.recurrent_sequence = stepwise
     reference = _RLeakyNet(sizes)
-    dense = _saved_bytes(reference, lambda: nn.functional.cross_entropy(reference(x), y))
+    dense = saved_for_backward_bytes(reference, lambda: nn.functional.cross_entropy(reference(x), y))
     assert ours <= 1.5 * dense, (ours, dense)
     assert ours <= 0.4 * before, (ours, before)
