@@ -30,7 +30,7 @@ from ..training.divergence import collapse_warnings, silence_warning
 from ..training.losses import BiasProxyLoss, ELBOLoss
 from ..training.optim import noise_scale_parameters
 from ..training.schedules import TwoPhaseCosine
-from ..training.snr import SNRLoss
+from ..training.snr import SNR_REDUCTIONS, SNRLoss
 from .base import SpikingTask
 
 __all__ = ["SpikingClassificationTask", "AUX_LOSSES"]
@@ -88,6 +88,9 @@ class SpikingClassificationTask(SpikingTask):
             (:class:`~sbnn.models.time_affine.TimeAffine`, ``layer.time_affine_steps``); ``None``:
             ``lr``. The SBNN paper's code trains them at the noise scales' rate on SHD (5e-2) and
             at the weights' rate on DVS Gesture and CIFAR-10 (5e-3).
+        snr_reduction: how ``aux_loss="snr"`` reduces ``r²`` (:class:`~sbnn.training.SNRLoss`):
+            ``"mean"`` (default, over every unit-step) or ``"sum"`` (the authors' sum over layers,
+            steps and units, mean over the batch, for which their ``λ`` values are given).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class SpikingClassificationTask(SpikingTask):
         aux_loss: Literal["bias_proxy", "snr"] = "bias_proxy",
         lr_min_factor: NonNegativeFloat = 0.0,
         affine_lr: PositiveFloat | None = None,
+        snr_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__(network)
         if sigma_lr is not None:
@@ -131,8 +135,9 @@ class SpikingClassificationTask(SpikingTask):
         check_in_range("lr_min_factor", lr_min_factor, 0.0, 1.0)
         if affine_lr is not None:
             check_in_range("affine_lr", affine_lr, 0.0, low_open=True)
+        check_choice("snr_reduction", snr_reduction, SNR_REDUCTIONS)
         if aux_weight > 0 and aux_fn is None:
-            aux_fn = SNRLoss() if aux_loss == "snr" else BiasProxyLoss()
+            aux_fn = SNRLoss(snr_reduction) if aux_loss == "snr" else BiasProxyLoss()
         self.save_hyperparameters(ignore=["network", "aux_fn"])
         self.aux_fn = aux_fn
         self.loss_fn: ELBOLoss | None = None
