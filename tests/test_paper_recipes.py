@@ -153,7 +153,7 @@ def test_residual_recipes_are_the_papers_networks(recipe, widths, per_stage, ste
     if in_channels == 2:
         assert (hp.n_time_bins, 128 // hp.downsample) == (steps, 32)
     else:
-        assert (hp.n_steps, hp.encoding) == (steps, "direct")
+        assert (hp.n_steps, hp.encoding, hp.augment) == (steps, "direct", True)
     assert hp.batch_size == batch and cli.trainer.max_epochs == epochs
     check_paper_optimisation(task, lam=lam, floor=0.02, affine_lr=None)
 
