@@ -124,7 +124,7 @@ def _resnet_widths(net) -> list[int]:
     [
         ("paper_dvs_gesture", (32, 64, 128), 3, 49, 16, 70, 1e-10, 2),
         ("paper_cifar10", (64, 128, 256, 512), 3, 1, 256, 200, 1e-8, 3),
-        ("paper_cifar10_cpu", (8, 16, 32, 64), 1, 1, 64, 8, 1e-8, 3),
+        ("paper_cifar10_cpu", (8, 16, 32, 64), 1, 1, 64, 6, 1e-8, 3),
     ],
 )
 def test_residual_recipes_are_the_papers_networks(recipe, widths, per_stage, steps, batch, epochs, lam, in_channels):
@@ -142,7 +142,9 @@ def test_residual_recipes_are_the_papers_networks(recipe, widths, per_stage, ste
     firsts = {1 + 2 * per_stage * s for s in range(1, len(widths))}
     assert strides == [2 if i in firsts else 1 for i in range(len(strides))]
     assert all(b.shortcut == "spike" and b.downsample == "pool" and b.proj is None for b in net.blocks)
-    assert all(float(b.gamma.detach()) == 1.0 for b in net.blocks)
+    # the branch's spikes are added with a fixed 1: γ is a buffer, not a parameter
+    assert all(float(b.gamma) == 1.0 and "gamma" in dict(b.named_buffers()) for b in net.blocks)
+    assert not any(n.endswith("gamma") for n, _ in net.named_parameters())
     assert net.readout_pool == "avg" and net.readout_beta == 0.0 and net.input_size == (32, 32)
     check_paper_neuron(net, sigma_b=SOFTPLUS_M1 if in_channels == 2 else 0.0, threshold=1.0 if in_channels == 2 else 1e-3)
     assert net.layer_settings.time_affine_steps == steps
@@ -264,3 +266,19 @@ def test_recipe_trains_through_the_installed_cli(tmp_path, recipe, weights):
                           env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(proc.stdout, tmp_path / "runs", weights)
+
+
+def test_fixed_residual_gain_adds_the_branch_spikes_with_one():
+    from sbnn.models.blocks import ConvResidualBlock
+
+    block = ConvResidualBlock(2, 4, stride=2, shortcut="spike", downsample="pool", gamma_init=1.0, learn_gamma=False)
+    assert "gamma" not in dict(block.named_parameters()) and block.state_dict()["gamma"] == 1.0
+    x = torch.rand(3, 2, 2, 6, 6).round()
+    stream, (_, spk_out) = block(x)
+    # average-pooled input spikes, zero-padded to 4 channels, plus the output spikes times 1
+    pooled = torch.nn.functional.avg_pool2d(x.flatten(0, 1), 2).reshape(3, 2, 2, 3, 3)
+    expected = torch.cat([pooled, torch.zeros_like(pooled)], dim=2) + spk_out
+    assert torch.allclose(stream.mean, expected)
+    assert block.to(torch.float64).gamma.dtype == torch.float64
+    learned = ConvResidualBlock(2, 4, stride=2, shortcut="spike", downsample="pool", gamma_init=1.0)
+    assert isinstance(learned.gamma, torch.nn.Parameter)  # default unchanged
