@@ -92,7 +92,7 @@ def check_paper_neuron(net, *, sigma_b: float, threshold: float = 1.0) -> None:
 # -- structure ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe, hidden, bins, epochs", [("paper_shd", 256, 100, 30), ("paper_shd_cpu", 128, 50, 15)])
+@pytest.mark.parametrize("recipe, hidden, bins, epochs", [("paper_shd", 256, 100, 30), ("paper_shd_cpu", 128, 50, 20)])
 def test_shd_recipes_are_the_papers_recurrent_network(recipe, hidden, bins, epochs):
     cli = build(recipe)
     net, dm, task = cli.model.network, cli.datamodule, cli.model
