@@ -99,7 +99,7 @@ def test_snr_reduction_reaches_the_loss():
     mean_task.aux_fn.attach(net)
     net(x)
     total, mean = task.aux_fn(net), mean_task.aux_fn(net)
-    assert float(total) == pytest.approx(20 * float(mean), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(20 * float(mean.detach()), rel=1e-5)
 
 
 @pytest.mark.parametrize(
