@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sbnn.data._common import SpikeDataModule, check_int
 
-__all__ = ["CIFAR10DataModule", "CIFAR10Frames", "load_cifar10_batch", "find_cifar10_dir"]
+__all__ = ["CIFAR10DataModule", "CIFAR10Frames", "load_cifar10_batch", "find_cifar10_dir", "random_crop_flip"]
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -100,6 +100,23 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, *_SHAPE), labels
 
 
+def random_crop_flip(image: Tensor, padding: int = 4) -> Tensor:
+    """A random ``H×W`` crop of ``image`` zero-padded by ``padding`` pixels, mirrored left-right with probability ½.
+
+    The standard CIFAR-10 augmentation (torchvision's ``RandomCrop(32, padding=4)`` +
+    ``RandomHorizontalFlip()``, as the SBNN paper's ``train_cifar.py`` uses): the padding is black
+    (intensity 0), applied before normalisation. Draws from torch's global generator.
+
+    Shape:
+        ``image``: ``[C, H, W]``; returns the same shape.
+    """
+    h, w = image.shape[-2:]
+    dy, dx = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,)))
+    padded = torch.nn.functional.pad(image, (padding, padding, padding, padding))
+    crop = padded[..., dy : dy + h, dx : dx + w]
+    return crop.flip(-1) if bool(torch.rand(()) < 0.5) else crop
+
+
 class CIFAR10Frames(Dataset):
     """CIFAR-10 images as ``T``-step frame sequences.
 
@@ -111,6 +128,7 @@ class CIFAR10Frames(Dataset):
             Bernoulli layer's input current) or ``"rate"`` (per step, each pixel spikes with
             probability ``intensity/255``; a fresh draw at every access).
         mean, std: per-channel statistics for ``"direct"`` (``[3]``, intensities in [0, 1]).
+        augment: a fresh :func:`random_crop_flip` of the image at every access.
 
     Shape:
         item: ``x [T, 3, 32, 32]`` float32, ``y`` int64 scalar.
@@ -124,8 +142,10 @@ class CIFAR10Frames(Dataset):
         encoding: Literal["direct", "rate"],
         mean: Tensor,
         std: Tensor,
+        augment: bool = False,
     ) -> None:
         self.images, self.labels, self.n_steps, self.encoding = images, labels, n_steps, encoding
+        self.augment = bool(augment)
         self.mean, self.std = mean.reshape(3, 1, 1), std.reshape(3, 1, 1)
 
     def __len__(self) -> int:
@@ -133,6 +153,8 @@ class CIFAR10Frames(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         intensity = self.images[i].float() / 255.0
+        if self.augment:
+            intensity = random_crop_flip(intensity)
         if self.encoding == "rate":
             x = torch.bernoulli(intensity.expand(self.n_steps, *_SHAPE))
         else:
@@ -167,6 +189,8 @@ class CIFAR10DataModule(SpikeDataModule):
         encoding: ``"direct"`` or ``"rate"`` (see :class:`CIFAR10Frames`).
         n_val: validation images taken from the training batches (``≥ 1``, leaving ``≥ 1``).
         batch_size, seed, num_workers: as the other sbnn data modules.
+        augment: random crops of the 4-pixel zero-padded image and horizontal flips on the
+            training split (:func:`random_crop_flip`; default off).
 
     Shape:
         batches ``(x, y)``: x ``[T, B, 3, 32, 32]`` float32, y ``[B]`` int64.
@@ -185,8 +209,10 @@ class CIFAR10DataModule(SpikeDataModule):
         batch_size: int = 64,
         seed: int = 42,
         num_workers: int = 0,
+        augment: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        self.augment = bool(augment)
         if encoding not in ("direct", "rate"):
             raise ValueError(f"encoding must be 'direct' or 'rate', got {encoding!r}; pick one of those.")
         self.root, self.encoding = str(root), encoding
@@ -219,10 +245,10 @@ class CIFAR10DataModule(SpikeDataModule):
         mean, std = _channel_stats(images[train_idx])
         self.channel_mean, self.channel_std = mean, std
 
-        def frames(x: Tensor, y: Tensor) -> CIFAR10Frames:
-            return CIFAR10Frames(x, y, self.n_steps, self.encoding, mean, std)
+        def frames(x: Tensor, y: Tensor, augment: bool = False) -> CIFAR10Frames:
+            return CIFAR10Frames(x, y, self.n_steps, self.encoding, mean, std, augment)
 
-        self.train_set = frames(images[train_idx], labels[train_idx])
+        self.train_set = frames(images[train_idx], labels[train_idx], self.augment)
         self.val_set = frames(images[val_idx], labels[val_idx])
         self.test_set = frames(test_images, test_labels)
         self.n_train = len(train_idx)

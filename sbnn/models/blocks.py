@@ -202,11 +202,16 @@ class _ResidualBlock(nn.Module):
         shortcut: str,
         gamma_init: float,
         neuron: dict[str, Any] | None,
+        learn_gamma: bool = True,
     ) -> dict[str, Any]:
         check_choice("shortcut", shortcut, SHORTCUTS)
         check_in_range("gamma_init", gamma_init, 0.0)
         self.shortcut = shortcut
-        self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
+        gamma = torch.tensor(float(gamma_init))
+        if learn_gamma:
+            self.gamma = nn.Parameter(gamma)
+        else:  # a fixed gain (the SBNN paper's blocks add the branch with 1): moved by .to(), saved
+            self.register_buffer("gamma", gamma)
         neuron = dict(neuron or {})
         if shortcut == "membrane":
             # the block opens with the neuron that turns the membrane stream into spikes
@@ -331,6 +336,7 @@ class LinearResidualBlock(_ResidualBlock):
         neuron: keyword arguments of every :class:`~sbnn.StochasticLIF` in the block.
         layer: keyword arguments of every :class:`~sbnn.BernoulliLinear` (``bias``, ``lam_std``,
             ``prior_lam``, ...); with ``weights="gaussian"``, of every :class:`~sbnn.GaussianLinear`.
+        learn_gamma: train ``γ`` (default); ``False`` keeps it fixed at ``gamma_init`` (a buffer).
 
     Shape:
         - Input: stream ``[T, B, in_features]`` (``Moments`` or a tensor).
@@ -352,11 +358,12 @@ class LinearResidualBlock(_ResidualBlock):
         gamma_init: float = 0.2,
         neuron: dict[str, Any] | None = None,
         layer: dict[str, Any] | None = None,
+        learn_gamma: bool = True,
     ) -> None:
         super().__init__()
         out_features = in_features if out_features is None else out_features
         check_positive_int("LinearResidualBlock", in_features=in_features, out_features=out_features)
-        neuron = self._init_common(shortcut, gamma_init, neuron)
+        neuron = self._init_common(shortcut, gamma_init, neuron, learn_gamma)
         layer = dict(layer or {})
         self.in_features, self.out_features = in_features, out_features
         self.needs_downsample = in_features != out_features
@@ -391,7 +398,7 @@ class ConvResidualBlock(_ResidualBlock):
         downsample: ``"conv"`` (a strided 3×3 Bernoulli convolution of the block's input spikes,
             the default) or ``"pool"`` (average pooling, zero-padded channels; no parameters).
         kernel_size: odd kernel size of the branch convolutions (padding keeps the size).
-        gamma_init, neuron: as :class:`LinearResidualBlock`.
+        gamma_init, neuron, learn_gamma: as :class:`LinearResidualBlock`.
         layer: keyword arguments of every :class:`~sbnn.BernoulliConv2d` (with ``weights="gaussian"``,
             :class:`~sbnn.GaussianConv2d`).
 
@@ -422,6 +429,7 @@ class ConvResidualBlock(_ResidualBlock):
         gamma_init: float = 0.2,
         neuron: dict[str, Any] | None = None,
         layer: dict[str, Any] | None = None,
+        learn_gamma: bool = True,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -438,7 +446,7 @@ class ConvResidualBlock(_ResidualBlock):
                 f"ConvResidualBlock: a pooling shortcut zero-pads channels and cannot reduce them "
                 f"({in_channels} → {out_channels}); use downsample='conv'"
             )
-        neuron = self._init_common(shortcut, gamma_init, neuron)
+        neuron = self._init_common(shortcut, gamma_init, neuron, learn_gamma)
         layer = dict(layer or {})
         self.in_channels, self.out_channels, self.stride, self.downsample = in_channels, out_channels, stride, downsample
         self.needs_downsample = in_channels != out_channels or stride != 1

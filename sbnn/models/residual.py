@@ -149,6 +149,8 @@ class SpikingResNet(_ResidualClassifier):
             then have exactly ``input_size``). On small data sets with few channels ``"flatten"``
             trains far better: global pooling leaves the readout ``widths[-1]`` spike rates.
         gamma_init: initial residual gain ``γ`` of every block.
+        learn_gamma: train every block's ``γ`` (default); ``False`` keeps it at ``gamma_init``
+            (the SBNN paper's blocks add their spikes with a fixed 1).
         neuron, layer, calibration, readout_beta: as :class:`sbnn.models.SpikingMLP` (see the
             module docstring for ``calibration.readout_std``).
 
@@ -185,6 +187,7 @@ class SpikingResNet(_ResidualClassifier):
         layer: LayerSettings = LayerSettings(),
         calibration: CalibrationSettings = CalibrationSettings(readout_std=0.5),
         readout_beta: float = 0.9,
+        learn_gamma: bool = True,
     ) -> None:
         check_positive_int("SpikingResNet", in_channels=in_channels, num_classes=num_classes, stem_stride=stem_stride)
         widths = tuple(widths)
@@ -221,7 +224,7 @@ class SpikingResNet(_ResidualClassifier):
                 blocks.append(
                     ConvResidualBlock(
                         prev, width, stride, shortcut=shortcut, downsample=downsample, gamma_init=gamma_init,
-                        neuron=neuron_kwargs, layer=layer_kwargs,
+                        neuron=neuron_kwargs, layer=layer_kwargs, learn_gamma=learn_gamma,
                     )
                 )
                 prev = width

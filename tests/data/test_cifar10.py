@@ -128,3 +128,54 @@ def test_cifar10_recipe_runs_on_the_fixture(tmp_path, capsys):
     assert cli.trainer.global_step == 1
     for name in ("mode", "mc", "lrt"):
         assert 0.0 <= float(metrics[f"test_acc_{name}"]) <= 1.0
+
+
+def _crops(image: torch.Tensor, pad: int = 4) -> list[torch.Tensor]:
+    """Every crop the augmentation may return, built by hand: shift by (dy, dx), zeros outside."""
+    out = []
+    h, w = image.shape[-2:]
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            shifted = torch.zeros_like(image)
+            # crop row r reads padded row r + dy, i.e. image row r + dy − pad
+            for r in range(h):
+                src = r + dy - pad
+                if 0 <= src < h:
+                    lo, hi = max(0, pad - dx), min(w, w + pad - dx)
+                    shifted[:, r, lo:hi] = image[:, src, lo + dx - pad : hi + dx - pad]
+            out += [shifted, shifted.flip(-1)]
+    return out
+
+
+def test_random_crop_flip_returns_a_shifted_or_mirrored_crop():
+    from sbnn.data.cifar10 import random_crop_flip
+
+    image = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8) + 1  # no zeros: padding shows
+    candidates = _crops(image)
+    seen, flips = set(), 0
+    for _ in range(60):
+        out = random_crop_flip(image)
+        assert out.shape == image.shape
+        (k,) = [i for i, c in enumerate(candidates) if torch.equal(c, out)]
+        seen.add(k // 2)
+        flips += k % 2
+    assert len(seen) > 10 and 0 < flips < 60  # offsets and flips both vary
+
+
+def test_augment_applies_to_the_training_split_only(tmp_path):
+    write_cifar10(tmp_path, per_batch=6)
+    dm = CIFAR10DataModule(root=str(tmp_path), n_steps=2, n_val=6, batch_size=4, augment=True)
+    dm.setup()
+    assert dm.train_set.augment and not dm.val_set.augment and not dm.test_set.augment
+    mean, std = dm.channel_mean.reshape(3, 1, 1), dm.channel_std.reshape(3, 1, 1)
+    image = dm.train_set.images[0].float() / 255.0
+    normalised = [(c - mean) / std for c in _crops(image)]
+    draws = [dm.train_set[0][0] for _ in range(20)]
+    for x in draws:
+        assert torch.equal(x[0], x[1])  # one crop for every step of a sample
+        assert any(torch.allclose(x[0], c) for c in normalised)
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    assert torch.equal(dm.test_set[0][0], dm.test_set[0][0])
+    plain = CIFAR10DataModule(root=str(tmp_path), n_steps=2, n_val=6, batch_size=4)
+    plain.setup()
+    assert not plain.train_set.augment and torch.equal(plain.train_set[0][0], plain.train_set[0][0])
