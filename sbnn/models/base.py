@@ -82,7 +82,9 @@ class SpikingClassifier(nn.Module):
         self.output_neuron = self.neuron_settings.build() if readout == "spike_count" else None
         # the last construction step of every model: the hidden layers exist now
         if self.layer_settings.time_affine_steps is not None:
-            attach_time_affines(self, self.layer_settings.time_affine_steps, exclude=(self.output,))
+            attach_time_affines(
+                self, self.layer_settings.time_affine_steps, exclude=(self.output,), batch_norm=self.layer_settings.time_batch_norm
+            )
 
     # -- what a subclass declares ---------------------------------------------------------------
     def stages(self) -> list[Stage]:  # pragma: no cover - interface

@@ -134,6 +134,9 @@ class LayerSettings:
         time_affine_steps: ``None`` (default) or ``T_max``: give every layer that feeds a hidden
             neuron a learned per-channel gain and bias for each of ``T_max`` time steps
             (:mod:`sbnn.models.time_affine`); longer inputs are refused.
+        time_batch_norm: with ``time_affine_steps``, normalise each step's pre-activation by its
+            batch statistics first (a BatchNorm per layer and time step, running statistics in
+            evaluation): the full-precision baseline of the SBNN paper. Off by default.
     """
 
     bias: bool = False
@@ -147,6 +150,7 @@ class LayerSettings:
     prior_std: float | None = None
     variance_input_grad: bool = True
     time_affine_steps: int | None = None
+    time_batch_norm: bool = False
 
     def __post_init__(self) -> None:
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
@@ -155,6 +159,11 @@ class LayerSettings:
             raise ValueError(
                 f"layer.time_affine_steps must be None (no per-time-step gain and bias) or a positive integer, the "
                 f"longest sequence the model will run; got {steps!r}"
+            )
+        if self.time_batch_norm and steps is None:
+            raise ValueError(
+                "layer.time_batch_norm normalises per time step, so it needs layer.time_affine_steps (the longest "
+                "sequence the model will run); set both, e.g. {time_affine_steps: 100, time_batch_norm: true}"
             )
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))
