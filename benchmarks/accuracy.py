@@ -72,11 +72,15 @@ methods, all on sbnn's own ``SpikingMLP(N, (128,), K)`` (the architecture above,
 * ``ste_method``: ±1 STE, :class:`sbnn.training.STEMethod` (``STE_METHOD_LR`` on the latent
   weights, 1e-3 on the scales; gradient-norm and weight clipping at 1) on the same Bernoulli
   ``SpikingMLP``, scales calibrated on the first batch; neurons deterministic.
-* ``fp_method``: full precision, :class:`sbnn.training.FullPrecisionMethod` (lr 1e-2 on the
-  weights, 1e-3 on the scales), same network and calibration, no normalisation.
+* ``fp_bn``: full-precision surrogate-gradient training with BatchNorm, the paper's own baseline:
+  :class:`sbnn.training.FullPrecisionMethod` (lr 1e-2 on the weights, 1e-3 on the scales) on the
+  same network with a BatchNorm per time step on the hidden layer's pre-activation
+  (``LayerSettings(time_affine_steps=T, time_batch_norm=True)``), scales calibrated on the first
+  batch. ``fp_method`` (only with ``--methods``): the same without the BatchNorm.
 
 Every method uses the cosine schedule over the epochs (its own learning rates);
-``ste_method`` and ``fp_method`` are tested with their deterministic network (``mode``).
+``ste_method``, ``fp_bn`` and ``fp_method`` are tested with their deterministic network
+(``mode``; BatchNorm with its running statistics).
 
 Runs go to a process pool (``--jobs``, each process ``torch.set_num_threads(1)`` and
 ``torch.set_flush_denormal(True)``); all numbers, per-epoch curves included, go to ``--out`` as JSON.
@@ -122,7 +126,8 @@ DATASETS = ("randman", "digits")
 METHODS = ("sbnn", "float", "ste")
 
 # the paper suite (--suite paper)
-PAPER_METHODS = ("paper", "sbnn", "ste_method", "fp_method")
+PAPER_METHODS = ("paper", "sbnn", "ste_method", "fp_bn")
+SUITE_METHODS = (*PAPER_METHODS, "fp_method")  # fp_method: fp_bn without the BatchNorm, on request
 SUITES = ("baselines", "paper")
 PAPER_EPOCHS = 40  # one budget for every method of the paper suite
 PAPER_LR = 5e-3  # the paper's Adam lr of the weights, gains and biases
@@ -130,7 +135,7 @@ PAPER_SIGMA_LR = 5e-2  # ... and of the noise scales (σ_w, σ_b)
 PAPER_SIGMA_B = 0.3133  # initial learned threshold noise σ_b
 PAPER_SNR_WEIGHT = 1e-6  # SNR auxiliary loss weight on the authors' sum scale (their SHD value)
 STE_METHOD_LR = 1e-2  # STEMethod's latent-weight lr (BayesBiNN table 9, as compare_methods.py)
-FP_METHOD_LR = 1e-2  # FullPrecisionMethod's weight lr (as compare_methods.py)
+FP_METHOD_LR = 1e-2  # FullPrecisionMethod's weight lr (as compare_methods.py), with or without BatchNorm
 TASK_METHODS = ("sbnn", "paper")  # trained by SpikingClassificationTask under Lightning
 
 
@@ -343,13 +348,17 @@ def suite_network(method: str, n_in: int, n_out: int, n_steps: int, hidden: int 
     """The ``SpikingMLP(n_in, (hidden,), n_out)`` of paper-suite ``method`` for ``n_steps``-step inputs.
 
     ``paper``: real Gaussian weights, per-time-step gains and biases for ``n_steps`` steps, the
-    accumulated-variance membrane with a learned ``σ_b`` (the SBNN paper's configuration); every
-    other method: sbnn's default Bernoulli layers and neurons.
+    accumulated-variance membrane with a learned ``σ_b`` (the SBNN paper's configuration);
+    ``fp_bn``: sbnn's default Bernoulli layers (their ``λ`` trained as full-precision weights) with
+    a BatchNorm per time step on the hidden pre-activation; every other method: sbnn's default
+    Bernoulli layers and neurons.
     """
     from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
 
-    if method not in PAPER_METHODS:
-        raise ValueError(f"unknown paper-suite method {method!r}; choose from {PAPER_METHODS}")
+    if method not in SUITE_METHODS:
+        raise ValueError(f"unknown paper-suite method {method!r}; choose from {SUITE_METHODS}")
+    if method == "fp_bn":
+        return SpikingMLP(n_in, (hidden,), n_out, layer=LayerSettings(time_affine_steps=n_steps, time_batch_norm=True))
     if method == "paper":
         layer = LayerSettings(weights="gaussian", variance_input_grad=False, time_affine_steps=n_steps)
         neuron = NeuronSettings(membrane_noise="marginal", sigma_b=PAPER_SIGMA_B, learn_sigma_b=True, sigma0=0.0,
@@ -379,18 +388,18 @@ def suite_task(method: str, network: nn.Module, task_kwargs: dict[str, Any] | No
 
 
 def suite_method(method: str):
-    """The :class:`sbnn.training.TrainingMethod` of ``ste_method`` / ``fp_method``."""
+    """The :class:`sbnn.training.TrainingMethod` of ``ste_method``, ``fp_bn`` or ``fp_method``."""
     from sbnn.training import FullPrecisionMethod, STEMethod
 
     if method == "ste_method":
         return STEMethod(lr=STE_METHOD_LR)
-    if method == "fp_method":
+    if method in ("fp_bn", "fp_method"):
         return FullPrecisionMethod(lr=FP_METHOD_LR)
-    raise ValueError(f"{method!r} is not an sbnn.training method of the paper suite; those are ste_method, fp_method")
+    raise ValueError(f"{method!r} is not an sbnn.training method of the paper suite; those are ste_method, fp_bn, fp_method")
 
 
 def run_method(dataset: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
-    """Train a paper-suite ``ste_method`` / ``fp_method`` network with sbnn's plain loop; test its ``mode`` network."""
+    """Train a paper-suite ``ste_method`` / ``fp_bn`` / ``fp_method`` network with sbnn's plain loop; test its ``mode`` network."""
     import lightning as L
 
     from sbnn.training import predict_samples
@@ -559,7 +568,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     if job["method"] in TASK_METHODS:
         out = run_sbnn(job["dataset"], job["seed"], job["epochs"], job["task_kwargs"], job["method"])
         out["label"] = job["label"] if job["method"] == "sbnn" else job["method"]
-    elif job["method"] in PAPER_METHODS:
+    elif job["method"] in SUITE_METHODS:
         out = run_method(job["dataset"], job["method"], job["seed"], job["epochs"])
         out["label"] = job["method"]
     else:
@@ -689,7 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suite", choices=SUITES, default="baselines",
                    help="baselines: sbnn / float / ste (default); paper: the SBNN paper's configuration beside "
                         "±1 SBNN, STEMethod and FullPrecisionMethod on one network and one epoch budget")
-    p.add_argument("--methods", nargs="+", default=None, choices=list(dict.fromkeys(METHODS + PAPER_METHODS)),
+    p.add_argument("--methods", nargs="+", default=None, choices=list(dict.fromkeys(METHODS + SUITE_METHODS)),
                    help="default: the suite's methods")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"one epoch budget for every method (paper suite default {PAPER_EPOCHS})")
@@ -768,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(target_lines))
     if paper:
         print(f"\npaper: Adam lr {PAPER_LR} (weights, gains, biases), {PAPER_SIGMA_LR} (noise scales), SNR loss "
-              f"{PAPER_SNR_WEIGHT} (sum scale), KL 0, no calibration; ste_method lr {STE_METHOD_LR}; fp_method lr "
+              f"{PAPER_SNR_WEIGHT} (sum scale), KL 0, no calibration; ste_method lr {STE_METHOD_LR}; fp_bn / fp_method lr "
               f"{FP_METHOD_LR}; sbnn: task defaults; cosine schedule over the epochs; batch 32")
     else:
         print(f"\nbaselines: float Adam lr {args.float_lr}; STE latent lr {args.ste_lr}, gain lr {GAIN_LR}; init float {args.float_init}, STE {args.ste_init}; "
