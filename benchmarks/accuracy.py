@@ -51,6 +51,37 @@ unchanged on both data sets (see benchmarks/README.md).
 Targets printed at the end: (i) SBNN ``mode`` ≥ the STE ±1 baseline on both data sets (means over
 seeds); (ii) LRT − ``mode`` < 2 points on both data sets.
 
+**Paper suite** (``--suite paper``): the SBNN paper's configuration beside three ±1 / float
+methods, all on sbnn's own ``SpikingMLP(N, (128,), K)`` (the architecture above, hidden LIF
+``β = 0.9``, threshold 1, membrane readout) with the same data, batches and epoch budget
+(``--epochs``, 40 by default)::
+
+    python benchmarks/accuracy.py --suite paper              # 2 data sets x 4 methods x 3 seeds
+    python benchmarks/accuracy.py --suite paper --quick      # smoke run: seed 0, 2 epochs
+
+* ``paper``: the SBNN paper's configuration (Walker et al. 2025, arXiv 2505.17962): real weights
+  with a per-layer Gaussian posterior (``LayerSettings(weights="gaussian",
+  variance_input_grad=False, time_affine_steps=T)``), the accumulated-variance membrane with a
+  learned threshold noise (``NeuronSettings(membrane_noise="marginal", sigma_b=0.3133,
+  learn_sigma_b=True, sigma0=0.0, estimator="st")``), no weight KL, the SNR auxiliary loss at the
+  authors' λ = 1e-6 on their sum scale (``SNRLoss(reduction="sum")``), Adam lr 5e-3 (weights,
+  gains, biases) and 5e-2 (noise scales), no calibration and no ``mode`` fine-tune, through
+  ``SpikingClassificationTask``. Tested as ``mode`` (the mean weights), MC, LRT and one noisy
+  sample (``sample``, the paper's evaluation).
+* ``sbnn``: ±1 SBNN exactly as method 1 above (``SpikingClassificationTask`` defaults).
+* ``ste_method``: ±1 STE, :class:`sbnn.training.STEMethod` (``STE_METHOD_LR`` on the latent
+  weights, 1e-3 on the scales; gradient-norm and weight clipping at 1) on the same Bernoulli
+  ``SpikingMLP``, scales calibrated on the first batch; neurons deterministic.
+* ``fp_bn``: full-precision surrogate-gradient training with BatchNorm, the paper's own baseline:
+  :class:`sbnn.training.FullPrecisionMethod` (lr 1e-2 on the weights, 1e-3 on the scales) on the
+  same network with a BatchNorm per time step on the hidden layer's pre-activation
+  (``LayerSettings(time_affine_steps=T, time_batch_norm=True)``), scales calibrated on the first
+  batch. ``fp_method`` (only with ``--methods``): the same without the BatchNorm.
+
+Every method uses the cosine schedule over the epochs (its own learning rates);
+``ste_method``, ``fp_bn`` and ``fp_method`` are tested with their deterministic network
+(``mode``; BatchNorm with its running statistics).
+
 Runs go to a process pool (``--jobs``, each process ``torch.set_num_threads(1)`` and
 ``torch.set_flush_denormal(True)``); all numbers, per-epoch curves included, go to ``--out`` as JSON.
 Extra SBNN configurations (through the task's constructor) can be run with
@@ -93,6 +124,19 @@ EVAL_SAMPLES = 10  # MC networks / LRT passes
 
 DATASETS = ("randman", "digits")
 METHODS = ("sbnn", "float", "ste")
+
+# the paper suite (--suite paper)
+PAPER_METHODS = ("paper", "sbnn", "ste_method", "fp_bn")
+SUITE_METHODS = (*PAPER_METHODS, "fp_method")  # fp_method: fp_bn without the BatchNorm, on request
+SUITES = ("baselines", "paper")
+PAPER_EPOCHS = 40  # one budget for every method of the paper suite
+PAPER_LR = 5e-3  # the paper's Adam lr of the weights, gains and biases
+PAPER_SIGMA_LR = 5e-2  # ... and of the noise scales (σ_w, σ_b)
+PAPER_SIGMA_B = 0.3133  # initial learned threshold noise σ_b
+PAPER_SNR_WEIGHT = 1e-6  # SNR auxiliary loss weight on the authors' sum scale (their SHD value)
+STE_METHOD_LR = 1e-2  # STEMethod's latent-weight lr (BayesBiNN table 9, as compare_methods.py)
+FP_METHOD_LR = 1e-2  # FullPrecisionMethod's weight lr (as compare_methods.py), with or without BatchNorm
+TASK_METHODS = ("sbnn", "paper")  # trained by SpikingClassificationTask under Lightning
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,6 +342,104 @@ def run_baseline(
 
 
 # --------------------------------------------------------------------------------------------
+# the paper suite: four configurations of one sbnn network
+# --------------------------------------------------------------------------------------------
+def suite_network(method: str, n_in: int, n_out: int, n_steps: int, hidden: int = HIDDEN) -> nn.Module:
+    """The ``SpikingMLP(n_in, (hidden,), n_out)`` of paper-suite ``method`` for ``n_steps``-step inputs.
+
+    ``paper``: real Gaussian weights, per-time-step gains and biases for ``n_steps`` steps, the
+    accumulated-variance membrane with a learned ``σ_b`` (the SBNN paper's configuration);
+    ``fp_bn``: sbnn's default Bernoulli layers (their ``λ`` trained as full-precision weights) with
+    a BatchNorm per time step on the hidden pre-activation; every other method: sbnn's default
+    Bernoulli layers and neurons.
+    """
+    from sbnn.models import LayerSettings, NeuronSettings, SpikingMLP
+
+    if method not in SUITE_METHODS:
+        raise ValueError(f"unknown paper-suite method {method!r}; choose from {SUITE_METHODS}")
+    if method == "fp_bn":
+        return SpikingMLP(n_in, (hidden,), n_out, layer=LayerSettings(time_affine_steps=n_steps, time_batch_norm=True))
+    if method == "paper":
+        layer = LayerSettings(weights="gaussian", variance_input_grad=False, time_affine_steps=n_steps)
+        neuron = NeuronSettings(membrane_noise="marginal", sigma_b=PAPER_SIGMA_B, learn_sigma_b=True, sigma0=0.0,
+                                estimator="st")
+        return SpikingMLP(n_in, (hidden,), n_out, layer=layer, neuron=neuron)
+    return SpikingMLP(n_in, (hidden,), n_out)
+
+
+def suite_task(method: str, network: nn.Module, task_kwargs: dict[str, Any] | None = None):
+    """The ``SpikingClassificationTask`` training ``network`` for ``paper`` or ``sbnn``.
+
+    ``paper``: no weight KL, the SNR loss (sum scale, λ = ``PAPER_SNR_WEIGHT``), lr ``PAPER_LR``
+    and ``PAPER_SIGMA_LR`` for the noise scales, no calibration and no ``mode`` fine-tune;
+    ``sbnn``: the task's defaults updated by ``task_kwargs``.
+    """
+    from sbnn.tasks import SpikingClassificationTask
+    from sbnn.training import SNRLoss
+
+    if method == "paper":
+        return SpikingClassificationTask(
+            network, lr=PAPER_LR, sigma_lr=PAPER_SIGMA_LR, kl_weight=0.0, aux_loss="snr",
+            aux_weight=PAPER_SNR_WEIGHT, aux_fn=SNRLoss(reduction="sum"), mode_finetune_epochs=0, calibrate=False,
+        )
+    if method == "sbnn":
+        return SpikingClassificationTask(network, **(task_kwargs or {}))
+    raise ValueError(f"{method!r} is not trained by SpikingClassificationTask; those are {TASK_METHODS}")
+
+
+def suite_method(method: str):
+    """The :class:`sbnn.training.TrainingMethod` of ``ste_method``, ``fp_bn`` or ``fp_method``."""
+    from sbnn.training import FullPrecisionMethod, STEMethod
+
+    if method == "ste_method":
+        return STEMethod(lr=STE_METHOD_LR)
+    if method in ("fp_bn", "fp_method"):
+        return FullPrecisionMethod(lr=FP_METHOD_LR)
+    raise ValueError(f"{method!r} is not an sbnn.training method of the paper suite; those are ste_method, fp_bn, fp_method")
+
+
+def run_method(dataset: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
+    """Train a paper-suite ``ste_method`` / ``fp_bn`` / ``fp_method`` network with sbnn's plain loop; test its ``mode`` network."""
+    import lightning as L
+
+    from sbnn.training import predict_samples
+
+    dm = make_datamodule(dataset)
+    xv, yv = full_split(dm, "val")
+    xt, yt = full_split(dm, "test")
+    xtr, ytr = full_split(dm, "train")
+    L.seed_everything(seed, verbose=False)
+    net = suite_network(method, dm.input_size, dm.num_classes, xt.shape[0])
+    training = suite_method(method)
+    loader = dm.train_dataloader()
+    training.setup(net, dm.n_train, epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        initial_rate = net.calibrate(next(iter(loader))[0])
+    curves: dict[str, list[float]] = {k: [] for k in ("train_nll", "val_acc", "epoch_s")}
+    t_fit = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        t0 = time.perf_counter()
+        total = count = 0.0
+        for x, y in loader:
+            loss = training.train_step(net, F.cross_entropy, x, y)
+            total, count = total + float(loss) * y.shape[0], count + y.shape[0]
+        training.epoch_end(epoch)
+        curves["epoch_s"].append(time.perf_counter() - t0)
+        curves["train_nll"].append(total / count)
+        curves["val_acc"].append(accuracy(predict_samples(net, training, xv, "mode")[0], yv))
+    fit_s = time.perf_counter() - t_fit
+    return {
+        "dataset": dataset, "method": method, "seed": seed, "epochs": epochs,
+        "lr": training.lr, "float_lr": training.float_lr, "initial_rate": initial_rate,
+        "test_acc": accuracy(predict_samples(net, training, xt, "mode")[0], yt),
+        "train_acc_final": accuracy(predict_samples(net, training, xtr, "mode")[0], ytr),
+        "fit_s": fit_s, "s_per_epoch": statistics.mean(curves["epoch_s"]), "curves": curves,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # SBNN through Lightning, exactly as users run it
 # --------------------------------------------------------------------------------------------
 def _make_curve_callback(xv: Tensor, yv: Tensor):
@@ -351,26 +493,26 @@ def _make_curve_callback(xv: Tensor, yv: Tensor):
                 with evaluation(net, "sample"):
                     self.curves["val_acc_lrt1"].append(accuracy(net(xv), yv))
                 layers = [m for m in net.modules() if isinstance(m, BernoulliLayer)]
-                m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers])
-                self.curves["mean_abs_m"].append(float(m.mean()))
+                if layers:  # real-weight (Gaussian) networks have no λ
+                    m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers])
+                    self.curves["mean_abs_m"].append(float(m.mean()))
 
     return Curves()
 
 
-def run_sbnn(dataset: str, seed: int, epochs: int, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+def run_sbnn(dataset: str, seed: int, epochs: int, task_kwargs: dict[str, Any], method: str = "sbnn") -> dict[str, Any]:
+    """Train and test ``method`` (``sbnn``, or the paper suite's ``paper``) under a plain Lightning Trainer."""
     import lightning as L
 
     from sbnn import evaluation, lrt_predict
     from sbnn.layers import BernoulliLayer
-    from sbnn.tasks import SpikingClassificationTask
-    from sbnn.models import SpikingMLP
     from sbnn.posterior import sign_mean
 
     dm = make_datamodule(dataset)
     xv, yv = full_split(dm, "val")
     xtr, ytr = full_split(dm, "train")
     L.seed_everything(seed, verbose=False)
-    task = SpikingClassificationTask(SpikingMLP(dm.input_size, (HIDDEN,), dm.num_classes), **task_kwargs)
+    task = suite_task(method, suite_network(method, dm.input_size, dm.num_classes, xv.shape[0]), task_kwargs)
     curves = _make_curve_callback(xv, yv)
     trainer = L.Trainer(
         max_epochs=epochs, enable_progress_bar=False, logger=False, enable_checkpointing=False,
@@ -389,13 +531,13 @@ def run_sbnn(dataset: str, seed: int, epochs: int, task_kwargs: dict[str, Any]) 
             train_acc_mode = accuracy(net(xtr), ytr)
         train_acc_lrt = accuracy(lrt_predict(net, xtr, EVAL_SAMPLES), ytr)
         layers = [m for m in net.modules() if isinstance(m, BernoulliLayer)]
-        m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers])
+        m = torch.cat([sign_mean(l.lam).abs().flatten() for l in layers]) if layers else torch.full((1,), float("nan"))
     return {
-        "dataset": dataset, "method": "sbnn", "seed": seed, "epochs": epochs, "task_kwargs": task_kwargs,
+        "dataset": dataset, "method": method, "seed": seed, "epochs": epochs, "task_kwargs": task_kwargs,
         "hparams": {k: v for k, v in dict(task.hparams).items() if isinstance(v, (int, float, str, bool, type(None)))},
         "test_acc_mode": float(test["test_acc_mode"]), "test_acc_mc": float(test["test_acc_mc"]),
         "test_acc_lrt": float(test["test_acc_lrt"]), "test_nll_mc": float(test["test_nll_mc"]),
-        "test_nll_lrt": float(test["test_nll_lrt"]),
+        "test_nll_lrt": float(test["test_nll_lrt"]), "test_acc_sample": float(test["test_acc_sample"]),
         "test_acc": float(test["test_acc_mode"]),
         "train_acc_final": train_acc_mode, "train_acc_final_lrt": train_acc_lrt,
         "mean_abs_m": float(m.mean()), "frac_abs_m_gt_0.9": float((m > 0.9).float().mean()),
@@ -423,9 +565,12 @@ def _worker_init() -> None:
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     _worker_init()
     t0 = time.perf_counter()
-    if job["method"] == "sbnn":
-        out = run_sbnn(job["dataset"], job["seed"], job["epochs"], job["task_kwargs"])
-        out["label"] = job["label"]
+    if job["method"] in TASK_METHODS:
+        out = run_sbnn(job["dataset"], job["seed"], job["epochs"], job["task_kwargs"], job["method"])
+        out["label"] = job["label"] if job["method"] == "sbnn" else job["method"]
+    elif job["method"] in SUITE_METHODS:
+        out = run_method(job["dataset"], job["method"], job["seed"], job["epochs"])
+        out["label"] = job["method"]
     else:
         out = run_baseline(job["dataset"], job["method"], job["seed"], job["epochs"], job["init"],
                            job["float_lr"], job["ste_lr"])
@@ -459,8 +604,9 @@ def summarise(results: list[dict[str, Any]], datasets: list[str], labels: list[s
                 continue
             s: dict[str, Any] = {"n_seeds": len(runs), "epochs": runs[0]["epochs"]}
             keys = ["test_acc", "train_acc_final"]
-            if runs[0]["method"] == "sbnn":
+            if runs[0]["method"] in TASK_METHODS:
                 keys += ["test_acc_mode", "test_acc_mc", "test_acc_lrt", "train_acc_final_lrt"]
+                keys += ["test_acc_sample"] if all("test_acc_sample" in r for r in runs) else []
                 gaps = [r["test_acc_lrt"] - r["test_acc_mode"] for r in runs]
                 s["gap_lrt_minus_mode"] = dict(zip(("mean", "std"), mean_std(gaps)))
             for k in keys:
@@ -470,14 +616,18 @@ def summarise(results: list[dict[str, Any]], datasets: list[str], labels: list[s
     return summary
 
 
-def print_table(results: list[dict[str, Any]], datasets: list[str], labels: list[str], n_seeds: int) -> list[str]:
+def print_table(
+    results: list[dict[str, Any]], datasets: list[str], labels: list[str], n_seeds: int, sample: bool = False
+) -> list[str]:
+    """The accuracy table; ``sample`` adds the one-noisy-sample column of the task-trained methods."""
     w = max([24, *(len(lab) for lab in labels)])
+    one = f" {'1 sample':>12}" if sample else ""
     lines = [
         f"test accuracy in %, mean ± std over {n_seeds} seed(s); final-epoch network; "
-        f"SBNN: mode | MC{EVAL_SAMPLES} | LRT{EVAL_SAMPLES}; train acc = final network on the whole train set "
-        "(SBNN: mode)",
+        f"SBNN: mode | MC{EVAL_SAMPLES} | LRT{EVAL_SAMPLES}{' | one noisy sample' if sample else ''}; "
+        "train acc = final network on the whole train set (SBNN: mode)",
         "",
-        f"{'dataset':<8} {'method':<{w}} {'ep':>3} {'test (mode)':>12} {'MC10':>12} {'LRT10':>12} "
+        f"{'dataset':<8} {'method':<{w}} {'ep':>3} {'test (mode)':>12} {'MC10':>12} {'LRT10':>12}{one} "
         f"{'LRT-mode':>12} {'train acc':>12} {'s/epoch':>8}",
     ]
     lines.append("-" * len(lines[-1]))
@@ -486,14 +636,15 @@ def print_table(results: list[dict[str, Any]], datasets: list[str], labels: list
             runs = [r for r in results if r["dataset"] == d and r["label"] == lab]
             if not runs:
                 continue
-            sb = runs[0]["method"] == "sbnn"
+            sb = runs[0]["method"] in TASK_METHODS
             mc = fmt([r["test_acc_mc"] for r in runs]) if sb else "—"
+            one = (f" {fmt([r['test_acc_sample'] for r in runs]) if sb else '—':>12}") if sample else ""
             lrt = fmt([r["test_acc_lrt"] for r in runs]) if sb else "—"
             gap = fmt([r["test_acc_lrt"] - r["test_acc_mode"] for r in runs]) if sb else "—"
             sec = statistics.mean(r["s_per_epoch"] for r in runs)
             lines.append(
                 f"{d:<8} {lab:<{w}} {runs[0]['epochs']:>3} {fmt([r['test_acc'] for r in runs]):>12} {mc:>12} "
-                f"{lrt:>12} {gap:>12} {fmt([r['train_acc_final'] for r in runs]):>12} {sec:>8.2f}"
+                f"{lrt:>12}{one} {gap:>12} {fmt([r['train_acc_final'] for r in runs]):>12} {sec:>8.2f}"
             )
     return lines
 
@@ -517,15 +668,43 @@ def evaluate_targets(summary: dict[str, Any], datasets: list[str], label: str = 
     return lines, targets
 
 
+def evaluate_paper_targets(summary: dict[str, Any], datasets: list[str], label: str = "sbnn") -> tuple[list[str], dict[str, Any]]:
+    """Paper suite: is ±1 SBNN's ``mode`` within 3 points of the paper configuration (its one-sample
+    accuracy, the paper's evaluation, and its best evaluation)?"""
+    lines, targets = [], {}
+    for d in datasets:
+        sb, paper = summary.get(f"{d}/{label}"), summary.get(f"{d}/paper")
+        if not (sb and paper):
+            continue
+        mode = sb["test_acc_mode"]["mean"]
+        evals = {k: paper[f"test_acc_{k}"]["mean"] for k in ("mode", "mc", "lrt", "sample") if f"test_acc_{k}" in paper}
+        best = max(evals, key=evals.get)
+        for name, ref in (("one sample", evals.get("sample")), (f"best ({best})", evals[best])):
+            if ref is None:
+                continue
+            ok = mode >= ref - 3.0
+            targets[f"{d}: sbnn mode within 3 of paper {name}"] = ok
+            lines.append(f"  {d:<8} ±1 SBNN mode {mode:.1f} vs paper {name} {ref:.1f}: {mode - ref:+.1f} points, "
+                         f"within 3: {'MET' if ok else 'NOT MET'}")
+    return lines, targets
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds (default 0 1 2)")
     p.add_argument("--epochs-float", type=int, default=80, help="epochs of the float and STE baselines (default 80)")
     p.add_argument("--epochs-sbnn", type=int, default=80, help="epochs of SBNN (default 80)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--suite", choices=SUITES, default="baselines",
+                   help="baselines: sbnn / float / ste (default); paper: the SBNN paper's configuration beside "
+                        "±1 SBNN, STEMethod and FullPrecisionMethod on one network and one epoch budget")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(dict.fromkeys(METHODS + SUITE_METHODS)),
+                   help="default: the suite's methods")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"one epoch budget for every method (paper suite default {PAPER_EPOCHS})")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes, one thread each (default 2)")
-    p.add_argument("--out", default="benchmarks/results/accuracy.json", help="JSON with every number")
+    p.add_argument("--out", default=None, help="JSON with every number (default benchmarks/results/accuracy.json; "
+                                                 "paper suite: benchmarks/results/accuracy_paper.json)")
     p.add_argument("--quick", action="store_true", help="smoke configuration (~40 s): seed 0, 2 epochs for the baselines, 4 for SBNN")
     p.add_argument("--float-init", choices=("calibrated", "default"), default=FLOAT_INIT,
                    help=f"initial weight scale of the float SNN (default {FLOAT_INIT})")
@@ -536,8 +715,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sbnn-kwargs", default="{}",
                    help="JSON dict of extra SpikingClassificationTask arguments (labels the runs sbnn[...])")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = f"benchmarks/results/accuracy{'_paper' if args.suite == 'paper' else ''}.json"
+    if args.methods is None:
+        args.methods = list(PAPER_METHODS if args.suite == "paper" else METHODS)
+    if args.suite == "paper" and args.epochs is None:
+        args.epochs = PAPER_EPOCHS
+    if args.epochs is not None:
+        if args.epochs < 1:
+            p.error(f"--epochs must be a positive integer, got {args.epochs}")
+        args.epochs_float = args.epochs_sbnn = args.epochs
     if args.quick:
-        args.seeds, args.epochs_float, args.epochs_sbnn = [0], 2, 4
+        args.seeds, args.epochs_float, args.epochs_sbnn = [0], 2, (2 if args.suite == "paper" else 4)
+        args.epochs = 2 if args.suite == "paper" else args.epochs
     args.task_kwargs = json.loads(args.sbnn_kwargs)
     if not isinstance(args.task_kwargs, dict):
         p.error("--sbnn-kwargs must be a JSON object")
@@ -552,12 +742,12 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.datasets:
         for method in args.methods:
             for seed in args.seeds:
-                epochs = args.epochs_sbnn if method == "sbnn" else args.epochs_float
+                epochs = args.epochs_sbnn if method in TASK_METHODS else args.epochs_float
                 jobs.append({"dataset": d, "method": method, "seed": seed, "epochs": epochs,
                              "task_kwargs": args.task_kwargs, "label": label, "init": args.float_init if method == "float" else args.ste_init,
                              "float_lr": args.float_lr, "ste_lr": args.ste_lr})
     # longest first (SBNN, then Randman's 50 steps) so the pool drains evenly
-    jobs.sort(key=lambda j: (j["method"] != "sbnn", j["dataset"] != "randman", j["method"] != "ste"))
+    jobs.sort(key=lambda j: (j["method"] not in TASK_METHODS, j["dataset"] != "randman", j["method"] != "ste"))
     print(f"accuracy benchmark: {len(jobs)} runs on {args.jobs} process(es), torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}", flush=True)
     t0 = time.perf_counter()
@@ -568,23 +758,30 @@ def main(argv: list[str] | None = None) -> int:
         for fut in as_completed(futures):
             r = fut.result()
             results.append(r)
-            extra = (f" mode/MC/LRT {100 * r['test_acc_mode']:.1f}/{100 * r['test_acc_mc']:.1f}/"
-                     f"{100 * r['test_acc_lrt']:.1f}" if r["method"] == "sbnn" else f" test {100 * r['test_acc']:.1f}")
+            extra = (f" mode/MC/LRT/1 {100 * r['test_acc_mode']:.1f}/{100 * r['test_acc_mc']:.1f}/"
+                     f"{100 * r['test_acc_lrt']:.1f}/{100 * r['test_acc_sample']:.1f}"
+                     if r["method"] in TASK_METHODS else f" test {100 * r['test_acc']:.1f}")
             print(f"[{time.perf_counter() - t0:7.1f}s] {len(results):2d}/{len(jobs)} {r['dataset']:<8} {r['label']:<24} "
                   f"seed {r['seed']}:{extra}, train {100 * r['train_acc_final']:.1f}, {r['s_per_epoch']:.2f} s/epoch",
                   flush=True)
     wall = time.perf_counter() - t0
     labels = [label if m == "sbnn" else m for m in args.methods]
     summary = summarise(results, args.datasets, labels)
-    lines = print_table(results, args.datasets, labels, len(args.seeds))
-    target_lines, targets = evaluate_targets(summary, args.datasets, label)
+    paper = args.suite == "paper"
+    lines = print_table(results, args.datasets, labels, len(args.seeds), sample=paper)
+    target_lines, targets = (evaluate_paper_targets if paper else evaluate_targets)(summary, args.datasets, label)
     print()
     print("\n".join(lines))
     if target_lines:
         print("\ntargets:")
         print("\n".join(target_lines))
-    print(f"\nbaselines: float Adam lr {args.float_lr}; STE latent lr {args.ste_lr}, gain lr {GAIN_LR}; init float {args.float_init}, STE {args.ste_init}; "
-          f"cosine schedule over the epochs; batch 32")
+    if paper:
+        print(f"\npaper: Adam lr {PAPER_LR} (weights, gains, biases), {PAPER_SIGMA_LR} (noise scales), SNR loss "
+              f"{PAPER_SNR_WEIGHT} (sum scale), KL 0, no calibration; ste_method lr {STE_METHOD_LR}; fp_bn / fp_method lr "
+              f"{FP_METHOD_LR}; sbnn: task defaults; cosine schedule over the epochs; batch 32")
+    else:
+        print(f"\nbaselines: float Adam lr {args.float_lr}; STE latent lr {args.ste_lr}, gain lr {GAIN_LR}; init float {args.float_init}, STE {args.ste_init}; "
+              f"cosine schedule over the epochs; batch 32")
     print(f"wall time {wall:.0f} s ({args.jobs} process(es), 1 thread each); s/epoch = training passes only, "
           "measured while the other process(es) ran")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -593,7 +790,10 @@ def main(argv: list[str] | None = None) -> int:
             "config": {k: v for k, v in vars(args).items()},
             "constants": {"hidden": HIDDEN, "beta": BETA, "threshold": THRESHOLD, "float_lr": FLOAT_LR,
                           "ste_lr": STE_LR, "float_init": FLOAT_INIT, "ste_init": STE_INIT, "gain_lr": GAIN_LR, "hidden_gain": HIDDEN_GAIN,
-                          "readout_std": READOUT_STD, "eval_samples": EVAL_SAMPLES},
+                          "readout_std": READOUT_STD, "eval_samples": EVAL_SAMPLES, "paper_lr": PAPER_LR,
+                          "paper_sigma_lr": PAPER_SIGMA_LR, "paper_sigma_b": PAPER_SIGMA_B,
+                          "paper_snr_weight": PAPER_SNR_WEIGHT, "ste_method_lr": STE_METHOD_LR,
+                          "fp_method_lr": FP_METHOD_LR},
             "environment": {"torch": torch.__version__, "python": sys.version.split()[0],
                             "platform": platform.platform(), "cpu_count": os.cpu_count()},
             "wall_s": wall, "summary": summary, "targets": targets, "table": lines, "runs": results,
