@@ -43,6 +43,8 @@ class TimeAffine(nn.Module):
         steps: the number of time steps ``T_max`` it has a gain and bias for.
         channels: output channels (features) of the layer it follows.
         spatial_dims: trailing spatial dimensions of the pre-activation (2 after a convolution).
+        scale_variance: ``True`` (default): ``v' = g[t]²v``; ``False``: the gain scales the mean
+            only, ``v' = v`` (the SBNN authors' code, whose weight noise has its own learned scale).
 
     Shape:
         - Input: :class:`~sbnn.layers.Moments` ``[T, B, C]`` or ``[T, B, C, H, W]`` with
@@ -56,8 +58,9 @@ class TimeAffine(nn.Module):
         ((3, 2, 4), 24.0)
     """
 
-    def __init__(self, steps: int, channels: int, spatial_dims: int = 0) -> None:
+    def __init__(self, steps: int, channels: int, spatial_dims: int = 0, scale_variance: bool = True) -> None:
         super().__init__()
+        self.scale_variance = bool(scale_variance)
         check_positive_int("TimeAffine", steps=steps, channels=channels)
         if spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"TimeAffine: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
@@ -82,10 +85,26 @@ class TimeAffine(nn.Module):
         shape = (n, 1, self.channels) + (1,) * self.spatial_dims
         gain = self.gain[start : start + n].reshape(shape)
         bias = self.bias[start : start + n].reshape(shape)
-        return Moments(torch.addcmul(bias, mean, gain), None if var is None else var * gain.square())
+        return Moments(torch.addcmul(bias, mean, gain), self._scaled_var(var, gain))
+
+    def _scaled_var(self, var: Tensor | None, gain: Tensor) -> Tensor | None:
+        if var is None or not self.scale_variance:
+            return var
+        return var * gain.square()
+
+    def gain_step(self, moments: Moments, t: int) -> Moments:
+        """One step's moments ``[B, C, ...]`` times step ``t``'s gain, without the bias: ``(g[t]μ, g[t]²v)``.
+
+        A current that shares this layer's gain and bias (the recurrent current of
+        ``LayerSettings(time_affine_recurrent="shared")``): ``g(a + r) + b = (ga + b) + gr``.
+        """
+        self.check_steps(t + 1)
+        gain = self.gain[t].reshape((1, self.channels) + (1,) * self.spatial_dims)
+        return Moments(moments.mean * gain, self._scaled_var(moments.var, gain))
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, channels={self.channels}"
+        extra = "" if self.scale_variance else ", scale_variance=False"
+        return f"steps={self.steps}, channels={self.channels}{extra}"
 
 
 def apply_time_affine(layer: nn.Module, moments: Moments, start: int = 0) -> Moments:
@@ -102,13 +121,16 @@ def apply_time_affine_step(layer: nn.Module, moments: Moments, t: int) -> Moment
     return Moments(mean[0], None if var is None else var[0])
 
 
-def attach_time_affines(model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = ()) -> list[str]:
+def attach_time_affines(
+    model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = (), scale_variance: bool = True
+) -> list[str]:
     """Give every weight layer of ``model`` (a layer with LRT ``moments``) but those in ``exclude`` a :class:`TimeAffine` child.
 
     Args:
         model: a network (or a residual block) built from Bernoulli layers.
         steps: ``T_max``, the longest sequence it will run.
         exclude: layers left without one (the models pass their readout).
+        scale_variance: see :class:`TimeAffine`.
 
     Returns:
         The qualified names of the layers that got one, in module order.
@@ -118,9 +140,9 @@ def attach_time_affines(model: nn.Module, steps: int, exclude: tuple[nn.Module, 
     named = [(n, m) for n, m in model.named_modules() if _is_weight_layer(m) and id(m) not in skip]
     for _, layer in named:
         if hasattr(layer, "out_channels"):  # a convolution: [T, B, C, H, W]
-            layer.time_affine = TimeAffine(steps, layer.out_channels, spatial_dims=2)
+            layer.time_affine = TimeAffine(steps, layer.out_channels, spatial_dims=2, scale_variance=scale_variance)
         else:
-            layer.time_affine = TimeAffine(steps, layer.out_features)
+            layer.time_affine = TimeAffine(steps, layer.out_features, scale_variance=scale_variance)
     return [n for n, _ in named]
 
 
