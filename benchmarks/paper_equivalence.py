@@ -175,6 +175,14 @@ def paper_dvs_net(widths: tuple[int, ...], blocks: int, n_out: int, steps: int, 
     )
 
 
+def paper_snr(setup: str) -> SNRLoss:
+    """Their signal-to-noise term: on SHD the step's current over the step's noise (σ_b² counted twice, as
+    their code does), on DVS Gesture the membrane mean over the accumulated noise; summed as theirs."""
+    if setup == "shd":
+        return SNRLoss("sum", signal="current", sigma_b_weight=2.0)
+    return SNRLoss("sum")
+
+
 # --------------------------------------------------------------------------------------------
 # parameter maps: (sbnn name, their name, their tensor -> sbnn layout) and gradient pairs
 # --------------------------------------------------------------------------------------------
@@ -248,7 +256,7 @@ def copy_params(net: nn.Module, pairs) -> None:
 # one comparison
 # --------------------------------------------------------------------------------------------
 def compare(name: str, theirs: nn.Module, module, net: nn.Module, pairs, x_theirs: Tensor, x_ours: Tensor,
-            y: Tensor, neuron_names: list[str], lam: float, rows: list) -> None:
+            y: Tensor, neuron_names: list[str], lam: float, aux: SNRLoss, rows: list) -> None:
     """Run both on the same input and noise; append ``(what, max |Δ|, max |value|)`` rows."""
     out_t, reg_mems, reg_sig, draws = run_authors(module, theirs, x_theirs)
     ce_t = F.cross_entropy(out_t, y)
@@ -256,7 +264,6 @@ def compare(name: str, theirs: nn.Module, module, net: nn.Module, pairs, x_their
 
     n_layers = len(neuron_names)
     per_layer = {n: torch.stack(draws[j::n_layers]) for j, n in enumerate(neuron_names)}  # their order: t outer, layer inner
-    aux = SNRLoss("sum")
     aux.attach(net)
     with replay_noise(net, per_layer) as used:
         out_o = net(x_ours)
@@ -312,7 +319,7 @@ def build_shd(args, dtype: torch.dtype, rows: list) -> None:
     y = torch.randint(0, 20, (args.batch,))
     names = [f"neurons.{i}" for i in range(len(hidden))]
     compare(f"SHD {args.inputs}-{args.hidden}-{args.hidden}-20 T={args.T} B={args.batch} {str(dtype)[6:]}",
-            theirs, module, net, pairs, x, x.transpose(0, 1).contiguous(), y, names, LAMBDA["shd"], rows)
+            theirs, module, net, pairs, x, x.transpose(0, 1).contiguous(), y, names, LAMBDA["shd"], paper_snr("shd"), rows)
 
 
 def build_dvs(args, dtype: torch.dtype, rows: list) -> None:
@@ -341,7 +348,7 @@ def build_dvs(args, dtype: torch.dtype, rows: list) -> None:
     x = torch.rand(args.dvs_batch, args.dvs_T, 2, 32, 32, dtype=dtype).mul(2.0).floor()  # event counts 0/1
     y = torch.randint(0, 11, (args.dvs_batch,))
     compare(f"DVS {len(conv_params)} convs {widths} T={args.dvs_T} B={args.dvs_batch} {str(dtype)[6:]}",
-            theirs, module, net, pairs, x, x.transpose(0, 1).contiguous(), y, names, LAMBDA["dvs"], rows)
+            theirs, module, net, pairs, x, x.transpose(0, 1).contiguous(), y, names, LAMBDA["dvs"], paper_snr("dvs"), rows)
 
 
 def summary(rows: list) -> None:

@@ -286,3 +286,29 @@ def test_paper_recurrent_network_against_plain_torch(gen):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
         checked += 1
     assert checked >= 8  # weights, σ's, σ_b, gains, biases, readout
+
+
+# -- the signal-to-noise term in its current form ---------------------------------------------------
+def test_snr_current_form_against_hand(gen):
+    from sbnn.training.snr import SNRLoss
+
+    lif = StochasticLIF(beta=0.8, sigma0=0.0, eps_min=1e-10, membrane_noise="marginal", sigma_b=0.2, learn_sigma_b=True).double()
+    net = torch.nn.Sequential(lif)
+    mu = torch.randn(3, 2, 4, generator=gen, dtype=D).requires_grad_()
+    var = (torch.rand(3, 2, 4, generator=gen, dtype=D) * 0.5).requires_grad_()
+    for weight in (1.0, 2.0):
+        aux = SNRLoss("sum", signal="current", sigma_b_weight=weight)
+        aux.attach(net)
+        lif.sequence(Moments(mu, var))
+        loss = aux(net)
+        aux.detach()
+        sb2 = torch.nn.functional.softplus(lif.sigma_b_rho) ** 2
+        hand = (mu.square() / (var + 1e-20 + weight * sb2)).sum() / 2  # Σ_{t,units} r², mean over the batch
+        torch.testing.assert_close(loss, hand, rtol=1e-12, atol=0)
+        grads = torch.autograd.grad(loss - hand, [mu, var, lif.sigma_b_rho])
+        for g in grads:
+            assert float(g.abs().max()) < 1e-9
+    with pytest.raises(ValueError, match="signal"):
+        SNRLoss(signal="voltage")
+    with pytest.raises(ValueError, match="sigma_b_weight"):
+        SNRLoss(signal="current", sigma_b_weight=-1.0)

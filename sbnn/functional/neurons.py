@@ -599,7 +599,7 @@ def stochastic_lif_sequence(
         final = StochasticLIFState(mem[-1], spk[-1])
         theta = (mem - scale * eps - threshold) / scale if return_drive else None
     if return_drive:
-        return spk, mem, final, Drive(theta, scale, spk, eps)
+        return spk, mem, final, Drive(theta, scale, spk, eps, mu, var)
     return spk, mem, final
 
 
@@ -615,6 +615,9 @@ class Drive(NamedTuple):
     scale: Tensor
     spikes: Tensor
     eps: Tensor
+    #: the sequence's input moments ``μ[t]``, ``v[t]`` (with their graph; ``v`` may be ``None``)
+    input_mean: Tensor | None = None
+    input_var: Tensor | None = None
 
 
 def time_average_weights(n_steps: int, beta: float | Tensor, like: Tensor | None = None) -> Tensor:
