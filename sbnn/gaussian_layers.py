@@ -313,11 +313,17 @@ class GaussianLinear(GaussianLayer):
             variance_input_grad=variance_input_grad,
             return_moments=return_moments,
         )
+        if self.zero_diagonal:
+            # 1 − I, built once (the recurrent path reads it every time step); not part of the state_dict
+            self.register_buffer("off_diagonal", 1.0 - torch.eye(out_features), persistent=False)
 
     def _masked(self, weight: Tensor) -> Tensor:
         if not self.zero_diagonal:
             return weight
-        return weight * (1.0 - torch.eye(self.out_features, dtype=weight.dtype, device=weight.device))
+        mask = getattr(self, "off_diagonal", None)
+        if mask is None:  # a layer unpickled from before the cached mask
+            mask = 1.0 - torch.eye(self.out_features, dtype=weight.dtype, device=weight.device)
+        return weight * mask.to(weight.dtype)
 
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
