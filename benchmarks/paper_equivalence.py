@@ -266,7 +266,9 @@ def compare(name: str, theirs: nn.Module, module, net: nn.Module, pairs, x_their
     per_layer = {n: torch.stack(draws[j::n_layers]) for j, n in enumerate(neuron_names)}  # their order: t outer, layer inner
     aux.attach(net)
     with replay_noise(net, per_layer) as used:
-        out_o = net(x_ours)
+        out_o, spikes = net.forward_with_spikes(x_ours)
+    rates = ", ".join(f"{float(s.detach().mean()):.3f}" for s in spikes)
+    rows.append((name, f"(hidden firing rates, sbnn: {rates}; noise draws replayed: {len(draws)})", math.nan, math.nan))
     if not all(r.exhausted for r in used.values()):
         raise RuntimeError("sbnn used fewer noise draws than the authors' forward made: the layer maps disagree")
     ce_o = F.cross_entropy(out_o, y)
@@ -309,6 +311,8 @@ def build_shd(args, dtype: torch.dtype, rows: list) -> None:
     with torch.no_grad():
         for p in list(theirs.scalers) + list(theirs.biases):
             p.add_(0.1 * torch.randn_like(p))
+        for p in list(theirs.weights) + list(theirs.recurrent_weights):
+            p.mul_(args.weight_scale)
     net = paper_shd_net(args.inputs, hidden, 20, args.T).to(dtype)
     pairs = shd_pairs(theirs, hidden, args.T)
     copy_params(net, pairs)
@@ -338,6 +342,8 @@ def build_dvs(args, dtype: torch.dtype, rows: list) -> None:
     with torch.no_grad():
         for p in list(theirs.scalers) + list(theirs.biases):
             p.add_(0.1 * torch.randn_like(p))
+        for conv in theirs.conv_layers:
+            conv.weight.mul_(args.weight_scale)
     beta = _beta(module, theirs)
     net = paper_dvs_net(widths, blocks, 11, args.dvs_T, beta).to(dtype)
     pairs = dvs_pairs(theirs, len(conv_params), args.dvs_T)
@@ -391,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dvs-batch", type=int, default=2)
     ap.add_argument("--dvs-widths", type=int, nargs=3, default=[8, 16, 32])
     ap.add_argument("--dvs-blocks", type=int, default=1, help="blocks per stage (theirs: 3)")
+    ap.add_argument("--weight-scale", type=float, default=1.0,
+                    help="multiply their initial hidden weights by this before the copy (more spikes, resets and recurrence)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
