@@ -208,8 +208,8 @@ def shd_pairs(theirs: nn.Module, hidden: list[int], steps: int) -> list[tuple[st
             (f"recurrent.{i}.weight", f"recurrent_weights.{i}", lambda g, i=i: get(theirs.recurrent_weights[i], g).t()),
             (f"recurrent.{i}.sigma_rho", f"scales_rec.{i}", lambda g, i=i: get(theirs.scales_rec[i], g).reshape(1)),
             (f"neurons.{i}.sigma_b_rho", f"scales_biases.{i}", lambda g, i=i: get(theirs.scales_biases[i], g).reshape(())),
-            (f"layers.{i}.time_affine.gain", f"scalers[{i}·T:(i+1)·T]", lambda g, i=i: _gain(theirs.scalers, i * steps, steps, g)),
-            (f"layers.{i}.time_affine.bias", f"biases[{i}·T:(i+1)·T]", lambda g, i=i: _gain(theirs.biases, i * steps, steps, g)),
+            (f"layers.{i}.time_affine.gain", f"scalers[{i}·T:{i + 1}·T]", lambda g, i=i: _gain(theirs.scalers, i * steps, steps, g)),
+            (f"layers.{i}.time_affine.bias", f"biases[{i}·T:{i + 1}·T]", lambda g, i=i: _gain(theirs.biases, i * steps, steps, g)),
         ]
     pairs.append(("output.weight", "output_weights", lambda g: get(theirs.output_weights, g).t()))
     return pairs
@@ -234,8 +234,8 @@ def dvs_pairs(theirs: nn.Module, n_layers: int, steps: int) -> list[tuple[str, s
             (f"{layer}.weight", f"conv_layers.{j}.weight", lambda g, j=j: get(theirs.conv_layers[j].weight, g)),
             (f"{layer}.sigma_rho", f"scales.{j}", lambda g, j=j: get(theirs.scales[j], g).reshape(1)),
             (f"{neuron}.sigma_b_rho", f"scales_biases.{j}", lambda g, j=j: get(theirs.scales_biases[j], g).reshape(())),
-            (f"{layer}.time_affine.gain", f"scalers[{j}·T:({j}+1)·T]", lambda g, j=j: _gain(theirs.scalers, j * steps, steps, g)),
-            (f"{layer}.time_affine.bias", f"biases[{j}·T:({j}+1)·T]", lambda g, j=j: _gain(theirs.biases, j * steps, steps, g)),
+            (f"{layer}.time_affine.gain", f"scalers[{j}·T:{j + 1}·T]", lambda g, j=j: _gain(theirs.scalers, j * steps, steps, g)),
+            (f"{layer}.time_affine.bias", f"biases[{j}·T:{j + 1}·T]", lambda g, j=j: _gain(theirs.biases, j * steps, steps, g)),
         ]
     pairs += [
         ("output.weight", "fc2.weight", lambda g: get(theirs.fc2.weight, g)),
