@@ -312,3 +312,12 @@ def test_snr_current_form_against_hand(gen):
         SNRLoss(signal="voltage")
     with pytest.raises(ValueError, match="sigma_b_weight"):
         SNRLoss(signal="current", sigma_b_weight=-1.0)
+
+
+def test_export_refuses_the_leaked_reset():
+    from sbnn.models import SpikingMLP
+
+    neuron = NeuronSettings(membrane_noise="marginal", reset_leak=True)
+    with pytest.raises(ValueError, match="reset_leak"):
+        SpikingMLP(4, (3,), 2, neuron=neuron).export_graph()
+    SpikingMLP(4, (3,), 2, neuron=NeuronSettings(membrane_noise="marginal")).export_graph()  # the default exports
