@@ -44,7 +44,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ __all__ = [
     "MAX_MODEL_BYTES",
     "export_checkpoint",
     "network_from_config",
+    "network_from_spec",
     "load_checkpoint",
     "NETWORK_MODULES",
     "state_dict_nbytes",
@@ -628,12 +629,21 @@ def network_from_config(config: str | os.PathLike) -> nn.Module:
         spec = cfg["model"]["init_args"]["network"]
     except (KeyError, TypeError):
         raise ValueError(f"{config}: no model.init_args.network entry (not an sbnn fit config?)") from None
+    return network_from_spec(spec, f"{config}: model.init_args.network")
+
+
+def network_from_spec(spec: Any, where: str = "network") -> nn.Module:
+    """Build a network from its ``{"class_path": ..., "init_args": {...}}`` mapping (plain data).
+
+    The same checks as :func:`network_from_config`: only sbnn network classes, plain-data arguments;
+    ``where`` names the spec in error messages.
+    """
     if not (isinstance(spec, dict) and "class_path" in spec):
-        raise ValueError(f"{config}: model.init_args.network must be a mapping with a class_path")
-    _check_spec(spec, f"{config}: model.init_args.network")
-    network = _instantiate(spec, f"{config}: model.init_args.network")
+        raise ValueError(f"{where} must be a mapping with a class_path")
+    _check_spec(spec, where)
+    network = _instantiate(spec, where)
     if not isinstance(network, nn.Module):
-        raise ValueError(f"{config}: model.init_args.network built a {type(network).__name__}, not a network")
+        raise ValueError(f"{where} built a {type(network).__name__}, not a network")
     return network
 
 

@@ -321,3 +321,10 @@ def test_export_refuses_the_leaked_reset():
     with pytest.raises(ValueError, match="reset_leak"):
         SpikingMLP(4, (3,), 2, neuron=neuron).export_graph()
     SpikingMLP(4, (3,), 2, neuron=NeuronSettings(membrane_noise="marginal")).export_graph()  # the default exports
+
+
+def test_shared_recurrent_gain_refuses_batch_norm():
+    with pytest.raises(ValueError, match="time_batch_norm"):
+        LayerSettings(time_affine_steps=4, time_batch_norm=True, time_affine_recurrent="shared")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        TimeAffine(4, 2, batch_norm=True).gain_step(Moments(torch.ones(1, 2), None), 0)

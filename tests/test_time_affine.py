@@ -165,3 +165,87 @@ def test_module_contract_float64_state_dict_and_pickle():
         net.convs[0].time_affine.bias.add_(0.5)
     clone.load_state_dict(net.state_dict())
     assert torch.equal(clone.convs[0].time_affine.bias, net.convs[0].time_affine.bias)
+
+
+# -- per-time-step BatchNorm (layer.time_batch_norm) ------------------------------------------------
+@pytest.mark.parametrize("spatial", [0, 2])
+def test_batch_norm_equals_one_torch_batchnorm_per_step(spatial):
+    """Training and eval outputs, running statistics and gradients equal a torch BatchNorm per step."""
+    torch.manual_seed(0)
+    steps, c = 5, 3
+    shape = (4, 6, c) + (3, 3) * (spatial // 2)
+    norm = TimeAffine(steps, c, spatial_dims=spatial, batch_norm=True)
+    with torch.no_grad():
+        norm.gain.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    bn_cls = torch.nn.BatchNorm2d if spatial else torch.nn.BatchNorm1d
+    refs = [bn_cls(c) for _ in range(steps)]
+    for t, bn in enumerate(refs):
+        with torch.no_grad():
+            bn.weight.copy_(norm.gain[t])
+            bn.bias.copy_(norm.bias[t])
+    start = 1
+    for _ in range(3):  # three training batches move the running statistics
+        x = torch.randn(*shape) * 2 + 1
+        xr = x.clone().requires_grad_(True)
+        xs = x.clone().requires_grad_(True)
+        ours = norm(Moments(xs, None), start).mean
+        theirs = torch.stack([refs[start + t](xr[t]) for t in range(shape[0])])
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        w = torch.randn_like(ours)
+        (ours * w).sum().backward()
+        (theirs * w).sum().backward()
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    for t in range(shape[0]):
+        torch.testing.assert_close(norm.running_mean[start + t], refs[start + t].running_mean)
+        torch.testing.assert_close(norm.running_var[start + t], refs[start + t].running_var)
+    assert torch.equal(norm.running_mean[0], torch.zeros(c))  # steps outside the window untouched
+    norm.eval()
+    for bn in refs:
+        bn.eval()
+    x = torch.randn(*shape)
+    torch.testing.assert_close(norm(Moments(x, None), start).mean, torch.stack([refs[start + t](x[t]) for t in range(shape[0])]))
+
+
+def test_batch_norm_scales_the_lrt_variance_by_the_same_factor():
+    torch.manual_seed(1)
+    norm = TimeAffine(2, 3, batch_norm=True)
+    mean, var = torch.randn(2, 8, 3) * 3, torch.rand(2, 8, 3)
+    out = norm(Moments(mean, var))
+    s2 = mean.var(dim=1, unbiased=False)
+    torch.testing.assert_close(out.var, var / (s2[:, None] + TimeAffine.eps))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batch_norm_in_every_family_normalises_and_trains(family):
+    build, shape = FAMILIES[family]
+    torch.manual_seed(0)
+    x = torch.rand(*shape).round()
+    net = build(LayerSettings(time_affine_steps=shape[0], time_batch_norm=True))
+    norms = [m for m in net.modules() if isinstance(m, TimeAffine)]
+    assert norms and all(m.batch_norm for m in norms)
+    with evaluation(net, "mode"):
+        net(x).sum().backward()
+    assert any(float(m.running_mean.abs().sum()) > 0 for m in norms)  # statistics were gathered
+    assert all(m.gain.grad is not None for m in norms)
+    net.eval()
+    with evaluation(net, "mode"):
+        a, b = net(x), net(x[:, :1])
+    torch.testing.assert_close(a[:1], b)  # eval: running statistics, so batch-invariant
+
+
+def test_batch_norm_without_steps_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="time_affine_steps"):
+        LayerSettings(time_batch_norm=True)
+
+
+def test_batch_norm_state_dict_round_trip_carries_the_running_statistics():
+    a = SpikingMLP(6, (5,), 3, layer=LayerSettings(time_affine_steps=4, time_batch_norm=True))
+    with evaluation(a, "mode"):
+        a(torch.rand(4, 8, 6).round())
+    b = SpikingMLP(6, (5,), 3, layer=LayerSettings(time_affine_steps=4, time_batch_norm=True))
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.rand(4, 3, 6).round()
+    with evaluation(a, "mode"), evaluation(b, "mode"):
+        assert torch.equal(a(x), b(x))

@@ -86,7 +86,7 @@ class SpikingClassifier(nn.Module):
         if settings.time_affine_steps is not None:
             attach_time_affines(
                 self, settings.time_affine_steps, exclude=(self.output, *self._shared_affine_layers()),
-                scale_variance=settings.time_affine_variance,
+                scale_variance=settings.time_affine_variance, batch_norm=settings.time_batch_norm,
             )
 
     def _shared_affine_layers(self) -> tuple[nn.Module, ...]:

@@ -142,6 +142,9 @@ class LayerSettings:
         time_affine_steps: ``None`` (default) or ``T_max``: give every layer that feeds a hidden
             neuron a learned per-channel gain and bias for each of ``T_max`` time steps
             (:mod:`sbnn.models.time_affine`); longer inputs are refused.
+        time_batch_norm: with ``time_affine_steps``, normalise each step's pre-activation by its
+            batch statistics first (a BatchNorm per layer and time step, running statistics in
+            evaluation): the full-precision baseline of the SBNN paper. Off by default.
         time_affine_variance: whether the per-time-step gain also scales the variance
             (``v' = g²v``, default) or the mean only (the SBNN authors' code).
         time_affine_recurrent: ``"own"`` (default: a recurrent layer's current gets its own gain
@@ -168,6 +171,7 @@ class LayerSettings:
     prior_std: float | None = None
     variance_input_grad: bool = True
     time_affine_steps: int | None = None
+    time_batch_norm: bool = False
     time_affine_variance: bool = True
     time_affine_recurrent: Literal["own", "shared"] = "own"
     recurrent_self_variance: bool = False
@@ -187,6 +191,16 @@ class LayerSettings:
             raise ValueError(
                 f"layer.time_affine_steps must be None (no per-time-step gain and bias) or a positive integer, the "
                 f"longest sequence the model will run; got {steps!r}"
+            )
+        if self.time_batch_norm and steps is None:
+            raise ValueError(
+                "layer.time_batch_norm normalises per time step, so it needs layer.time_affine_steps (the longest "
+                "sequence the model will run); set both, e.g. {time_affine_steps: 100, time_batch_norm: true}"
+            )
+        if self.time_batch_norm and self.time_affine_recurrent == "shared":
+            raise ValueError(
+                "layer.time_batch_norm normalises each layer's own current, which layer.time_affine_recurrent: shared "
+                "(one gain for the feed-forward and recurrent currents) cannot share; use one of the two"
             )
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))

@@ -17,6 +17,19 @@ Every model of :mod:`sbnn.models` takes it through ``LayerSettings(time_affine_s
 (not the readout) gets a :class:`TimeAffine` as its ``time_affine`` child, with ``T_max`` steps.
 Inputs longer than ``T_max`` steps are refused before any work.
 
+``LayerSettings(time_batch_norm=True)`` makes it a BatchNorm per layer and time step, the
+full-precision baseline of the same paper (its surrogate-gradient networks carry one
+``BatchNorm`` per layer and step): each step's pre-activation mean is first normalised by its own
+batch statistics over the batch and spatial positions, per channel,
+
+.. math::
+    \hat μ[t] = \frac{μ[t] - m[t]}{\sqrt{s^2[t] + ϵ}}, \qquad \hat v[t] = \frac{v[t]}{s^2[t] + ϵ}
+
+(``m[t]``, ``s²[t]`` the batch mean and biased variance of ``μ[t]``; running averages, momentum
+0.1 and the unbiased variance as :class:`torch.nn.BatchNorm2d`, replace them in ``eval()``), then
+gets the gain and bias above. It is meant for deterministic forwards (the LRT variance ``v``, when
+present, is scaled by the same factor, treating the batch statistics as constants of the step).
+
 .. note::
     Where the authors' code puts it: on the layer's output current ``W·x`` (for SHD, on the sum
     of the feed-forward and recurrent currents, with one gain for both), before the membrane
@@ -58,15 +71,24 @@ class TimeAffine(nn.Module):
         ((3, 2, 4), 24.0)
     """
 
-    def __init__(self, steps: int, channels: int, spatial_dims: int = 0, scale_variance: bool = True) -> None:
+    momentum = 0.1  # of the running statistics, as torch.nn.BatchNorm*
+    eps = 1e-5
+
+    def __init__(
+        self, steps: int, channels: int, spatial_dims: int = 0, batch_norm: bool = False, scale_variance: bool = True
+    ) -> None:
         super().__init__()
         self.scale_variance = bool(scale_variance)
         check_positive_int("TimeAffine", steps=steps, channels=channels)
         if spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"TimeAffine: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
         self.steps, self.channels, self.spatial_dims = steps, channels, spatial_dims
+        self.batch_norm = bool(batch_norm)
         self.gain = nn.Parameter(torch.ones(steps, channels))
         self.bias = nn.Parameter(torch.zeros(steps, channels))
+        if self.batch_norm:
+            self.register_buffer("running_mean", torch.zeros(steps, channels))
+            self.register_buffer("running_var", torch.ones(steps, channels))
 
     def check_steps(self, n_steps: int, owner: str = "TimeAffine") -> None:
         """Raise ``ValueError`` when ``n_steps`` exceeds the configured ``steps``."""
@@ -78,11 +100,13 @@ class TimeAffine(nn.Module):
             )
 
     def forward(self, x: Moments, start: int = 0) -> Moments:
-        """``(g[t]μ + b[t], g[t]²v)`` for the steps ``start … start + T − 1``."""
+        """``(g[t]μ + b[t], g[t]²v)`` for the steps ``start … start + T − 1`` (normalised first with ``batch_norm``)."""
         mean, var = x
         n = mean.shape[0]
         self.check_steps(start + n)
         shape = (n, 1, self.channels) + (1,) * self.spatial_dims
+        if self.batch_norm:
+            mean, var = self._normalise(mean, var, start, shape)
         gain = self.gain[start : start + n].reshape(shape)
         bias = self.bias[start : start + n].reshape(shape)
         return Moments(torch.addcmul(bias, mean, gain), self._scaled_var(var, gain))
@@ -99,11 +123,33 @@ class TimeAffine(nn.Module):
         ``LayerSettings(time_affine_recurrent="shared")``): ``g(a + r) + b = (ga + b) + gr``.
         """
         self.check_steps(t + 1)
+        if self.batch_norm:
+            raise ValueError("TimeAffine.gain_step: a per-time-step BatchNorm normalises its own layer's current only")
         gain = self.gain[t].reshape((1, self.channels) + (1,) * self.spatial_dims)
         return Moments(moments.mean * gain, self._scaled_var(moments.var, gain))
 
+    def _normalise(self, mean: Tensor, var: Tensor | None, start: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+        """Each step's ``μ`` by its batch statistics (training) or the running ones (``eval()``)."""
+        n = mean.shape[0]
+        if self.training:
+            dims = (1,) + tuple(range(3, mean.dim()))  # batch and space; per step and channel
+            batch_var, batch_mean = torch.var_mean(mean, dim=dims, correction=0)
+            with torch.no_grad():
+                count = mean.numel() // (n * self.channels)
+                unbiased = batch_var * (count / max(count - 1, 1))
+                steps = slice(start, start + n)
+                self.running_mean[steps].lerp_(batch_mean.detach(), self.momentum)
+                self.running_var[steps].lerp_(unbiased.detach(), self.momentum)
+        else:
+            batch_mean = self.running_mean[start : start + n]
+            batch_var = self.running_var[start : start + n]
+        inv_std = torch.rsqrt(batch_var + self.eps).reshape(shape)
+        mean = (mean - batch_mean.reshape(shape)) * inv_std
+        return mean, None if var is None else var * inv_std.square()
+
     def extra_repr(self) -> str:
-        extra = "" if self.scale_variance else ", scale_variance=False"
+        extra = ", batch_norm=True" if self.batch_norm else ""
+        extra += "" if self.scale_variance else ", scale_variance=False"
         return f"steps={self.steps}, channels={self.channels}{extra}"
 
 
@@ -122,7 +168,8 @@ def apply_time_affine_step(layer: nn.Module, moments: Moments, t: int) -> Moment
 
 
 def attach_time_affines(
-    model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = (), scale_variance: bool = True
+    model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = (), batch_norm: bool = False,
+    scale_variance: bool = True,
 ) -> list[str]:
     """Give every weight layer of ``model`` (a layer with LRT ``moments``) but those in ``exclude`` a :class:`TimeAffine` child.
 
@@ -130,6 +177,7 @@ def attach_time_affines(
         model: a network (or a residual block) built from Bernoulli layers.
         steps: ``T_max``, the longest sequence it will run.
         exclude: layers left without one (the models pass their readout).
+        batch_norm: make each a per-time-step BatchNorm (see the module docstring).
         scale_variance: see :class:`TimeAffine`.
 
     Returns:
@@ -140,9 +188,11 @@ def attach_time_affines(
     named = [(n, m) for n, m in model.named_modules() if _is_weight_layer(m) and id(m) not in skip]
     for _, layer in named:
         if hasattr(layer, "out_channels"):  # a convolution: [T, B, C, H, W]
-            layer.time_affine = TimeAffine(steps, layer.out_channels, spatial_dims=2, scale_variance=scale_variance)
+            layer.time_affine = TimeAffine(
+                steps, layer.out_channels, spatial_dims=2, batch_norm=batch_norm, scale_variance=scale_variance
+            )
         else:
-            layer.time_affine = TimeAffine(steps, layer.out_features, scale_variance=scale_variance)
+            layer.time_affine = TimeAffine(steps, layer.out_features, batch_norm=batch_norm, scale_variance=scale_variance)
     return [n for n, _ in named]
 
 
