@@ -39,12 +39,16 @@ bytes saved for backward. With ``--authors-repo PATH`` (a copy of the SBNN autho
 it adds the recurrent SHD network 700 → 256 → 256 → 20: sbnn's ``SpikingRecurrentNet``,
 snnTorch ``RLeaky`` time-batched, and the authors' own ``CustomNet`` imported from
 ``PATH/train_shd.py`` at run time (their ``bayesian`` method, learnable scales, loss: plain
-cross-entropy on their output, without their regulariser). The load average is printed with the
-figures: the machine may be shared.
+cross-entropy on their output, without their regulariser). ``--recurrent-variants paper
+authors-snr`` times sbnn's paper configuration (``benchmarks/paper_equivalence.py``: Gaussian
+weights, accumulated-variance neurons, the SNR term) against the authors' network with their
+regulariser, from the same initial parameters. The load average is printed with the figures:
+the machine may be shared.
 
 Usage::
 
     python benchmarks/step_time.py --suite --authors-repo /path/to/bayesian_snn   # everything, ~15 min
+    python benchmarks/step_time.py --authors-repo PATH --recurrent-only --recurrent-variants paper authors-snr --threads 1
     python benchmarks/step_time.py                       # st only, ~1 min on 2 cores
     python benchmarks/step_time.py --estimators st agr iwst
     python benchmarks/step_time.py --profile             # + per-op breakdown of the sbnn step
@@ -333,8 +337,51 @@ def make_snntorch(args, x: Tensor, y: Tensor, batched: bool) -> Variant:
     return make_peer(args, x, y, "snntorch-batched" if batched else "snntorch-loop")
 
 
+def make_paper_variants(args, x: Tensor, y: Tensor, authors: types.ModuleType | None) -> list[Variant]:
+    """sbnn's paper configuration of the SHD network (``sbnn-paper``) and the authors' with their regulariser.
+
+    Both train on the loss the paper trains on, cross-entropy + λ·L_snr (λ = 1e-6), and start from
+    the same parameters (the authors' initialisation copied into sbnn, ``paper_equivalence.py``).
+    """
+    from paper_equivalence import LAMBDA, authors_reg, copy_params, paper_shd_net, paper_snr, shd_pairs
+
+    hidden = [256, 256]
+    variants = []
+    want = set(args.recurrent_variants)
+    theirs = authors.CustomNet(input_size=args.inputs, hidden_sizes=hidden, output_size=args.classes) if authors else None
+    if "paper" in want:
+        net = paper_shd_net(args.inputs, hidden, args.classes, args.T)
+        if theirs is not None:
+            copy_params(net, shd_pairs(theirs, hidden, args.T))
+        aux = paper_snr("shd")
+        aux.attach(net)
+
+        def paper_loss() -> Tensor:
+            return F.cross_entropy(net(x), y) + LAMBDA["shd"] * aux(net)
+
+        def paper_rate() -> float:
+            with torch.no_grad():
+                rate = float(net.forward_with_spikes(x)[1][0].mean())
+            aux(net)  # release the drives of the rate pass
+            return rate
+
+        variants.append(_adam_variant("sbnn-paper", net, paper_loss, args.lr, paper_rate))
+    if "authors-snr" in want and theirs is not None:
+        x_bm = x.transpose(0, 1).contiguous()
+
+        def authors_loss() -> Tensor:
+            out, reg_mems, reg_sig = theirs(x_bm)
+            return F.cross_entropy(out, y) + LAMBDA["shd"] * authors_reg(reg_mems, reg_sig)
+
+        variants.append(_adam_variant("authors-snr", theirs, authors_loss, args.lr, lambda: math.nan))
+    return variants
+
+
 def make_recurrent_variants(args, x: Tensor, y: Tensor, authors: types.ModuleType | None) -> list[Variant]:
     """The SHD network 700 → 256 → 256 → 20 with recurrent hidden layers: sbnn, snnTorch, the authors'."""
+    want = set(args.recurrent_variants)
+    if not want & {"sbnn", "snntorch", "authors"}:
+        return make_paper_variants(args, x, y, authors)
     hidden = (256, 256)
     net = SpikingRecurrentNet(args.inputs, hidden, args.classes, recurrent=True)
     net.calibrate(x)
@@ -357,7 +404,8 @@ def make_recurrent_variants(args, x: Tensor, y: Tensor, authors: types.ModuleTyp
         theirs = authors.CustomNet(input_size=args.inputs, hidden_sizes=list(hidden), output_size=args.classes)
         x_bm = x.transpose(0, 1).contiguous()  # their layout: [B, T, in]
         variants.append(_adam_variant("authors", theirs, lambda: F.cross_entropy(theirs(x_bm)[0], y), args.lr, lambda: math.nan))
-    return variants
+    variants = [v for v in variants if v.name.split("[")[0].replace("sbnn-recurrent", "sbnn").replace("snntorch-rleaky", "snntorch") in want]
+    return variants + make_paper_variants(args, x, y, authors)
 
 
 def peers_available(wanted: list[str]) -> list[str]:
@@ -518,6 +566,12 @@ def main() -> None:
                          "norse, --dense-path, and the recurrent SHD network")
     ap.add_argument("--authors-repo", type=Path, default=None,
                     help="folder of a copy of the SBNN authors' repository: adds their SHD network (train_shd.py)")
+    ap.add_argument("--recurrent-variants", nargs="+", default=["sbnn", "snntorch", "authors"],
+                    choices=("sbnn", "snntorch", "authors", "paper", "authors-snr"),
+                    help="variants of the recurrent SHD setting: sbnn's default recurrent net, snnTorch RLeaky, the authors' "
+                         "(cross-entropy only); 'paper': sbnn's paper configuration and 'authors-snr': the authors' net, "
+                         "both with the SNR term at λ = 1e-6 and the same initial parameters")
+    ap.add_argument("--recurrent-only", action="store_true", help="time the recurrent SHD setting only (needs --authors-repo)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--snn-readout", choices=("leaky", "snntorch"), default="leaky",
                     help="snnTorch readout: plain leaky integrator (as sbnn's) or a Leaky with reset_mechanism='none'")
@@ -544,6 +598,8 @@ def main() -> None:
                 ok = False
             if not ok:
                 ap.error(f"--rate: {r!r} is neither a probability in (0, 1] nor 'dense'")
+    if args.recurrent_only and args.authors_repo is None:
+        ap.error("--recurrent-only times the recurrent SHD setting, which needs --authors-repo PATH")
     authors = load_authors_module(args.authors_repo, args.T) if args.authors_repo is not None else None
     peers = peers_available(args.peers)
     if not peers:
@@ -568,7 +624,7 @@ def main() -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for rate in args.rate:
+        for rate in [] if args.recurrent_only else args.rate:
             torch.manual_seed(args.seed)
             x = make_input(args, rate)
             y = torch.randint(0, args.classes, (args.batch,))

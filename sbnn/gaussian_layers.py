@@ -268,6 +268,9 @@ class GaussianLinear(GaussianLayer):
         zero_diagonal: no self-connection (square layers only, e.g. a recurrent matrix): the
             diagonal of ``W`` is 0 in every mode, with no variance, so
             ``v_j = σ_w² (Σ_i x_i² − x_j²)``.
+        self_variance: with ``zero_diagonal``, keep the diagonal's variance term all the same,
+            ``v_j = σ_w² Σ_i x_i²`` (the mean has no self-connection, the variance sums over every
+            input: the SBNN authors' recurrent layers). Default ``False``.
 
     Shape:
         - Input: ``[B, in]`` or time-major ``[T, B, in]``.
@@ -291,13 +294,17 @@ class GaussianLinear(GaussianLayer):
         variance_input_grad: bool = True,
         zero_diagonal: bool = False,
         return_moments: bool = False,
+        self_variance: bool = False,
     ) -> None:
         check_positive_int("GaussianLinear", in_features=in_features, out_features=out_features)
+        if self_variance and not zero_diagonal:
+            raise ValueError("GaussianLinear: self_variance=True applies to a zero_diagonal layer only; set zero_diagonal=True")
         if zero_diagonal and in_features != out_features:
             raise ValueError(
                 f"GaussianLinear: zero_diagonal needs a square layer, got {in_features} → {out_features}"
             )
         self.in_features, self.out_features, self.zero_diagonal = in_features, out_features, bool(zero_diagonal)
+        self.self_variance = bool(self_variance)
         super().__init__(
             (out_features, in_features),
             bias=bias,
@@ -306,11 +313,17 @@ class GaussianLinear(GaussianLayer):
             variance_input_grad=variance_input_grad,
             return_moments=return_moments,
         )
+        if self.zero_diagonal:
+            # 1 − I, built once (the recurrent path reads it every time step); not part of the state_dict
+            self.register_buffer("off_diagonal", 1.0 - torch.eye(out_features), persistent=False)
 
     def _masked(self, weight: Tensor) -> Tensor:
         if not self.zero_diagonal:
             return weight
-        return weight * (1.0 - torch.eye(self.out_features, dtype=weight.dtype, device=weight.device))
+        mask = getattr(self, "off_diagonal", None)
+        if mask is None:  # a layer unpickled from before the cached mask
+            mask = 1.0 - torch.eye(self.out_features, dtype=weight.dtype, device=weight.device)
+        return weight * mask.to(weight.dtype)
 
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
@@ -323,7 +336,7 @@ class GaussianLinear(GaussianLayer):
 
     def _sum_sq(self, x_sq: Tensor) -> Tensor:
         total = x_sq.sum(-1, keepdim=True)
-        return total - x_sq if self.zero_diagonal else total
+        return total - x_sq if (self.zero_diagonal and not self.self_variance) else total
 
     def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input (see :meth:`sbnn.BernoulliLinear.time_weighted`).
@@ -351,6 +364,7 @@ class GaussianLinear(GaussianLayer):
 
     def extra_repr(self) -> str:
         extra = ", zero_diagonal=True" if self.zero_diagonal else ""
+        extra += ", self_variance=True" if self.self_variance else ""
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}{extra}, mode={self._mode}"
 
 

@@ -45,10 +45,12 @@ from .functional.neurons import (
 from .functional.noise import NoiseFamily, get_noise
 from .layers import Moments
 
-__all__ = ["StochasticLIF", "DriveHook", "DriveRecorder", "record_drives"]
+__all__ = ["StochasticLIF", "DriveHook", "DriveRecorder", "record_drives", "NoiseSource", "NoiseReplay", "replay_noise"]
 
 #: ``hook(neuron, drive)``, called after every noisy :meth:`StochasticLIF.sequence`
 DriveHook = Callable[["StochasticLIF", Drive], None]
+#: ``source(shape, like) -> ε``: standard noise draws of ``shape`` with ``like``'s dtype and device
+NoiseSource = Callable[[tuple, Tensor], Tensor]
 
 
 def _constant(module: nn.Module, name: str, value: float | Tensor, learn: bool) -> None:
@@ -88,6 +90,9 @@ class StochasticLIF(nn.Module):
         learn_sigma_b: make ``σ_b = softplus(ρ_b)`` trainable (parameter ``sigma_b_rho``,
             initialised at ``softplus⁻¹(sigma_b)``; needs ``sigma_b > 0``). Its gradient is the
             σ-gradient through the spike, ``∂S/∂s = −(θ/s)·∂S/∂θ`` (``docs/theory.md``).
+        reset_leak: the subtract reset leaks with the membrane, ``M[t] = β(M[t−1] − ϑS[t−1]) + μ[t]``
+            (a reset of ``βϑ``; the SBNN authors' code) instead of ``βM[t−1] + μ[t] − ϑS[t−1]``
+            (default ``False``; ``membrane_noise="marginal"`` and ``reset_mechanism="subtract"`` only).
         init_hidden: keep the state on the module (snnTorch contract).
         output: with ``init_hidden``, also return the membrane.
 
@@ -119,8 +124,14 @@ class StochasticLIF(nn.Module):
         output: bool = False,
         sigma_b: float = 0.0,
         learn_sigma_b: bool = False,
+        reset_leak: bool = False,
     ) -> None:
         super().__init__()
+        if reset_leak and (membrane_noise != "marginal" or reset_mechanism != "subtract"):
+            raise ValueError(
+                "reset_leak=True (the leaked subtract reset) needs membrane_noise='marginal' and "
+                f"reset_mechanism='subtract', got membrane_noise={membrane_noise!r}, reset_mechanism={reset_mechanism!r}"
+            )
         check_in_range("sigma_b", sigma_b, 0.0)
         if learn_sigma_b and not sigma_b > 0:
             raise ValueError(
@@ -140,6 +151,9 @@ class StochasticLIF(nn.Module):
         self.sigma0, self.eps_min = float(sigma0), float(eps_min)
         self.reset_mechanism, self.detach_reset = reset_mechanism, bool(detach_reset)
         self.membrane_noise = membrane_noise
+        self.reset_leak = bool(reset_leak)
+        # standard noise supplied from outside (set_noise_source), e.g. to replay another implementation's draws
+        self._noise_source: NoiseSource | None = None
         self.init_hidden, self.output = bool(init_hidden), bool(output)
         self._stochastic = True
         # hooks that receive the Drive of every noisy sequence (register_drive_hook)
@@ -163,7 +177,27 @@ class StochasticLIF(nn.Module):
         # pass's graph): a copy or a pickle starts without them, as it starts without hidden state
         state = self.__dict__.copy()
         state["_drive_hooks"] = OrderedDict()
+        state["_noise_source"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("reset_leak", False)  # pickles made before the option existed
+        state.setdefault("_noise_source", None)
+        super().__setstate__(state)
+
+    @property
+    def noise_source(self) -> NoiseSource | None:
+        """The supplier of this neuron's standard noise draws, or ``None`` (it draws its own)."""
+        return self._noise_source
+
+    def set_noise_source(self, source: NoiseSource | None) -> None:
+        """Take every noisy step's standard draws ``ε`` from ``source(shape, like)`` (``None``: draw them).
+
+        ``shape`` is that of the draw, ``[T, B, ...]`` for a :meth:`sequence` of ``T`` steps
+        (``[1, B, ...]`` for one step of :meth:`forward`). :func:`replay_noise` is the
+        context-manager form for a whole model; a source is not copied or pickled.
+        """
+        self._noise_source = source
 
     @property
     def stochastic(self) -> bool:
@@ -203,6 +237,7 @@ class StochasticLIF(nn.Module):
             self.estimator,
             self.membrane_noise,
             self.sigma_b,
+            self.reset_leak,
         )
 
     def reset_state(self) -> None:
@@ -230,6 +265,8 @@ class StochasticLIF(nn.Module):
                 raise ValueError(f"{name}: variance shape {tuple(var.shape)} differs from mean shape {tuple(mu.shape)}")
 
     def _noise(self, mu: Tensor) -> Tensor:
+        if self._stochastic and self._noise_source is not None:
+            return self._noise_source((1, *mu.shape), mu)[0]
         if self._stochastic:
             return self.noise.sample(mu.shape, like=mu, batch_dim=0)  # one step: [B, ...]
         return torch.zeros_like(mu)
@@ -298,6 +335,8 @@ class StochasticLIF(nn.Module):
         if validate:
             self._check_input(mu, var, 2)
         report = bool(self._drive_hooks) and self._stochastic  # deterministic passes are not reported
+        if eps is None and self._stochastic and self._noise_source is not None:
+            eps = self._noise_source(tuple(mu.shape), mu)
         out = stochastic_lif_sequence(
             mu, var, self.parameters_tuple(), state=state, stochastic=self._stochastic, eps=eps,
             generator=generator, return_drive=report,
@@ -355,3 +394,80 @@ class DriveRecorder:
 
     def __call__(self, neuron: StochasticLIF, drive: Drive) -> None:
         self.drives[self.name] = drive
+
+
+class NoiseReplay:
+    """A :data:`NoiseSource` handing out consecutive time slices of given standard draws.
+
+    Each call takes the next ``shape[0]`` steps of ``eps``, so a neuron that runs its sequence
+    at once and one that runs it a step at a time (a recurrent layer) consume the same draws.
+
+    Args:
+        eps: standard draws ``[T, B, ...]`` for one neuron layer, time-major.
+
+    Raises:
+        ValueError: on a call whose shape does not fit ``eps`` or that runs past its end.
+
+    Example:
+        >>> replay = NoiseReplay(torch.arange(6.0).reshape(3, 1, 2))
+        >>> replay((2, 1, 2), torch.zeros(())).flatten().tolist(), replay.position
+        ([0.0, 1.0, 2.0, 3.0], 2)
+    """
+
+    def __init__(self, eps: Tensor) -> None:
+        check_input(eps, "NoiseReplay", ndims=range(2, 8))
+        self.eps, self.position = eps, 0
+
+    def __call__(self, shape: tuple, like: Tensor) -> Tensor:
+        n = int(shape[0])
+        if tuple(shape[1:]) != tuple(self.eps.shape[1:]) or self.position + n > self.eps.shape[0]:
+            raise ValueError(
+                f"NoiseReplay: asked for draws of shape {tuple(shape)} at step {self.position}, but it holds "
+                f"{tuple(self.eps.shape)}; supply draws shaped like the neuron's input, [T, B, ...]"
+            )
+        out = self.eps[self.position : self.position + n]
+        self.position += n
+        return out.to(dtype=like.dtype, device=like.device)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every step has been handed out."""
+        return self.position == self.eps.shape[0]
+
+
+@contextlib.contextmanager
+def replay_noise(model: nn.Module, draws: dict[str, Tensor]) -> Iterator[dict[str, NoiseReplay]]:
+    """Make the named :class:`StochasticLIF` of ``model`` take their noise from ``draws`` (see :class:`NoiseReplay`).
+
+    Args:
+        model: a network.
+        draws: ``{neuron name (as in model.named_modules()): standard draws [T, B, ...]}``.
+
+    Yields:
+        ``{name: NoiseReplay}`` (check ``exhausted`` after the pass). Sources are removed on exit.
+
+    Raises:
+        ValueError: for a name that is not a :class:`StochasticLIF` of ``model`` (before any change).
+
+    Example:
+        >>> lif = StochasticLIF(sigma0=1.0)
+        >>> net = nn.Sequential(lif)
+        >>> eps = torch.full((2, 1, 3), -10.0)  # far below threshold: never fires
+        >>> with replay_noise(net, {"0": eps}) as used:
+        ...     spk, _ = lif.sequence(torch.full((2, 1, 3), 1.5))
+        >>> float(spk.sum()), used["0"].exhausted
+        (0.0, True)
+    """
+    modules = dict(model.named_modules())
+    bad = [n for n in draws if not isinstance(modules.get(n), StochasticLIF)]
+    if bad:
+        valid = [n for n, m in modules.items() if isinstance(m, StochasticLIF)]
+        raise ValueError(f"replay_noise: {bad} are not StochasticLIF modules of the model; its neurons are {valid}")
+    sources = {name: NoiseReplay(eps) for name, eps in draws.items()}
+    try:
+        for name, source in sources.items():
+            modules[name].set_noise_source(source)
+        yield sources
+    finally:
+        for name in sources:
+            modules[name].set_noise_source(None)

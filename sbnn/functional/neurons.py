@@ -97,6 +97,14 @@ class StochasticLIFParameters(NamedTuple):
     #: ``None``: pathwise, ``s = sqrt(v + σ0² + ε_min² + σ_b²)``; marginal, ``σ_b²`` is added to the
     #: accumulated variance when it is read, ``s = sqrt(V[t] + σ_b²)``, never accumulated itself
     sigma_b: Tensor | float | None = None
+    #: subtract reset leaked with the membrane (marginal model only): ``M[t] = β(M[t−1] − ϑS[t−1]) + μ[t]``,
+    #: i.e. a reset of ``βϑ`` instead of ``ϑ`` (the SBNN authors' code); ``False``: ``βM[t−1] + μ[t] − ϑS[t−1]``
+    reset_leak: bool = False
+
+
+def _reset_amount(beta: Tensor, threshold: Tensor, p: StochasticLIFParameters) -> Tensor:
+    """What a subtract reset removes from the membrane per spike: ``ϑ``, or ``βϑ`` with ``reset_leak``."""
+    return beta * threshold if p.reset_leak else threshold
 
 
 def _sigma_b_sq(p: StochasticLIFParameters) -> Tensor | float | None:
@@ -224,7 +232,7 @@ def _marginal_sequence(
         else:
             mean = beta * mean + mu_t
             if p.reset_mechanism == "subtract":
-                mean = mean - threshold * reset_spk
+                mean = mean - _reset_amount(beta, threshold, p) * reset_spk
             variance = beta * beta * variance + v_t + floor
         scale = torch.sqrt(variance if sb2 is None else variance + sb2) * p.noise.std_to_scale
         theta = (mean - threshold) / scale
@@ -267,8 +275,9 @@ class _MarginalSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu, var, b, eps, beta, threshold, mem0, var0, spk0, floor, reset, detach_reset, estimator, noise):
+    def forward(ctx, mu, var, b, eps, beta, threshold, mem0, var0, spk0, floor, reset, detach_reset, estimator, noise, leak=False):
         kappa = noise.std_to_scale
+        reset_amount = beta * threshold if leak else threshold  # the subtract reset: ϑ, or βϑ (reset_leak)
         beta2 = beta * beta
         n_steps = mu.shape[0]
         spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
@@ -290,7 +299,7 @@ class _MarginalSequence(torch.autograd.Function):
             for t in range(n_steps):
                 mean = torch.add(beta * mean, mu[t], out=means[t])
                 if reset == "subtract":
-                    mean = mean.sub_(threshold * prev)
+                    mean = mean.sub_(reset_amount * prev)
                 theta = torch.div(mean - threshold, scales[t], out=thetas[t])
                 prev = spks[t].copy_(theta + eps[t] >= 0)
         else:
@@ -312,6 +321,7 @@ class _MarginalSequence(torch.autograd.Function):
         mems = torch.addcmul(means, scales, eps)
         ctx.save_for_backward(b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances)
         ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+        ctx.leak = bool(leak) and reset == "subtract"
         ctx.var_shape = None if var is None else var.shape
         ctx.set_materialize_grads(False)
         return spks, mems, scales, means[-1].clone(), variances[-1].clone()
@@ -319,7 +329,8 @@ class _MarginalSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
         b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
-        reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
+        reset, detach, leak = ctx.reset, ctx.detach_reset or ctx.reset == "none", ctx.leak
+        reset_amount = beta * threshold if leak else threshold
         needs = ctx.needs_input_grad
         n_steps = spks.shape[0]
         g_spk = torch.zeros_like(spks) if g_spk is None else g_spk
@@ -331,7 +342,9 @@ class _MarginalSequence(torch.autograd.Function):
         c0 = None if g_mem is None else g_mem * eps  # the σ-adjoint through mem = M + sε
         # the previous step's values (three copies of [T, ...]): only where a gradient needs them
         want_prev = reset == "zero" or needs[4]
-        prev_spks = _shifted(spk0, spks) if (reset == "zero" or (needs[5] and reset == "subtract")) else None
+        prev_spks = (
+            _shifted(spk0, spks) if (reset == "zero" or ((needs[5] or (needs[4] and leak)) and reset == "subtract")) else None
+        )
         prev_means = _shifted(mem0, means) if want_prev else None
         prev_vars = _shifted(var0, variances) if want_prev else None
         keep = 1.0 - prev_spks if reset == "zero" else None
@@ -356,7 +369,7 @@ class _MarginalSequence(torch.autograd.Function):
         elif reset == "subtract":
             g_s_total = torch.empty_like(spks)
             g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
-            neg_thr = -threshold
+            neg_thr = -reset_amount
             g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
             for t in range(n_steps - 1, -1, -1):
                 gs_t = torch.add(g_spk[t], g_reset, out=g_s_total[t])
@@ -404,10 +417,12 @@ class _MarginalSequence(torch.autograd.Function):
             dm = prev_means if keep is None else prev_means * keep
             dv = prev_vars if keep is None else prev_vars * keep
             g_beta = ((g_m * dm).sum_to_size(beta.shape) + (2.0 * beta) * (g_v * dv).sum_to_size(beta.shape))
+            if leak:  # the leaked reset −βϑS[t−1]
+                g_beta = g_beta - (threshold * prev_spks * g_m).sum_to_size(beta.shape)
         if needs[5]:
             g_thr = -g_s_total * a
             if reset == "subtract":
-                g_thr = g_thr - prev_spks * g_m
+                g_thr = g_thr - (beta * prev_spks * g_m if leak else prev_spks * g_m)
             g_thr = g_thr.sum_to_size(threshold.shape)
         if needs[6]:
             g_mem0 = (at(coeff_m, 0) * g_m[0]).sum_to_size(mem0.shape)
@@ -415,10 +430,10 @@ class _MarginalSequence(torch.autograd.Function):
             g_var0 = (at(coeff_v, 0) * g_v[0]).sum_to_size(var0.shape)
         if needs[8] and not detach:
             if reset == "subtract":
-                g_spk0 = (-threshold * g_m[0]).sum_to_size(spk0.shape)
+                g_spk0 = (-reset_amount * g_m[0]).sum_to_size(spk0.shape)
             else:
                 g_spk0 = (-(beta * mem0 * g_m[0] + beta2 * var0 * g_v[0])).sum_to_size(spk0.shape)
-        return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None)
+        return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None, None)
 
 
 def _shifted(first: Tensor, seq: Tensor) -> Tensor:
@@ -454,7 +469,7 @@ def _fused_marginal_sequence(
         var = _compact(var)
     spk, mem, scale, mean, variance = _MarginalSequence.apply(
         mu, var, b, eps, beta, threshold, state.mem, var0, state.spk, floor,
-        p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+        p.reset_mechanism, p.detach_reset, p.estimator, p.noise, p.reset_leak,
     )
     theta = (mem - scale * eps - threshold) / scale
     # the state's variance keeps the reference's shape (an expanded view of the small one)
@@ -570,6 +585,11 @@ def stochastic_lif_sequence(
     if p.membrane_noise == "marginal":
         spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps)
     else:
+        if p.reset_leak:
+            raise ValueError(
+                "reset_leak=True (the leaked subtract reset) is implemented for membrane_noise='marginal' only; "
+                "set membrane_noise='marginal' or reset_leak=False"
+            )
         scale = noise_scale(var, p, mu).expand_as(mu)
         threshold = _as_tensor(p.threshold, mu)
         spk, mem = _StochasticLIFSequence.apply(
@@ -579,7 +599,7 @@ def stochastic_lif_sequence(
         final = StochasticLIFState(mem[-1], spk[-1])
         theta = (mem - scale * eps - threshold) / scale if return_drive else None
     if return_drive:
-        return spk, mem, final, Drive(theta, scale, spk, eps)
+        return spk, mem, final, Drive(theta, scale, spk, eps, mu, var)
     return spk, mem, final
 
 
@@ -595,6 +615,9 @@ class Drive(NamedTuple):
     scale: Tensor
     spikes: Tensor
     eps: Tensor
+    #: the sequence's input moments ``μ[t]``, ``v[t]`` (with their graph; ``v`` may be ``None``)
+    input_mean: Tensor | None = None
+    input_var: Tensor | None = None
 
 
 def time_average_weights(n_steps: int, beta: float | Tensor, like: Tensor | None = None) -> Tensor:

@@ -78,13 +78,20 @@ class SpikingClassifier(nn.Module):
         check_choice("readout", readout, READOUTS)
         check_in_range("readout_beta", readout_beta, 0.0, 1.0)
         self.readout, self.readout_beta = readout, float(readout_beta)
-        self.output = self.layer_settings.linear(in_features, self.num_classes)
+        settings = self.layer_settings
+        bias = {} if settings.readout_bias is None else {"bias": settings.readout_bias}
+        self.output = settings.linear(in_features, self.num_classes, **bias)
         self.output_neuron = self.neuron_settings.build() if readout == "spike_count" else None
         # the last construction step of every model: the hidden layers exist now
-        if self.layer_settings.time_affine_steps is not None:
+        if settings.time_affine_steps is not None:
             attach_time_affines(
-                self, self.layer_settings.time_affine_steps, exclude=(self.output,), batch_norm=self.layer_settings.time_batch_norm
+                self, settings.time_affine_steps, exclude=(self.output, *self._shared_affine_layers()),
+                scale_variance=settings.time_affine_variance, batch_norm=settings.time_batch_norm,
             )
+
+    def _shared_affine_layers(self) -> tuple[nn.Module, ...]:
+        """Layers whose current shares another layer's per-time-step gain and bias (they get none of their own)."""
+        return ()
 
     # -- what a subclass declares ---------------------------------------------------------------
     def stages(self) -> list[Stage]:  # pragma: no cover - interface
@@ -97,7 +104,7 @@ class SpikingClassifier(nn.Module):
 
     def readout_stage(self) -> Readout:
         """The readout as a stage over ``output`` / ``output_neuron``."""
-        return Readout(self.output, self.output_neuron, self.readout_beta)
+        return Readout(self.output, self.output_neuron, self.readout_beta, noise=self.layer_settings.readout_noise)
 
     # -- what the base provides -------------------------------------------------------------------
     def forward_with_spikes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:

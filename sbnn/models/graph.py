@@ -44,6 +44,11 @@ def lif(neuron: StochasticLIF) -> "LIF":
 
     if not isinstance(neuron, StochasticLIF):
         raise ValueError(f"lif: expected a StochasticLIF, got {type(neuron).__name__}")
+    if getattr(neuron, "reset_leak", False):
+        raise ValueError(
+            "lif: reset_leak=True removes βϑ per spike, the event-driven engine's subtract reset removes ϑ; "
+            "train with reset_leak=False to deploy"
+        )
     return LIF(_np(neuron.beta), _np(neuron.threshold), neuron.reset_mechanism)
 
 

@@ -89,14 +89,24 @@ class SpikingRecurrentNet(SpikingClassifier):
         self.layers = nn.ModuleList(self.layer_settings.linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         # real-weight recurrent matrices have no self-connection (zero diagonal), as in the SBNN paper
         rec = {"zero_diagonal": True} if self.layer_settings.weights == "gaussian" else {}
+        if self.layer_settings.recurrent_self_variance:
+            rec["self_variance"] = True
         self.recurrent = nn.ModuleList(self.layer_settings.linear(h, h, bias=False, **rec) for h in hidden) if recurrent else None
         self.neurons = nn.ModuleList(self.neuron_settings.build() for _ in hidden)
         self._build_readout(hidden[-1], readout, readout_beta)
 
+    def _shared_affine(self) -> bool:
+        return self.recurrent is not None and self.layer_settings.time_affine_recurrent == "shared"
+
+    def _shared_affine_layers(self) -> tuple[nn.Module, ...]:
+        # time_affine_recurrent="shared": the recurrent current takes the feed-forward layer's gain
+        return tuple(self.recurrent) if self._shared_affine() else ()
+
     def stages(self) -> list[Stage]:
         recurrent = self.recurrent if self.recurrent is not None else [None] * len(self.layers)
+        shared = self._shared_affine()
         return [
-            SpikingStage(layer, neuron, recurrent=rec, recurrent_spike_grad=self.recurrent_spike_grad)
+            SpikingStage(layer, neuron, recurrent=rec, recurrent_spike_grad=self.recurrent_spike_grad, shared_affine=shared)
             for layer, neuron, rec in zip(self.layers, self.neurons, recurrent)
         ]
 

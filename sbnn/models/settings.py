@@ -54,6 +54,8 @@ class NeuronSettings:
         sigma_b: threshold-noise standard deviation ``σ_b ≥ 0`` (0: none; see
             :class:`~sbnn.StochasticLIF`).
         learn_sigma_b: learn ``σ_b = softplus(ρ_b)`` (needs ``sigma_b > 0``, its initial value).
+        reset_leak: leak the subtract reset with the membrane, ``M[t] = β(M[t−1] − ϑS[t−1]) + μ[t]``
+            (the SBNN authors' code; needs ``membrane_noise="marginal"``; default ``False``).
 
     Raises:
         ValueError: for a value out of range or an unknown name; TypeError for an estimator
@@ -74,8 +76,14 @@ class NeuronSettings:
     learn_threshold: bool = False
     sigma_b: float = 0.0
     learn_sigma_b: bool = False
+    reset_leak: bool = False
 
     def __post_init__(self) -> None:
+        if self.reset_leak and (self.membrane_noise != "marginal" or self.reset_mechanism != "subtract"):
+            raise ValueError(
+                "neuron.reset_leak=True (the leaked subtract reset) needs neuron.membrane_noise: marginal and "
+                f"neuron.reset_mechanism: subtract, got {self.membrane_noise!r} and {self.reset_mechanism!r}"
+            )
         check_in_range("neuron.beta", self.beta, 0.0, 1.0)
         check_in_range("neuron.sigma_b", self.sigma_b, 0.0)
         if self.learn_sigma_b and not self.sigma_b > 0:
@@ -137,6 +145,19 @@ class LayerSettings:
         time_batch_norm: with ``time_affine_steps``, normalise each step's pre-activation by its
             batch statistics first (a BatchNorm per layer and time step, running statistics in
             evaluation): the full-precision baseline of the SBNN paper. Off by default.
+        time_affine_variance: whether the per-time-step gain also scales the variance
+            (``v' = g²v``, default) or the mean only (the SBNN authors' code).
+        time_affine_recurrent: ``"own"`` (default: a recurrent layer's current gets its own gain
+            and bias) or ``"shared"`` (the recurrent current shares the feed-forward layer's:
+            ``g[t]·(W x + R S[t−1]) + b[t]``, the authors' SHD network).
+        recurrent_self_variance: Gaussian recurrent layers keep the diagonal's variance term
+            (:class:`~sbnn.GaussianLinear` ``self_variance``; the authors' code). Default ``False``.
+        readout_noise: ``True`` (default): the readout layer is a Bayesian layer like the others
+            (LRT noise in ``sample`` mode); ``False``: the readout uses its mean weights in every
+            mode (the authors' deterministic output layer).
+        readout_bias: the readout layer's bias: ``None`` (default) follows ``bias``; ``True`` or
+            ``False`` overrides it (the authors' DVS Gesture readout is an ``nn.Linear`` with a
+            bias behind bias-free convolutions).
     """
 
     bias: bool = False
@@ -151,8 +172,19 @@ class LayerSettings:
     variance_input_grad: bool = True
     time_affine_steps: int | None = None
     time_batch_norm: bool = False
+    time_affine_variance: bool = True
+    time_affine_recurrent: Literal["own", "shared"] = "own"
+    recurrent_self_variance: bool = False
+    readout_noise: bool = True
+    readout_bias: bool | None = None
 
     def __post_init__(self) -> None:
+        check_choice("layer.time_affine_recurrent", self.time_affine_recurrent, ("own", "shared"))
+        if self.recurrent_self_variance and self.weights != "gaussian":
+            raise ValueError(
+                "layer.recurrent_self_variance applies to Gaussian recurrent layers only (a ±1 layer has no "
+                "zero diagonal); set layer.weights: gaussian or drop it"
+            )
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
         steps = self.time_affine_steps
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -164,6 +196,11 @@ class LayerSettings:
             raise ValueError(
                 "layer.time_batch_norm normalises per time step, so it needs layer.time_affine_steps (the longest "
                 "sequence the model will run); set both, e.g. {time_affine_steps: 100, time_batch_norm: true}"
+            )
+        if self.time_batch_norm and self.time_affine_recurrent == "shared":
+            raise ValueError(
+                "layer.time_batch_norm normalises each layer's own current, which layer.time_affine_recurrent: shared "
+                "(one gain for the feed-forward and recurrent currents) cannot share; use one of the two"
             )
         check_in_range("layer.prior_lam", self.prior_lam)
         check_choice("layer.lam_init", self.lam_init, ("normal", "bayesbinn", "zero"))

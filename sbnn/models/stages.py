@@ -83,7 +83,9 @@ def scale_gradient(x: Tensor, factor: float) -> Tensor:
     return x.detach() + factor * (x - x.detach())
 
 
-def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0) -> Tensor:
+def recurrent_sequence(
+    ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0, shared_affine: nn.Module | None = None
+) -> Tensor:
     """Spikes ``[T, B, H]`` of a layer whose step-``t`` moments are ``ff[t] + rec(S[t−1])``.
 
     Means add and, the two weight sets being independent under the posterior, variances add.
@@ -96,14 +98,16 @@ def recurrent_sequence(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF,
     no allocation inside its time loop, and only ``θ``, ``s`` and ``ε`` saved for the backward
     pass. Otherwise (deterministic modes, the marginal noise model, a neuron reporting its drive)
     it runs step by step (:func:`recurrent_sequence_stepwise`); both compute the same spikes and
-    gradients for the same noise.
+    gradients for the same noise. ``shared_affine``: the feed-forward layer's
+    :class:`~sbnn.models.time_affine.TimeAffine`, whose gain of step ``t`` also multiplies the
+    recurrent current (``LayerSettings(time_affine_recurrent="shared")``).
     """
-    if _fused_applies(ff, rec, neuron):
+    if shared_affine is None and _fused_applies(ff, rec, neuron):
         mu = ff.mean
         p = neuron.parameters_tuple()
         eps = p.noise.sample(mu.shape, like=mu, batch_dim=1) if neuron.stochastic else torch.zeros_like(mu)
         return recurrent_lif_sequence(mu, ff.var, joint_recurrent_weight(rec), p, eps, spike_grad=spike_grad)
-    return recurrent_sequence_stepwise(ff, rec, neuron, spike_grad)
+    return recurrent_sequence_stepwise(ff, rec, neuron, spike_grad, shared_affine)
 
 
 def _fused_applies(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> bool:
@@ -116,6 +120,7 @@ def _fused_applies(ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF) -> 
         and ff.mean.dim() == 3
         and neuron.membrane_noise == "pathwise"
         and not neuron.reports_drive
+        and neuron.noise_source is None
     )
 
 
@@ -125,7 +130,7 @@ def joint_recurrent_weight(rec: BernoulliLinear) -> Tensor:
 
 
 def recurrent_sequence_stepwise(
-    ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0
+    ff: Moments, rec: BernoulliLinear, neuron: StochasticLIF, spike_grad: float = 1.0, shared_affine: nn.Module | None = None
 ) -> Tensor:
     """:func:`recurrent_sequence` one step at a time through the neuron's :meth:`~sbnn.StochasticLIF.sequence`."""
     means = ff.mean.unbind(0)
@@ -135,6 +140,8 @@ def recurrent_sequence_stepwise(
     for t, (mu, var) in enumerate(zip(means, variances)):
         if t > 0:
             r = apply_time_affine_step(rec, rec.moments(scale_gradient(spikes[-1], spike_grad), validate=False), t)
+            if shared_affine is not None:
+                r = shared_affine.gain_step(r, t)
             mu = mu + r.mean
             var = var + r.var if (var is not None and r.var is not None) else var
         # the returned state carries the marginal model's conditional mean and variance
@@ -155,6 +162,8 @@ class SpikingStage(Stage):
         recurrent_spike_grad: factor on the gradient through the recurrent spikes ``S[t−1]``.
         pool: a pooling module on the spikes (``nn.Identity`` or ``None``: none).
         output_binary: whether the stage's output is 0/1 (not after average pooling).
+        shared_affine: the recurrent current shares ``layer``'s per-time-step gain (it has no
+            gain and bias of its own).
     """
 
     def __init__(
@@ -166,8 +175,10 @@ class SpikingStage(Stage):
         recurrent_spike_grad: float = 1.0,
         pool: nn.Module | None = None,
         output_binary: bool = True,
+        shared_affine: bool = False,
     ) -> None:
         self.layer, self.neuron, self.recurrent = layer, neuron, recurrent
+        self.shared_affine = shared_affine
         self.recurrent_spike_grad = recurrent_spike_grad
         self.pool = None if isinstance(pool, nn.Identity) else pool
         self.output_binary = output_binary
@@ -176,7 +187,8 @@ class SpikingStage(Stage):
         moments = apply_time_affine(self.layer, self.layer.moments(x, binary=binary, validate=False))
         if self.recurrent is None:
             return self.neuron.sequence(moments, validate=False)[0]
-        return recurrent_sequence(moments, self.recurrent, self.neuron, self.recurrent_spike_grad)
+        shared = getattr(self.layer, "time_affine", None) if self.shared_affine else None
+        return recurrent_sequence(moments, self.recurrent, self.neuron, self.recurrent_spike_grad, shared)
 
     def forward(self, x: Tensor, binary: bool) -> tuple[Tensor, bool, list[Tensor]]:
         spk = self._spikes(x, binary)
@@ -299,16 +311,23 @@ class Readout:
         output: the readout's Bernoulli linear layer.
         neuron: the output neurons (spike-count readout) or ``None``.
         beta: leak ``β`` of the membrane readout.
+        noise: ``False``: the membrane readout is the mean network's in every mode,
+            ``Σ_t w_t (W̄ x[t] + b)`` (``LayerSettings(readout_noise=False)``).
     """
 
-    def __init__(self, output: BernoulliLinear, neuron: StochasticLIF | None, beta: float) -> None:
-        self.output, self.neuron, self.beta = output, neuron, beta
+    def __init__(self, output: BernoulliLinear, neuron: StochasticLIF | None, beta: float, noise: bool = True) -> None:
+        self.output, self.neuron, self.beta, self.noise = output, neuron, beta, noise
 
     def forward(self, x: Tensor, binary: bool) -> Tensor:
         if self.neuron is not None:
             moments = self.output.moments(x, binary=binary, validate=False)
             return self.neuron.sequence(moments, validate=False)[0].sum(0)
         weights = time_average_weights(x.shape[0], self.beta, like=x)
+        if not self.noise and self.output.mode == "sample":
+            # the LRT mean W̄·Σ_t w_t x[t] + b, with the bias weighted by Σ_t w_t as time_weighted does
+            mean = self.output.moments(torch.tensordot(weights, x, dims=1), validate=False).mean
+            bias = self.output.bias
+            return mean if bias is None else mean + bias * (weights.sum() - 1.0)
         return self.output.time_weighted(x, weights)
 
     def calibrate(self, x: Tensor, settings: CalibrationSettings) -> list[float]:

@@ -56,6 +56,8 @@ class TimeAffine(nn.Module):
         steps: the number of time steps ``T_max`` it has a gain and bias for.
         channels: output channels (features) of the layer it follows.
         spatial_dims: trailing spatial dimensions of the pre-activation (2 after a convolution).
+        scale_variance: ``True`` (default): ``v' = g[t]²v``; ``False``: the gain scales the mean
+            only, ``v' = v`` (the SBNN authors' code, whose weight noise has its own learned scale).
 
     Shape:
         - Input: :class:`~sbnn.layers.Moments` ``[T, B, C]`` or ``[T, B, C, H, W]`` with
@@ -72,8 +74,11 @@ class TimeAffine(nn.Module):
     momentum = 0.1  # of the running statistics, as torch.nn.BatchNorm*
     eps = 1e-5
 
-    def __init__(self, steps: int, channels: int, spatial_dims: int = 0, batch_norm: bool = False) -> None:
+    def __init__(
+        self, steps: int, channels: int, spatial_dims: int = 0, batch_norm: bool = False, scale_variance: bool = True
+    ) -> None:
         super().__init__()
+        self.scale_variance = bool(scale_variance)
         check_positive_int("TimeAffine", steps=steps, channels=channels)
         if spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"TimeAffine: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
@@ -104,7 +109,24 @@ class TimeAffine(nn.Module):
             mean, var = self._normalise(mean, var, start, shape)
         gain = self.gain[start : start + n].reshape(shape)
         bias = self.bias[start : start + n].reshape(shape)
-        return Moments(torch.addcmul(bias, mean, gain), None if var is None else var * gain.square())
+        return Moments(torch.addcmul(bias, mean, gain), self._scaled_var(var, gain))
+
+    def _scaled_var(self, var: Tensor | None, gain: Tensor) -> Tensor | None:
+        if var is None or not self.scale_variance:
+            return var
+        return var * gain.square()
+
+    def gain_step(self, moments: Moments, t: int) -> Moments:
+        """One step's moments ``[B, C, ...]`` times step ``t``'s gain, without the bias: ``(g[t]μ, g[t]²v)``.
+
+        A current that shares this layer's gain and bias (the recurrent current of
+        ``LayerSettings(time_affine_recurrent="shared")``): ``g(a + r) + b = (ga + b) + gr``.
+        """
+        self.check_steps(t + 1)
+        if self.batch_norm:
+            raise ValueError("TimeAffine.gain_step: a per-time-step BatchNorm normalises its own layer's current only")
+        gain = self.gain[t].reshape((1, self.channels) + (1,) * self.spatial_dims)
+        return Moments(moments.mean * gain, self._scaled_var(moments.var, gain))
 
     def _normalise(self, mean: Tensor, var: Tensor | None, start: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
         """Each step's ``μ`` by its batch statistics (training) or the running ones (``eval()``)."""
@@ -126,7 +148,9 @@ class TimeAffine(nn.Module):
         return mean, None if var is None else var * inv_std.square()
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, channels={self.channels}" + (", batch_norm=True" if self.batch_norm else "")
+        extra = ", batch_norm=True" if self.batch_norm else ""
+        extra += "" if self.scale_variance else ", scale_variance=False"
+        return f"steps={self.steps}, channels={self.channels}{extra}"
 
 
 def apply_time_affine(layer: nn.Module, moments: Moments, start: int = 0) -> Moments:
@@ -144,7 +168,8 @@ def apply_time_affine_step(layer: nn.Module, moments: Moments, t: int) -> Moment
 
 
 def attach_time_affines(
-    model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = (), batch_norm: bool = False
+    model: nn.Module, steps: int, exclude: tuple[nn.Module, ...] = (), batch_norm: bool = False,
+    scale_variance: bool = True,
 ) -> list[str]:
     """Give every weight layer of ``model`` (a layer with LRT ``moments``) but those in ``exclude`` a :class:`TimeAffine` child.
 
@@ -153,6 +178,7 @@ def attach_time_affines(
         steps: ``T_max``, the longest sequence it will run.
         exclude: layers left without one (the models pass their readout).
         batch_norm: make each a per-time-step BatchNorm (see the module docstring).
+        scale_variance: see :class:`TimeAffine`.
 
     Returns:
         The qualified names of the layers that got one, in module order.
@@ -162,9 +188,11 @@ def attach_time_affines(
     named = [(n, m) for n, m in model.named_modules() if _is_weight_layer(m) and id(m) not in skip]
     for _, layer in named:
         if hasattr(layer, "out_channels"):  # a convolution: [T, B, C, H, W]
-            layer.time_affine = TimeAffine(steps, layer.out_channels, spatial_dims=2, batch_norm=batch_norm)
+            layer.time_affine = TimeAffine(
+                steps, layer.out_channels, spatial_dims=2, batch_norm=batch_norm, scale_variance=scale_variance
+            )
         else:
-            layer.time_affine = TimeAffine(steps, layer.out_features, batch_norm=batch_norm)
+            layer.time_affine = TimeAffine(steps, layer.out_features, batch_norm=batch_norm, scale_variance=scale_variance)
     return [n for n, _ in named]
 
 

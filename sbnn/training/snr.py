@@ -28,7 +28,10 @@ auxiliary loss".
     ``membrane_noise="marginal"`` drive; on CIFAR-10 (``T = 1``) the same; on SHD the step's
     input current over that step's noise standard deviation. sbnn uses the membrane form for
     every network; with the default ``"pathwise"`` membrane, ``m`` is the membrane given the
-    past noise and ``s`` the step's noise standard deviation.
+    past noise and ``s`` the step's noise standard deviation. ``SNRLoss(signal="current")``
+    computes the SHD form instead (:func:`snr_current_ratio`): the step's input mean over the
+    step's own noise standard deviation, ``r = μ[t]/sqrt(v[t] + σ0² + ε_min² + w·σ_b²)``; the
+    authors' SHD code adds ``σ_b²`` twice there (``w = 2``, ``sigma_b_weight=2.0``).
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from typing import Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice
+from .._validation import check_choice, check_in_range
 from ..functional.neurons import Drive
 from .losses import DriveHookedLoss
 
-__all__ = ["SNR_REDUCTIONS", "snr_ratio", "SNRLoss", "DriveCollector"]
+__all__ = ["SNR_REDUCTIONS", "SNR_SIGNALS", "snr_ratio", "snr_current_ratio", "SNRLoss", "DriveCollector"]
 
 SNR_REDUCTIONS = ("mean", "sum")
+SNR_SIGNALS = ("membrane", "current")
 
 
 def snr_ratio(drive: Drive, threshold: Tensor | float, std_to_scale: float = 1.0) -> Tensor:
@@ -62,6 +66,28 @@ def snr_ratio(drive: Drive, threshold: Tensor | float, std_to_scale: float = 1.0
         std_to_scale: the noise family's ``κ``.
     """
     return std_to_scale * (drive.theta * drive.scale + threshold) / drive.scale
+
+
+def snr_current_ratio(drive: Drive, neuron: StochasticLIF, sigma_b_weight: float = 1.0) -> Tensor:
+    r"""``r = μ[t]/s_step[t]`` of every unit-step of one neuron layer: the step's input over its own noise.
+
+    .. math:: s_\text{step}^2 = v[t] + σ_0^2 + ε_\text{min}^2 + w\,σ_b^2
+
+    with ``(μ[t], v[t])`` the input moments the neuron received at step ``t`` (after any gain and
+    bias, a recurrent current included) and ``w`` = ``sigma_b_weight``. Differentiable in ``μ``,
+    ``v`` and ``σ_b``.
+
+    Raises:
+        ValueError: when the drive carries no input moments.
+    """
+    if drive.input_mean is None:
+        raise ValueError("snr_current_ratio: the drive carries no input moments (record it with StochasticLIF.sequence)")
+    var = drive.input_var if drive.input_var is not None else torch.zeros_like(drive.input_mean)
+    total = var + (neuron.sigma0**2 + neuron.eps_min**2)
+    sigma_b = neuron.sigma_b
+    if sigma_b is not None:
+        total = total + sigma_b_weight * sigma_b.square()
+    return drive.input_mean / total.sqrt()
 
 
 class DriveCollector:
@@ -87,6 +113,10 @@ class SNRLoss(DriveHookedLoss):
     Args:
         reduction: ``"mean"`` (default: mean of ``r²`` over every unit-step and example) or
             ``"sum"`` (the authors' sum over layers, steps and units, mean over the batch).
+        signal: ``"membrane"`` (default: :func:`snr_ratio`, the membrane mean over the
+            accumulated noise) or ``"current"`` (:func:`snr_current_ratio`, the step's input over
+            the step's noise: the authors' SHD form).
+        sigma_b_weight: ``w`` of :func:`snr_current_ratio` (``≥ 0``; the authors' SHD code: 2).
 
     Example:
         >>> from sbnn.models import SpikingMLP
@@ -104,10 +134,15 @@ class SNRLoss(DriveHookedLoss):
 
     recorder = DriveCollector  # a recurrent layer reports one drive per step: keep them all
 
-    def __init__(self, reduction: Literal["mean", "sum"] = "mean") -> None:
+    def __init__(
+        self, reduction: Literal["mean", "sum"] = "mean", signal: Literal["membrane", "current"] = "membrane",
+        sigma_b_weight: float = 1.0,
+    ) -> None:
         check_choice("SNRLoss reduction", reduction, SNR_REDUCTIONS)
+        check_choice("SNRLoss signal", signal, SNR_SIGNALS)
+        check_in_range("SNRLoss sigma_b_weight", sigma_b_weight, 0.0)
         super().__init__()
-        self.reduction = reduction
+        self.reduction, self.signal, self.sigma_b_weight = reduction, signal, float(sigma_b_weight)
 
     def __call__(self, model: nn.Module, drives: Mapping[str, Drive | Sequence[Drive]] | None = None) -> Tensor:
         """The loss from ``drives`` (default: those recorded since :meth:`attach`, which are then released).
@@ -132,7 +167,10 @@ class SNRLoss(DriveHookedLoss):
         for name, recorded_drives in drives.items():
             neuron = model.get_submodule(name)
             for drive in ([recorded_drives] if isinstance(recorded_drives, Drive) else recorded_drives):
-                ratio = snr_ratio(drive, neuron.threshold, neuron.noise.std_to_scale)
+                if self.signal == "current":
+                    ratio = snr_current_ratio(drive, neuron, self.sigma_b_weight)
+                else:
+                    ratio = snr_ratio(drive, neuron.threshold, neuron.noise.std_to_scale)
                 term = ratio.square().sum()
                 total = term if total is None else total + term
                 batch = ratio.shape[1]
@@ -143,7 +181,16 @@ class SNRLoss(DriveHookedLoss):
 
     def __getstate__(self) -> dict:
         # hooks and drives belong to one attached model and one forward pass
-        return {"reduction": self.reduction, "_drives": {}, "_handles": []}
+        return {
+            "reduction": self.reduction, "signal": self.signal, "sigma_b_weight": self.sigma_b_weight,
+            "_drives": {}, "_handles": [],
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("signal", "membrane")  # pickles made before the option
+        state.setdefault("sigma_b_weight", 1.0)
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        return f"SNRLoss(reduction={self.reduction!r})"
+        extra = "" if self.signal == "membrane" else f", signal={self.signal!r}, sigma_b_weight={self.sigma_b_weight:g}"
+        return f"SNRLoss(reduction={self.reduction!r}{extra})"
