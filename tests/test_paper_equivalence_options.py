@@ -120,8 +120,13 @@ def test_recurrent_self_variance_keeps_the_diagonal_term():
     torch.testing.assert_close(var0, torch.tensor([[1 * s2, 2 * s2, 1 * s2]], dtype=D))  # minus x_j²
     with pytest.raises(ValueError, match="zero_diagonal"):
         GaussianLinear(3, 3, self_variance=True)
-    with pytest.raises(ValueError, match="recurrent_self_variance"):
-        LayerSettings(recurrent_self_variance=True)
+    # ±1 recurrent layers have no zero diagonal: the setting is ignored, so `weights` alone switches families
+    from sbnn.models import SpikingRecurrentNet
+
+    pm1 = SpikingRecurrentNet(3, (4,), 2, layer=LayerSettings(recurrent_self_variance=True))
+    assert not hasattr(pm1.recurrent[0], "self_variance")
+    gauss = SpikingRecurrentNet(3, (4,), 2, layer=LayerSettings(weights="gaussian", recurrent_self_variance=True))
+    assert gauss.recurrent[0].self_variance
 
 
 # -- per-time-step gain on the mean only, shared with the recurrent current ----------------------

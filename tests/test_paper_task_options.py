@@ -102,10 +102,27 @@ def test_snr_reduction_reaches_the_loss():
     assert float(total.detach()) == pytest.approx(20 * float(mean.detach()), rel=1e-5)
 
 
+def test_snr_signal_and_sigma_b_weight_reach_the_loss():
+    net = _paper_mlp()
+    task = SpikingClassificationTask(
+        net, aux_loss="snr", aux_weight=1e-6, snr_reduction="sum", snr_signal="current", snr_sigma_b_weight=2.0
+    )
+    assert (task.aux_fn.reduction, task.aux_fn.signal, task.aux_fn.sigma_b_weight) == ("sum", "current", 2.0)
+    x = torch.rand(4, 3, 6).round()
+    losses = (task.aux_fn, SNRLoss("sum", signal="current", sigma_b_weight=2.0), SNRLoss("sum"))
+    for loss in losses:
+        loss.attach(net)
+    net(x)  # one forward; every loss reads the same drives
+    ours, reference, membrane = (float(loss(net).detach()) for loss in losses)
+    assert ours == pytest.approx(reference, rel=1e-6)
+    assert ours != pytest.approx(membrane, rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"lr_min_factor": 1.5}, "lr_min_factor"), ({"lr_min_factor": -0.1}, "lr_min_factor"),
-     ({"affine_lr": 0.0}, "affine_lr"), ({"snr_reduction": "max"}, "snr_reduction")],
+     ({"affine_lr": 0.0}, "affine_lr"), ({"snr_reduction": "max"}, "snr_reduction"),
+     ({"snr_signal": "voltage"}, "snr_signal"), ({"snr_sigma_b_weight": -1.0}, "snr_sigma_b_weight")],
 )
 def test_bad_option_values_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

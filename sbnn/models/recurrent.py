@@ -89,7 +89,7 @@ class SpikingRecurrentNet(SpikingClassifier):
         self.layers = nn.ModuleList(self.layer_settings.linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         # real-weight recurrent matrices have no self-connection (zero diagonal), as in the SBNN paper
         rec = {"zero_diagonal": True} if self.layer_settings.weights == "gaussian" else {}
-        if self.layer_settings.recurrent_self_variance:
+        if self.layer_settings.recurrent_self_variance and self.layer_settings.weights == "gaussian":
             rec["self_variance"] = True
         self.recurrent = nn.ModuleList(self.layer_settings.linear(h, h, bias=False, **rec) for h in hidden) if recurrent else None
         self.neurons = nn.ModuleList(self.neuron_settings.build() for _ in hidden)

@@ -151,7 +151,9 @@ class LayerSettings:
             and bias) or ``"shared"`` (the recurrent current shares the feed-forward layer's:
             ``g[t]·(W x + R S[t−1]) + b[t]``, the authors' SHD network).
         recurrent_self_variance: Gaussian recurrent layers keep the diagonal's variance term
-            (:class:`~sbnn.GaussianLinear` ``self_variance``; the authors' code). Default ``False``.
+            (:class:`~sbnn.GaussianLinear` ``self_variance``; the authors' code). Default ``False``;
+            ignored with ±1 weights (their recurrent layers have no zero diagonal), so that one
+            setting, ``weights``, switches a paper configuration between the families.
         readout_noise: ``True`` (default): the readout layer is a Bayesian layer like the others
             (LRT noise in ``sample`` mode); ``False``: the readout uses its mean weights in every
             mode (the authors' deterministic output layer).
@@ -180,11 +182,6 @@ class LayerSettings:
 
     def __post_init__(self) -> None:
         check_choice("layer.time_affine_recurrent", self.time_affine_recurrent, ("own", "shared"))
-        if self.recurrent_self_variance and self.weights != "gaussian":
-            raise ValueError(
-                "layer.recurrent_self_variance applies to Gaussian recurrent layers only (a ±1 layer has no "
-                "zero diagonal); set layer.weights: gaussian or drop it"
-            )
         check_in_range("layer.lam_std", self.lam_std, 0.0, low_open=True)
         steps = self.time_affine_steps
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):

@@ -30,7 +30,7 @@ from ..training.divergence import collapse_warnings, silence_warning
 from ..training.losses import BiasProxyLoss, ELBOLoss
 from ..training.optim import noise_scale_parameters
 from ..training.schedules import TwoPhaseCosine
-from ..training.snr import SNR_REDUCTIONS, SNRLoss
+from ..training.snr import SNR_REDUCTIONS, SNR_SIGNALS, SNRLoss
 from .base import SpikingTask
 
 __all__ = ["SpikingClassificationTask", "AUX_LOSSES"]
@@ -91,6 +91,11 @@ class SpikingClassificationTask(SpikingTask):
         snr_reduction: how ``aux_loss="snr"`` reduces ``r²`` (:class:`~sbnn.training.SNRLoss`):
             ``"mean"`` (default, over every unit-step) or ``"sum"`` (the authors' sum over layers,
             steps and units, mean over the batch, for which their ``λ`` values are given).
+        snr_signal: what the SNR term divides by the noise (:class:`~sbnn.training.SNRLoss`
+            ``signal``): ``"membrane"`` (default; the authors' DVS Gesture and CIFAR-10 form) or
+            ``"current"`` (each step's input current over that step's noise: their SHD form).
+        snr_sigma_b_weight: how many times ``σ_b²`` enters the noise of the SNR term (their SHD
+            code counts it twice: 2.0).
     """
 
     def __init__(
@@ -112,6 +117,8 @@ class SpikingClassificationTask(SpikingTask):
         lr_min_factor: NonNegativeFloat = 0.0,
         affine_lr: PositiveFloat | None = None,
         snr_reduction: Literal["mean", "sum"] = "mean",
+        snr_signal: Literal["membrane", "current"] = "membrane",
+        snr_sigma_b_weight: NonNegativeFloat = 1.0,
     ) -> None:
         super().__init__(network)
         if sigma_lr is not None:
@@ -136,8 +143,10 @@ class SpikingClassificationTask(SpikingTask):
         if affine_lr is not None:
             check_in_range("affine_lr", affine_lr, 0.0, low_open=True)
         check_choice("snr_reduction", snr_reduction, SNR_REDUCTIONS)
+        check_choice("snr_signal", snr_signal, SNR_SIGNALS)
+        check_in_range("snr_sigma_b_weight", snr_sigma_b_weight, 0.0)
         if aux_weight > 0 and aux_fn is None:
-            aux_fn = SNRLoss(snr_reduction) if aux_loss == "snr" else BiasProxyLoss()
+            aux_fn = SNRLoss(snr_reduction, snr_signal, snr_sigma_b_weight) if aux_loss == "snr" else BiasProxyLoss()
         self.save_hyperparameters(ignore=["network", "aux_fn"])
         self.aux_fn = aux_fn
         self.loss_fn: ELBOLoss | None = None
