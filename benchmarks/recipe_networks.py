@@ -69,14 +69,9 @@ def recipe_config(name: str) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def _build(spec: dict[str, Any], where: str) -> nn.Module:
-    from sbnn.export import network_from_spec
-
-    return network_from_spec(spec, where)
-
-
 def networks(name: str, input_size: int, num_classes: int) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
     """Builders of (the recipe's network, the reference network) for data of ``input_size`` features."""
+    from sbnn.export import network_from_spec
     from sbnn.models import SpikingMLP
 
     spec = copy.deepcopy(recipe_config(name)["model"]["init_args"]["network"])
@@ -88,11 +83,11 @@ def networks(name: str, input_size: int, num_classes: int) -> tuple[Callable[[],
         args["in_features"] = input_size
         reference = copy.deepcopy(spec)
         reference["init_args"]["recurrent"] = False
-        return (lambda: _build(spec, where)), (lambda: _build(reference, where + " (feed-forward)"))
+        return (lambda: network_from_spec(spec, where)), (lambda: network_from_spec(reference, where + " (feed-forward)"))
     if name == "shd_resnet":
         args["in_features"] = input_size
         width = args.get("width", 128)
-        return (lambda: _build(spec, where)), (
+        return (lambda: network_from_spec(spec, where)), (
             lambda: SpikingMLP(input_size, (width,), num_classes, binary_input=True, **_settings(common))
         )
     if name == "dvs_gesture_frames":
@@ -101,7 +96,7 @@ def networks(name: str, input_size: int, num_classes: int) -> tuple[Callable[[],
             raise ValueError(f"{name}: {input_size} input features are not a square frame")
         args.update(in_channels=1, input_size=side)
         hidden = (args.get("fc") or [64])[-1]
-        return (lambda: Frames(_build(spec, where), (1, side, side))), (
+        return (lambda: Frames(network_from_spec(spec, where), (1, side, side))), (
             lambda: SpikingMLP(input_size, (hidden,), num_classes, **_settings(common))
         )
     raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")

@@ -214,6 +214,8 @@ def test_batch_norm_scales_the_lrt_variance_by_the_same_factor():
     out = norm(Moments(mean, var))
     s2 = mean.var(dim=1, unbiased=False)
     torch.testing.assert_close(out.var, var / (s2[:, None] + TimeAffine.eps))
+    mean_only = TimeAffine(2, 3, batch_norm=True, scale_variance=False)
+    assert torch.equal(mean_only(Moments(mean, var)).var, var)  # the mean-only option holds for the normalisation too
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -102,9 +102,9 @@ class StochasticLIFParameters(NamedTuple):
     reset_leak: bool = False
 
 
-def _reset_amount(beta: Tensor, threshold: Tensor, p: StochasticLIFParameters) -> Tensor:
+def _reset_amount(beta: Tensor, threshold: Tensor, leak: bool) -> Tensor:
     """What a subtract reset removes from the membrane per spike: ``ϑ``, or ``βϑ`` with ``reset_leak``."""
-    return beta * threshold if p.reset_leak else threshold
+    return beta * threshold if leak else threshold
 
 
 def _sigma_b_sq(p: StochasticLIFParameters) -> Tensor | float | None:
@@ -232,7 +232,7 @@ def _marginal_sequence(
         else:
             mean = beta * mean + mu_t
             if p.reset_mechanism == "subtract":
-                mean = mean - _reset_amount(beta, threshold, p) * reset_spk
+                mean = mean - _reset_amount(beta, threshold, p.reset_leak) * reset_spk
             variance = beta * beta * variance + v_t + floor
         scale = torch.sqrt(variance if sb2 is None else variance + sb2) * p.noise.std_to_scale
         theta = (mean - threshold) / scale
@@ -277,7 +277,7 @@ class _MarginalSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, var, b, eps, beta, threshold, mem0, var0, spk0, floor, reset, detach_reset, estimator, noise, leak=False):
         kappa = noise.std_to_scale
-        reset_amount = beta * threshold if leak else threshold  # the subtract reset: ϑ, or βϑ (reset_leak)
+        reset_amount = _reset_amount(beta, threshold, leak)
         beta2 = beta * beta
         n_steps = mu.shape[0]
         spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
@@ -330,7 +330,7 @@ class _MarginalSequence(torch.autograd.Function):
     def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
         b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
         reset, detach, leak = ctx.reset, ctx.detach_reset or ctx.reset == "none", ctx.leak
-        reset_amount = beta * threshold if leak else threshold
+        reset_amount = _reset_amount(beta, threshold, leak)
         needs = ctx.needs_input_grad
         n_steps = spks.shape[0]
         g_spk = torch.zeros_like(spks) if g_spk is None else g_spk

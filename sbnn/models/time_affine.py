@@ -138,14 +138,14 @@ class TimeAffine(nn.Module):
                 count = mean.numel() // (n * self.channels)
                 unbiased = batch_var * (count / max(count - 1, 1))
                 steps = slice(start, start + n)
-                self.running_mean[steps].lerp_(batch_mean.detach(), self.momentum)
-                self.running_var[steps].lerp_(unbiased.detach(), self.momentum)
+                self.running_mean[steps].lerp_(batch_mean, self.momentum)
+                self.running_var[steps].lerp_(unbiased, self.momentum)
         else:
             batch_mean = self.running_mean[start : start + n]
             batch_var = self.running_var[start : start + n]
         inv_std = torch.rsqrt(batch_var + self.eps).reshape(shape)
         mean = (mean - batch_mean.reshape(shape)) * inv_std
-        return mean, None if var is None else var * inv_std.square()
+        return mean, self._scaled_var(var, inv_std)  # the normalising factor acts as a gain
 
     def extra_repr(self) -> str:
         extra = ", batch_norm=True" if self.batch_norm else ""
