@@ -180,3 +180,50 @@ def test_compiled_code_stays_dense_without_graph_breaks(gen):
     x = _spikes(gen, (4, 3, 20), 0.02, torch.float32)
     explained = torch._dynamo.explain(lambda z: layer.moments(z, binary=True, validate=False).mean)(x)
     assert explained.graph_break_count == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_table_gradient_kernel_equals_transposed_gather(gen, dtype):
+    """The CPU scatter-add of the weight gradient against the transposed embedding_bag, and against x·g."""
+    from sbnn.functional.sparse import _scatter_applies, _table_grad, _transposed
+
+    x = _spikes(gen, (7, 3, 11), 0.25, dtype)
+    x[:, 0] = 0  # rows without events
+    x[..., 4] = 0  # an input that never fires
+    idx = spike_indices(x)
+    grad = torch.randn(21, 6, generator=gen, dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        assert _scatter_applies(grad)
+        kernel = _table_grad(idx, grad, 11)
+    rows_t, offsets_t = _transposed(idx, 11)
+    reference = torch.nn.functional.embedding_bag(rows_t, grad, offsets_t, mode="sum")
+    torch.testing.assert_close(kernel, reference)
+    torch.testing.assert_close(kernel, x.reshape(21, 11).t() @ grad)
+    assert kernel[4].abs().max() == 0
+
+
+def test_table_gradient_keeps_a_graph_for_double_backward(gen):
+    """create_graph=True takes the torch path, so second derivatives through the table exist."""
+    from sbnn.functional.sparse import gather_sum
+
+    x = _spikes(gen, (10, 8), 0.3)
+    table = torch.randn(8, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(gather_sum(x, table).square().sum(), table, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), table)
+    # d/dA Σ 2 xᵀ(xA) = 2 xᵀx·1: the Hessian-vector product with ones
+    torch.testing.assert_close(gg, 2 * (x.t() @ x) @ torch.ones(8, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alpha_shape", [(1,), (5,)])
+def test_lrt_table_node_gradients(gen, alpha_shape):
+    """The fused table node's hand-written backward (and its second derivative) against finite differences."""
+    from sbnn.functional.sparse import lrt_table
+
+    lam = (2 * torch.randn(5, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    alpha = (torch.rand(alpha_shape, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    table = lrt_table(lam, alpha)
+    m, v = torch.tanh(lam), 1 - torch.tanh(lam) ** 2
+    a = alpha.reshape(-1, 1)
+    torch.testing.assert_close(table, torch.cat([m * a, v * a * a]).t())
+    assert torch.autograd.gradcheck(lrt_table, (lam, alpha))
+    assert torch.autograd.gradgradcheck(lrt_table, (lam, alpha))

@@ -7,8 +7,9 @@ sum of the table rows of the active inputs:
     (x A)_n = \sum_{i:\,x_{ni} = 1} A_i
 
 At a few percent of active inputs this gather-sum costs a fraction of the dense matmul
-(``torch.nn.functional.embedding_bag`` with ``mode="sum"``), and so does its weight gradient,
-the transposed gather ``∂L/∂A_i = Σ_{n: x_{ni}=1} ∂L/∂(xA)_n``.
+(``torch.nn.functional.embedding_bag`` with ``mode="sum"``), and so does its weight gradient
+``∂L/∂A_i = Σ_{n: x_{ni}=1} ∂L/∂(xA)_n``: on CPU a scatter-add of the output-gradient rows in
+index order (a Numba kernel, no sort), elsewhere the transposed gather.
 
 **One gather for both LRT moments.** A layer whose pre-activation has mean linear in ``x`` and
 variance linear in ``x²`` reads both from one joint table of per-input rows ``[A_μ | A_v]``
@@ -101,8 +102,7 @@ def spike_indices(x: Tensor) -> SpikeIndices:
     values are ones (see :func:`use_gather`).
     """
     flat = x.detach().reshape(-1, x.shape[-1])
-    nz = flat.nonzero()
-    rows, cols = nz[:, 0], nz[:, 1]
+    rows, cols = flat.nonzero().t().contiguous()  # contiguous: the scatter kernel reads them as arrays
     counts = torch.bincount(rows, minlength=flat.shape[0])
     offsets = torch.cumsum(counts, 0) - counts
     return SpikeIndices(rows, cols, offsets, tuple(x.shape))
@@ -149,6 +149,28 @@ def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
     return idx.rows[order], torch.cumsum(counts, 0) - counts
 
 
+def _scatter_applies(grad: Tensor) -> bool:
+    """Whether the Numba scatter-add computes the table gradient: CPU floats, first-order backward."""
+    return (
+        grad.device.type == "cpu"
+        and grad.dtype in (torch.float32, torch.float64)
+        and not torch.is_grad_enabled()  # create_graph: the torch path keeps the graph
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _table_grad(idx: SpikeIndices, grad: Tensor, n_in: int) -> Tensor:
+    """``∂L/∂A`` ``[in, K]`` of the gather-sum: the output-gradient rows ``grad`` ``[N, K]`` summed per active input."""
+    if _scatter_applies(grad):
+        from ._sparse_kernels import scatter_add_rows  # numba compiles on first use
+
+        out = grad.new_zeros(n_in, grad.shape[1])
+        scatter_add_rows(idx.rows.contiguous().numpy(), idx.cols.contiguous().numpy(), grad.numpy(), out.numpy())
+        return out
+    rows_t, offsets_t = _transposed(idx, n_in)
+    return F.embedding_bag(rows_t, grad, offsets_t, mode="sum")
+
+
 class _GatherSum(torch.autograd.Function):
     """``out = x A`` for binary ``x`` given as indices; ``A`` ``[in, K]``, the first ``n_linear``
     columns linear in ``x``, the rest in ``x²`` (only the input gradient tells them apart)."""
@@ -172,8 +194,7 @@ class _GatherSum(torch.autograd.Function):
         grad = grad.contiguous()
         grad_table = grad_x = None
         if ctx.needs_input_grad[0]:
-            rows_t, offsets_t = _transposed(idx, table.shape[0])
-            grad_table = F.embedding_bag(rows_t, grad, offsets_t, mode="sum")
+            grad_table = _table_grad(idx, grad, table.shape[0])
         if ctx.needs_input_grad[1]:
             # dense products: a sampled (gathered) product at the active inputs only was measured
             # slower than the matmul even at 1 % (its nnz × H gathers lose to BLAS)
@@ -244,6 +265,38 @@ def gather_moments(
     return mean, var
 
 
+class _LRTTable(torch.autograd.Function):
+    """:func:`lrt_table` as one node: the backward is four element-wise passes on ``[out, in]``.
+
+    With ``m = tanh λ`` and ``v = 1 − m²`` (``∂m/∂λ = v``, ``∂v/∂λ = −2mv``) and the table's
+    gradient split into ``G_μ``, ``G_v`` (``[out, in]``):
+    ``∂L/∂λ = v ⊙ (α G_μ − 2α² m ⊙ G_v)`` and ``∂L/∂α = Σ_in (m ⊙ G_μ + 2α v ⊙ G_v)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, lam: Tensor, alpha: Tensor) -> Tensor:
+        alpha_col = alpha.reshape(-1, 1)
+        m, v = sign_mean(lam), sign_variance(lam)
+        ctx.save_for_backward(lam, m, v, alpha)
+        # element-wise work on λ's own [out, in] layout, then one transposing copy: the gather
+        # reads whole contiguous rows (element-wise ops on the transposed view measured 1.4× slower)
+        return torch.cat([m * alpha_col, v * alpha_col.square()]).t().contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        lam, m, v, alpha = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: rebuild m and v with their graph for a second derivative
+            m, v = sign_mean(lam), sign_variance(lam)
+        alpha_col = alpha.reshape(-1, 1)
+        g_mean, g_var = grad.t().contiguous().chunk(2)  # back to [out, in] rows
+        g_lam = g_alpha = None
+        if ctx.needs_input_grad[0]:
+            g_lam = v * (alpha_col * g_mean - (2.0 * alpha_col.square()) * (m * g_var))
+        if ctx.needs_input_grad[1]:
+            g_alpha = (m * g_mean + (2.0 * alpha_col) * (v * g_var)).sum(-1).sum_to_size(alpha.shape)
+        return g_lam, g_alpha
+
+
 def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
     r"""The joint LRT table ``[α·mᵀ | α²(1 − m²)ᵀ]`` ``[in, 2·out]`` of a Bernoulli ±1 linear layer.
 
@@ -251,10 +304,7 @@ def lrt_table(lam: Tensor, alpha: Tensor) -> Tensor:
         lam: natural parameters ``[out, in]``.
         alpha: scale ``[1]`` or ``[out]``.
     """
-    # elementwise work on λ's own [out, in] layout, then one transposing copy: the gather reads
-    # whole contiguous rows (elementwise ops on the transposed view measured 1.4× slower)
-    alpha_col = alpha.reshape(-1, 1)
-    return torch.cat([sign_mean(lam) * alpha_col, sign_variance(lam) * alpha_col.square()]).t().contiguous()
+    return _LRTTable.apply(lam, alpha)
 
 
 def lrt_linear_gather(
