@@ -54,12 +54,12 @@ __all__ = [
 ]
 
 #: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls,
-#: forward + backward, one thread: the measured crossover lies at 4.5-5.5 % for 700→256, 256→256
-#: and 700→2048 layers over ``T·B = 3200`` rows (gather/dense 0.77, 0.72, 0.70 at 3 %; 1.07, 0.93,
-#: 0.99 at 5 %; 1.70, 1.26, 1.63 at 10 %), and no lower for 256-wide hidden spikes whose input
-#: gradient stays dense (0.83 at 3 %, 0.94 at 5 %; ``benchmarks/gather_crossover.py``,
-#: ``benchmarks/README.md``).
-SPARSE_MAX_DENSITY = 0.05
+#: forward + backward, one thread, over ``T·B = 3200`` rows: gather/dense 0.57, 0.64, 0.59 at 3 %,
+#: 0.88, 0.79, 1.10 at 7 % and 1.02, 0.96, 1.38 at 10 % for 700→256, 256→256 and 700→2048 (the
+#: crossover falls with the table's width); 256-wide hidden spikes whose input gradient stays dense
+#: gain up to 10 % (0.68 at 3 %, 0.82 at 10 %). ``benchmarks/gather_crossover.py``,
+#: ``benchmarks/README.md``.
+SPARSE_MAX_DENSITY = 0.07
 #: Input rows (``T·B``) at which :data:`SPARSE_MAX_DENSITY` was measured; :func:`use_gather`
 #: lowers the threshold in proportion below it.
 SPARSE_FULL_ROWS = 3200
@@ -125,9 +125,9 @@ def use_gather(x: Tensor, max_density: float = SPARSE_MAX_DENSITY) -> bool:
 
     It does when the density (:func:`estimate_density`, much cheaper than the matmul it may save)
     is at most ``max_density · min(1, N / SPARSE_FULL_ROWS)`` for ``N`` input rows: the path's
-    fixed costs (the table's transposing copies, the index sort) grow with the table, its savings
-    with the rows, so fewer rows lower the crossover (measured at 800 rows: 2.5-3 % for 256-wide
-    layers, below 2 % for a 2048 → 2048 hidden layer that gains at 3200 rows).
+    fixed costs (the table's transposing copies) grow with the table, its savings with the rows,
+    so fewer rows lower the crossover (measured at 800 rows: about 8 % for 256-wide layers, 2-3 %
+    for a 2048 → 2048 hidden layer).
     """
     if x.numel() == 0 or x.is_cuda:
         # the crossover was measured on CPU; a GPU matmul on a dense tile is another trade-off
