@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,6 +68,15 @@ __all__ = [
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
 MEMBRANE_NOISE_MODELS = ("pathwise", "marginal")
+
+#: Run the pathwise neuron's time loop and its backward recurrence as Numba kernels
+#: (``sbnn/functional/_cpu_kernels.py``) when every tensor is on the CPU in one dtype, float32 or
+#: float64, ``torch.compile`` is not tracing and Numba imports; otherwise (and with ``False``)
+#: the torch loop. Both paths give the same spikes and membranes, bit for bit, and the same
+#: gradients up to float rounding (the sums over time are added in another order). The first
+#: call in a fresh environment compiles the kernels for its dtype (about 5 s); Numba caches
+#: them on disk for later processes.
+CPU_KERNELS: bool = True
 
 
 class StochasticLIFState(NamedTuple):
@@ -135,6 +145,9 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
+        ctx.kernels = _cpu_kernels_for(mu, scale, eps, beta, threshold, mem0, spk0)
+        if ctx.kernels is not None:
+            return _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise)
         noise_term = scale * eps
         mems, spks = torch.empty_like(mu), torch.empty_like(mu)
         mem, spk = mem0, spk0
@@ -155,6 +168,8 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spk, g_mem):
+        if ctx.kernels is not None and not torch.is_grad_enabled():  # create_graph: the torch ops
+            return _lif_backward_kernel(ctx, g_spk, g_mem)
         scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
         reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
         needs = ctx.needs_input_grad
@@ -199,6 +214,108 @@ class _StochasticLIFSequence(torch.autograd.Function):
         if needs[6] and not detach:
             g_spk0 = (-threshold * g_ubar[0] if reset == "subtract" else -beta * mem0 * g_ubar[0]).sum_to_size(spk0.shape)
         return g_ubar if needs[0] else None, g_scale, None, g_beta, g_threshold, g_mem0, g_spk0, None, None, None, None
+
+
+_RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}  # the kernels' reset codes
+_kernel_module = None  # sbnn.functional._cpu_kernels once imported; False if Numba is missing
+
+
+def _cpu_kernels_for(mu: Tensor, *others: Tensor):
+    """The kernel module when the pathwise node can run there for these inputs, else ``None``.
+
+    ``others`` are ``(scale, eps, beta, threshold, mem0, spk0)``: the sequences must broadcast to
+    ``mu``, the constants and the state to one step of it (a per-step ``β`` takes the torch loop).
+    """
+    global _kernel_module
+    if not CPU_KERNELS or torch.compiler.is_compiling() or mu.dim() == 0:
+        return None
+    if mu.device.type != "cpu" or mu.dtype not in (torch.float32, torch.float64):
+        return None
+    if any(x.device.type != "cpu" or x.dtype != mu.dtype for x in others):
+        return None
+    try:
+        if any(torch.broadcast_shapes(x.shape, mu.shape) != mu.shape for x in others[:2]):
+            return None
+        if any(torch.broadcast_shapes(x.shape, mu.shape[1:]) != mu.shape[1:] for x in others[2:]):
+            return None
+    except RuntimeError:  # not broadcastable: the torch path raises its own error
+        return None
+    if _kernel_module is None:
+        try:
+            from . import _cpu_kernels
+        except ImportError:  # Numba missing or broken: the torch loop
+            _kernel_module = False
+        else:
+            _kernel_module = _cpu_kernels
+    return _kernel_module or None
+
+
+def _as_rows(x: Tensor, shape: torch.Size):
+    """``x`` broadcast to ``shape`` as a C-contiguous ``[shape[0], rest]`` NumPy array (a view when it can)."""
+    return x.detach().expand(shape).contiguous().reshape(shape[0], shape[1:].numel()).numpy()
+
+
+def _as_units(x: Tensor, step: torch.Size):
+    """``x`` broadcast to one step's shape as a C-contiguous ``[N]`` NumPy array."""
+    return x.detach().expand(step).contiguous().reshape(step.numel()).numpy()
+
+
+def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
+    """:meth:`_StochasticLIFSequence.forward` by :func:`~sbnn.functional._cpu_kernels.lif_forward`."""
+    shape, step = mu.shape, mu.shape[1:]
+    mems = torch.empty(shape, dtype=mu.dtype)
+    spks = torch.empty(shape, dtype=mu.dtype)
+    ctx.kernels.lif_forward(
+        _as_rows(mu, shape), _as_rows(scale, shape), _as_rows(eps, shape), _as_units(beta, step),
+        _as_units(threshold, step), _as_units(mem0, step), _as_units(spk0, step), _RESET_CODES[reset],
+        _as_rows(mems, shape), _as_rows(spks, shape),
+    )
+    ctx.save_for_backward(scale, eps, beta, threshold, mem0, spk0, mems, spks)
+    ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+    ctx.set_materialize_grads(False)
+    return spks, mems
+
+
+def _lif_backward_kernel(ctx, g_spk, g_mem):
+    """:meth:`_StochasticLIFSequence.backward` by :func:`~sbnn.functional._cpu_kernels.lif_backward`.
+
+    ``θ`` is rebuilt by a kernel, the estimator's factor is computed by torch for all steps at
+    once (so every estimator works unchanged), then one kernel runs the adjoint recurrence and
+    every per-element gradient.
+    """
+    kernels = ctx.kernels
+    scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
+    reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
+    needs = ctx.needs_input_grad
+    shape, step = mems.shape, mems.shape[1:]
+    scale_, eps_, mems_, spks_ = (_as_rows(x, shape) for x in (scale, eps, mems, spks))
+    beta_, thr_ = _as_units(beta, step), _as_units(threshold, step)
+    one = mems_.dtype.type(1)
+    theta = torch.empty(shape, dtype=mems.dtype)
+    kernels.lif_theta(mems_, scale_, eps_, thr_, one, _as_rows(theta, shape))
+    factor = ctx.estimator.factor(theta, spks, eps, ctx.noise)
+    g_spk_ = _as_rows(g_spk, shape) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype)
+    g_ubar = torch.empty(shape, dtype=mems.dtype)
+    g_scale = torch.empty(shape, dtype=mems.dtype) if needs[1] else None
+    g_beta = torch.zeros(step.numel(), dtype=mems.dtype)
+    g_thr = torch.zeros(step.numel(), dtype=mems.dtype)
+    g_ubar_ = _as_rows(g_ubar, shape)
+    kernels.lif_backward(
+        g_spk_, mems_ if g_mem is None else _as_rows(g_mem, shape), g_mem is not None,
+        _as_rows(factor.to(mems.dtype), shape), scale_, eps_, _as_rows(theta, shape), mems_, spks_, beta_, thr_,
+        _as_units(mem0, step), _as_units(spk0, step), _RESET_CODES[reset], detach, one,
+        g_ubar_, g_ubar_ if g_scale is None else _as_rows(g_scale, shape), g_scale is not None,
+        g_beta.numpy(), g_thr.numpy(),
+    )
+    g_scale = None if g_scale is None else g_scale.sum_to_size(scale.shape)
+    g_beta = g_beta.reshape(step).sum_to_size(beta.shape) if needs[3] else None
+    g_thr = g_thr.reshape(step).sum_to_size(threshold.shape) if needs[4] else None
+    g_mem0 = g_spk0 = None
+    if needs[5]:
+        g_mem0 = ((beta * (1.0 - spk0) if reset == "zero" else beta) * g_ubar[0]).sum_to_size(mem0.shape)
+    if needs[6] and not detach:
+        g_spk0 = (-threshold * g_ubar[0] if reset == "subtract" else -beta * mem0 * g_ubar[0]).sum_to_size(spk0.shape)
+    return g_ubar if needs[0] else None, g_scale, None, g_beta, g_thr, g_mem0, g_spk0, None, None, None, None
 
 
 def _marginal_sequence(

@@ -1,0 +1,179 @@
+"""Private Numba CPU kernels of the pathwise stochastic-LIF sequence (forward loop and BPTT).
+
+The autograd node :class:`sbnn.functional.neurons._StochasticLIFSequence` calls these on CPU
+tensors of float32/float64 instead of its per-step torch loop; the torch path stays the
+reference (and the path on every other device and under ``torch.compile``).
+
+Conventions shared by every kernel:
+
+* **Layout.** Sequences are C-contiguous ``[T, N]`` arrays, ``N`` the product of a step's unit
+  dimensions (``[B, ...]`` flattened); per-step constants (``β``, ``ϑ``, the initial state) are
+  ``[N]`` arrays, already broadcast to a step's shape by the caller. One dtype throughout
+  (float32 or float64, each compiled once); ``one`` is the scalar 1 of that dtype, so that no
+  literal promotes a float32 expression to float64. The time loop is outside, the unit loop
+  inside: the inner loop runs over contiguous memory and vectorises.
+* **Same arithmetic as torch.** The formulas and their order are those of the torch loop, element
+  by element; torch's CPU ``addcmul`` is one fused multiply-add (``a + b·c`` with one rounding),
+  so every ``addcmul`` here is :func:`_fma`. No ``fastmath``: LLVM contracts nothing else. The
+  forward therefore reproduces the torch path's membranes bit for bit, and its spikes.
+* **Reset codes** ``RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a·b + c`` with one rounding (LLVM ``llvm.fma``), for three floats of one type."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lif_forward(mu, scale, eps, beta, threshold, mem0, spk0, reset, mems, spks):
+    """The membrane and spike recurrence over ``T`` steps, written into ``mems`` and ``spks``.
+
+    Per step and unit (``S`` in {0, 1}):
+    ``Ū = μ[t] + U·β − ϑ·S`` (subtract), ``μ[t] + (U·β)(1 − S)`` (zero), ``μ[t] + U·β`` (none);
+    ``U[t] = Ū + scale[t]·ε[t]``; ``S[t] = U[t] ≥ ϑ``.
+
+    Args:
+        mu, scale, eps: ``[T, N]`` input mean, noise scale, standard noise.
+        beta, threshold, mem0, spk0: ``[N]``.
+        reset: reset code.
+        mems, spks: ``[T, N]`` outputs.
+    """
+    n_steps, n = mu.shape
+    prev_mem, prev_spk = mem0, spk0
+    for t in range(n_steps):
+        mu_t, s_t, e_t, mem_t, spk_t = mu[t], scale[t], eps[t], mems[t], spks[t]
+        if reset == RESET_ZERO:
+            for i in range(n):
+                # μ + (Uβ)(1 − S): the product with 0 or 1 is exact, so a select is the same number
+                carried = prev_mem[i] * beta[i]
+                ubar = mu_t[i] + carried if prev_spk[i] == 0 else mu_t[i]
+                m = ubar + s_t[i] * e_t[i]
+                mem_t[i] = m
+                spk_t[i] = 1 if m >= threshold[i] else 0
+        elif reset == RESET_SUBTRACT:
+            for i in range(n):
+                ubar = _fma(prev_mem[i], beta[i], mu_t[i])
+                ubar = _fma(prev_spk[i], -threshold[i], ubar)
+                m = ubar + s_t[i] * e_t[i]
+                mem_t[i] = m
+                spk_t[i] = 1 if m >= threshold[i] else 0
+        else:
+            for i in range(n):
+                m = _fma(prev_mem[i], beta[i], mu_t[i]) + s_t[i] * e_t[i]
+                mem_t[i] = m
+                spk_t[i] = 1 if m >= threshold[i] else 0
+        prev_mem, prev_spk = mem_t, spk_t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lif_theta(mems, scale, eps, threshold, one, theta):
+    """``θ = (U − scale·ε − ϑ)·(1/scale)``, the standardised drive, into ``theta`` ``[T, N]``."""
+    n_steps, n = mems.shape
+    for t in range(n_steps):
+        m_t, s_t, e_t, th_t = mems[t], scale[t], eps[t], theta[t]
+        for i in range(n):
+            th_t[i] = (m_t[i] - s_t[i] * e_t[i] - threshold[i]) * (one / s_t[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lif_backward(
+    g_spk, g_mem, has_g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0,
+    reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
+):
+    """The adjoint recurrence of :func:`lif_forward` and every per-element gradient, in one pass.
+
+    With ``gθ/s = gS·factor/s`` (detached reset) the adjoint of ``Ū`` is
+    ``gŪ[t] = gθ/s[t] + gU[t] + c[t]·gŪ[t+1]``, ``c[t] = β`` (``β(1 − S[t])`` for the zero
+    reset). A reset that carries gradient adds ``r[t]·gŪ[t+1]`` to the spike's adjoint before
+    the estimator (``r = −ϑ``, or ``−β U[t]`` for the zero reset):
+    ``gθ/s[t] = (gS[t] + r[t]·gŪ[t+1])·factor/s``, ``gŪ[t] = gU[t] + c[t]·gŪ[t+1] + gθ/s[t]``.
+    Then ``g_scale = (gŪ − gθ/s)·ε − gθ/s·θ`` and the sums over time
+    ``g_beta += gŪ·U[t−1]`` (times ``1 − S[t−1]`` for the zero reset),
+    ``g_threshold += −gθ/s`` (subtract reset: ``−(gθ/s + gŪ·S[t−1])``).
+
+    Args:
+        g_spk, g_mem: ``[T, N]`` output adjoints (``g_mem`` is read only if ``has_g_mem``).
+        factor: ``[T, N]`` the estimator's ``∂S/∂θ`` at ``theta``.
+        scale, eps, theta, mems, spks: ``[T, N]`` from the forward pass.
+        beta, threshold, mem0, spk0: ``[N]``.
+        reset, detach: reset code; whether the reset carries no gradient.
+        one: 1 in the arrays' dtype.
+        g_ubar: ``[T, N]`` output, the adjoint of ``Ū`` (the gradient of ``μ``).
+        g_scale: ``[T, N]`` output, written only if ``want_scale``.
+        g_beta, g_threshold: ``[N]`` outputs, accumulated into (pass zeros).
+    """
+    n_steps, n = mems.shape
+    carry = np.zeros(n, dtype=mems.dtype)  # gŪ[t + 1]
+    coeff = np.empty(n, dtype=mems.dtype)  # c[t]
+    gts = np.empty(n, dtype=mems.dtype)  # gθ/s[t]
+    zero = one - one
+    # short loops over one row each, every branch outside them: each loop vectorises
+    for t in range(n_steps - 1, -1, -1):
+        prev_mem = mem0 if t == 0 else mems[t - 1]
+        prev_spk = spk0 if t == 0 else spks[t - 1]
+        gs_t, f_t, s_t, k_t, gu_t = g_spk[t], factor[t], scale[t], spks[t], g_ubar[t]
+        gm_t = g_mem[t] if has_g_mem else g_mem[0]
+        if reset == RESET_ZERO:  # β(1 − S[t]) as a select: the product with 0 or 1 is exact
+            for i in range(n):
+                coeff[i] = beta[i] if k_t[i] == 0 else zero
+        else:
+            for i in range(n):
+                coeff[i] = beta[i]
+        if detach:
+            for i in range(n):
+                gts[i] = gs_t[i] * f_t[i] * (one / s_t[i])
+            if has_g_mem:
+                for i in range(n):
+                    carry[i] = _fma(coeff[i], carry[i], gts[i] + gm_t[i])
+            else:
+                for i in range(n):
+                    carry[i] = _fma(coeff[i], carry[i], gts[i])
+        else:
+            if reset == RESET_SUBTRACT:
+                for i in range(n):
+                    gts[i] = _fma(-threshold[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
+            else:
+                m_t = mems[t]
+                for i in range(n):
+                    gts[i] = _fma(-beta[i] * m_t[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
+            if has_g_mem:
+                for i in range(n):
+                    carry[i] = _fma(coeff[i], carry[i], gm_t[i]) + gts[i]
+            else:
+                for i in range(n):
+                    carry[i] = _fma(coeff[i], carry[i], zero) + gts[i]
+        for i in range(n):
+            gu_t[i] = carry[i]
+        if want_scale:
+            gsc_t, e_t, th_t = g_scale[t], eps[t], theta[t]
+            for i in range(n):
+                gsc_t[i] = (gu_t[i] - gts[i]) * e_t[i] - gts[i] * th_t[i]
+        if reset == RESET_ZERO:
+            for i in range(n):
+                g_beta[i] += gu_t[i] * (prev_mem[i] if prev_spk[i] == 0 else zero)
+        else:
+            for i in range(n):
+                g_beta[i] += gu_t[i] * prev_mem[i]
+        if reset == RESET_SUBTRACT:
+            for i in range(n):
+                g_threshold[i] += -(gts[i] + gu_t[i] * prev_spk[i])
+        else:
+            for i in range(n):
+                g_threshold[i] += -gts[i]
