@@ -168,7 +168,7 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spk, g_mem):
-        if ctx.kernels is not None and not torch.is_grad_enabled():  # create_graph: the torch ops
+        if ctx.kernels is not None:
             return _lif_backward_kernel(ctx, g_spk, g_mem)
         scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
         reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
