@@ -95,7 +95,7 @@ def lif_theta(mems, scale, eps, threshold, one, theta):
 @njit(cache=True, nogil=True, error_model="numpy")
 def lif_backward(
     g_spk, g_mem, has_g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0,
-    reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
+    reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta, want_threshold,
 ):
     """The adjoint recurrence of :func:`lif_forward` and every per-element gradient, in one pass.
 
@@ -117,63 +117,77 @@ def lif_backward(
         one: 1 in the arrays' dtype.
         g_ubar: ``[T, N]`` output, the adjoint of ``Ū`` (the gradient of ``μ``).
         g_scale: ``[T, N]`` output, written only if ``want_scale``.
-        g_beta, g_threshold: ``[N]`` outputs, accumulated into (pass zeros).
+        g_beta, g_threshold: ``[N]`` outputs, accumulated into (pass zeros) if ``want_beta``,
+            ``want_threshold``.
     """
     n_steps, n = mems.shape
     carry = np.zeros(n, dtype=mems.dtype)  # gŪ[t + 1]
     coeff = np.empty(n, dtype=mems.dtype)  # c[t]
     gts = np.empty(n, dtype=mems.dtype)  # gθ/s[t]
+    for k in range(n_steps):
+        t = n_steps - 1 - k
+        _backward_row(
+            g_spk[t], g_mem[t] if has_g_mem else g_mem[0], has_g_mem, factor[t], scale[t], eps[t], theta[t],
+            mems[t], spks[t], mem0 if t == 0 else mems[t - 1], spk0 if t == 0 else spks[t - 1],
+            beta, threshold, reset, detach, one, g_ubar[t], g_scale[t] if want_scale else g_scale[0], want_scale,
+            g_beta, g_threshold, want_beta, want_threshold, carry, coeff, gts,
+        )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _backward_row(
+    gs_t, gm_t, has_g_mem, f_t, s_t, e_t, th_t, m_t, k_t, prev_mem, prev_spk, beta, threshold, reset, detach, one,
+    gu_t, gsc_t, want_scale, g_beta, g_threshold, want_beta, want_threshold, carry, coeff, gts,
+):
+    """One step ``t`` of :func:`lif_backward` on ``[N]`` rows; ``carry`` holds ``gŪ[t + 1]`` in and ``gŪ[t]`` out.
+
+    A function of its own, on one-dimensional rows, with every branch outside its short loops:
+    LLVM vectorises these loops, which it does not inside a time loop that counts down.
+    """
+    n = gs_t.size
     zero = one - one
-    # short loops over one row each, every branch outside them: each loop vectorises
-    for t in range(n_steps - 1, -1, -1):
-        prev_mem = mem0 if t == 0 else mems[t - 1]
-        prev_spk = spk0 if t == 0 else spks[t - 1]
-        gs_t, f_t, s_t, k_t, gu_t = g_spk[t], factor[t], scale[t], spks[t], g_ubar[t]
-        gm_t = g_mem[t] if has_g_mem else g_mem[0]
-        if reset == RESET_ZERO:  # β(1 − S[t]) as a select: the product with 0 or 1 is exact
-            for i in range(n):
-                coeff[i] = beta[i] if k_t[i] == 0 else zero
-        else:
-            for i in range(n):
-                coeff[i] = beta[i]
-        if detach:
-            for i in range(n):
-                gts[i] = gs_t[i] * f_t[i] * (one / s_t[i])
-            if has_g_mem:
-                for i in range(n):
-                    carry[i] = _fma(coeff[i], carry[i], gts[i] + gm_t[i])
-            else:
-                for i in range(n):
-                    carry[i] = _fma(coeff[i], carry[i], gts[i])
-        else:
-            if reset == RESET_SUBTRACT:
-                for i in range(n):
-                    gts[i] = _fma(-threshold[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
-            else:
-                m_t = mems[t]
-                for i in range(n):
-                    gts[i] = _fma(-beta[i] * m_t[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
-            if has_g_mem:
-                for i in range(n):
-                    carry[i] = _fma(coeff[i], carry[i], gm_t[i]) + gts[i]
-            else:
-                for i in range(n):
-                    carry[i] = _fma(coeff[i], carry[i], zero) + gts[i]
+    if reset == RESET_ZERO:  # β(1 − S[t]) as a select: the product with 0 or 1 is exact
         for i in range(n):
-            gu_t[i] = carry[i]
-        if want_scale:
-            gsc_t, e_t, th_t = g_scale[t], eps[t], theta[t]
+            coeff[i] = beta[i] if k_t[i] == 0 else zero
+    else:
+        for i in range(n):
+            coeff[i] = beta[i]
+    if detach:
+        for i in range(n):
+            gts[i] = gs_t[i] * f_t[i] * (one / s_t[i])
+        if has_g_mem:
             for i in range(n):
-                gsc_t[i] = (gu_t[i] - gts[i]) * e_t[i] - gts[i] * th_t[i]
-        if reset == RESET_ZERO:
-            for i in range(n):
-                g_beta[i] += gu_t[i] * (prev_mem[i] if prev_spk[i] == 0 else zero)
+                carry[i] = _fma(coeff[i], carry[i], gts[i] + gm_t[i])
         else:
             for i in range(n):
-                g_beta[i] += gu_t[i] * prev_mem[i]
+                carry[i] = _fma(coeff[i], carry[i], gts[i])
+    else:
         if reset == RESET_SUBTRACT:
             for i in range(n):
-                g_threshold[i] += -(gts[i] + gu_t[i] * prev_spk[i])
+                gts[i] = _fma(-threshold[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
         else:
             for i in range(n):
-                g_threshold[i] += -gts[i]
+                gts[i] = _fma(-beta[i] * m_t[i], carry[i], gs_t[i]) * (f_t[i] * (one / s_t[i]))
+        if has_g_mem:
+            for i in range(n):
+                carry[i] = _fma(coeff[i], carry[i], gm_t[i]) + gts[i]
+        else:
+            for i in range(n):
+                carry[i] = _fma(coeff[i], carry[i], zero) + gts[i]
+    for i in range(n):
+        gu_t[i] = carry[i]
+    if want_scale:
+        for i in range(n):
+            gsc_t[i] = (gu_t[i] - gts[i]) * e_t[i] - gts[i] * th_t[i]
+    if want_beta and reset == RESET_ZERO:
+        for i in range(n):
+            g_beta[i] += gu_t[i] * (prev_mem[i] if prev_spk[i] == 0 else zero)
+    elif want_beta:
+        for i in range(n):
+            g_beta[i] += gu_t[i] * prev_mem[i]
+    if want_threshold and reset == RESET_SUBTRACT:
+        for i in range(n):
+            g_threshold[i] += -(gts[i] + gu_t[i] * prev_spk[i])
+    elif want_threshold:
+        for i in range(n):
+            g_threshold[i] += -gts[i]

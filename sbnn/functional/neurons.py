@@ -130,7 +130,8 @@ def noise_scale(var: Tensor | None, p: StochasticLIFParameters, like: Tensor) ->
             return torch.full((), floor**0.5 * p.noise.std_to_scale, dtype=like.dtype, device=like.device)
         return torch.sqrt(_as_tensor(extra, like) + floor) * p.noise.std_to_scale
     total = var + floor
-    return torch.sqrt(total if extra is None else total + extra) * p.noise.std_to_scale
+    scale = torch.sqrt(total if extra is None else total + extra)
+    return scale if p.noise.std_to_scale == 1.0 else scale * p.noise.std_to_scale  # no pass over [T, B, H] for ×1
 
 
 class _StochasticLIFSequence(torch.autograd.Function):
@@ -305,7 +306,7 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
         _as_rows(factor.to(mems.dtype), shape), scale_, eps_, _as_rows(theta, shape), mems_, spks_, beta_, thr_,
         _as_units(mem0, step), _as_units(spk0, step), _RESET_CODES[reset], detach, one,
         g_ubar_, g_ubar_ if g_scale is None else _as_rows(g_scale, shape), g_scale is not None,
-        g_beta.numpy(), g_thr.numpy(),
+        g_beta.numpy(), g_thr.numpy(), needs[3], needs[4],
     )
     g_scale = None if g_scale is None else g_scale.sum_to_size(scale.shape)
     g_beta = g_beta.reshape(step).sum_to_size(beta.shape) if needs[3] else None
