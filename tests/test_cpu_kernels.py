@@ -24,7 +24,7 @@ NAMES = ["mu", "var", "beta", "threshold", "mem0", "spk0"]
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of the kernel calls, by name (the kernels still run)."""
-    counts = {"lif_forward": 0, "lif_backward": 0}
+    counts = {"lif_forward": 0, "lif_backward": 0, "marginal_mean": 0, "reverse_recurrence": 0}
     for name in counts:
         original = getattr(kernels, name)
 
@@ -84,9 +84,9 @@ def _assert_same(kernel_out, torch_out, dtype):
 def test_kernels_match_the_torch_loop(monkeypatch, calls, reset, detach, estimator, dtype, per_unit):
     problem = _problem(dtype, per_unit)
     got = _run(True, monkeypatch, problem, reset, detach, estimator)
-    assert calls == {"lif_forward": 1, "lif_backward": 1}
+    assert calls["lif_forward"] == calls["lif_backward"] == 1
     ref = _run(False, monkeypatch, problem, reset, detach, estimator)
-    assert calls == {"lif_forward": 1, "lif_backward": 1}  # the switch took the torch loop
+    assert calls["lif_forward"] == calls["lif_backward"] == 1  # the switch took the torch loop
     _assert_same(got, ref, dtype)
 
 
@@ -138,7 +138,7 @@ def test_switch_off_and_compiling_take_the_torch_loop(monkeypatch, calls):
     monkeypatch.setattr(neurons, "CPU_KERNELS", True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)
-    assert calls == {"lif_forward": 0, "lif_backward": 0}
+    assert calls["lif_forward"] == calls["lif_backward"] == 0
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -166,7 +166,7 @@ def test_a_training_step_is_the_same_under_both_paths(monkeypatch, calls, kind, 
         loss = loss_fn(net(x), y, net).loss
         loss.backward()
         out.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
-        assert calls == dict.fromkeys(calls, n_layers if kernel else 0)
+        assert calls["lif_forward"] == calls["lif_backward"] == (n_layers if kernel else 0)
     (loss_k, grads_k), (loss_t, grads_t) = out
     torch.testing.assert_close(loss_k, loss_t, rtol=1e-12, atol=0)
     assert grads_k.keys() == grads_t.keys() and any("beta" in n for n in grads_k)
@@ -179,3 +179,63 @@ def test_every_reset_code_is_the_kernels():
         "subtract": kernels.RESET_SUBTRACT, "zero": kernels.RESET_ZERO, "none": kernels.RESET_NONE,
     }
     assert set(neurons._RESET_CODES) == set(neurons.RESET_MECHANISMS)
+
+
+def _marginal_run(kernel, monkeypatch, reset, detach, dtype, *, var_kind="full", noise="gaussian", leak=False):
+    """The marginal model's outputs and the gradients of every input, with per-unit ``β``/``ϑ`` and a learned ``σ_b``."""
+    monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
+    gen = torch.Generator().manual_seed(5)
+    t, b, n = 20, 4, 6
+    kw = dict(dtype=dtype)
+    mu = (0.6 * torch.randn(t, b, n, generator=gen, **kw) + 0.4).requires_grad_()
+    leaf_var = None
+    if var_kind == "full":
+        leaf_var = (0.2 * torch.rand(t, b, n, generator=gen, **kw)).requires_grad_()
+    elif var_kind == "shared":  # one variance per position, shared by the batch: the compact path
+        leaf_var = (0.2 * torch.rand(t, 1, n, generator=gen, **kw)).requires_grad_()
+    var = None if leaf_var is None else leaf_var.expand(t, b, n)
+    eps = get_noise(noise).sample(torch.Size([t, b, n]), like=mu.detach(), generator=gen)
+    beta = torch.linspace(0.6, 0.95, n, **kw).requires_grad_()
+    thr = torch.linspace(0.8, 1.2, n, **kw).requires_grad_()
+    sigma_b = torch.tensor(0.3, **kw).requires_grad_()
+    mem0 = (0.5 * torch.randn(b, n, generator=gen, **kw)).requires_grad_()
+    spk0 = (torch.rand(b, n, generator=gen, **kw) < 0.5).to(dtype).requires_grad_()
+    var0 = (0.1 * torch.rand(b, n, generator=gen, **kw)).requires_grad_()
+    p = StochasticLIFParameters(
+        beta, thr, 0.1, 1e-3, reset, detach, get_noise(noise), AGR(0.5), membrane_noise="marginal",
+        sigma_b=sigma_b, reset_leak=leak,
+    )
+    spk, mem, state = stochastic_lif_sequence(mu, var, p, state=StochasticLIFState(mem0, spk0, var0), eps=eps)
+    g_spk, g_mem = torch.randn(t, b, n, generator=gen, **kw), torch.randn(t, b, n, generator=gen, **kw)
+    leaves = [x for x in (mu, leaf_var, beta, thr, sigma_b, mem0, spk0, var0) if x is not None]
+    objective = (spk * g_spk).sum() + (mem * g_mem).sum() + state.mem.sum() + state.var.sum()
+    return spk, mem, torch.autograd.grad(objective, leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "none"])
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "case", [dict(), dict(var_kind="shared"), dict(var_kind=None, noise="logistic"), dict(leak=True)],
+    ids=["full_var", "shared_var", "no_var_logistic", "reset_leak"],
+)
+def test_marginal_forward_kernels_match_the_torch_loop(monkeypatch, calls, reset, detach, dtype, case):
+    if case.get("leak") and reset != "subtract":
+        pytest.skip("the leaked reset is a subtract reset")
+    got = _marginal_run(True, monkeypatch, reset, detach, dtype, **case)
+    assert calls["marginal_mean"] == 1
+    assert calls["reverse_recurrence"] == (2 if detach or reset == "none" else 1)  # gM (detached) and gV
+    ref = _marginal_run(False, monkeypatch, reset, detach, dtype, **case)
+    assert calls["marginal_mean"] == 1 and calls["reverse_recurrence"] <= 2
+    assert 0 < ref[0].mean() < 1
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    for g, r in zip(got[2], ref[2]):
+        assert (g is None) == (r is None)
+        if r is not None:
+            torch.testing.assert_close(g, r, **TOL[dtype])
+
+
+def test_marginal_zero_reset_keeps_the_torch_loop(monkeypatch, calls):
+    """``√V`` sits inside the zero reset's recurrence, and torch's ``sqrt`` is not a kernel's: no kernel."""
+    _marginal_run(True, monkeypatch, "zero", True, torch.float64)
+    assert calls["marginal_mean"] == calls["reverse_recurrence"] == 0

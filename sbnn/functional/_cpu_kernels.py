@@ -191,3 +191,97 @@ def _backward_row(
     elif want_threshold:
         for i in range(n):
             g_threshold[i] += -gts[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def marginal_variance(var, has_var, beta2, var0, floor, variances):
+    """The marginal model's variance without the zero reset: ``V[t] = (β²V[t−1] + v[t]) + f``.
+
+    Args:
+        var: ``[T, M]`` input variance (read only if ``has_var``).
+        beta2, var0: ``[M]`` (``β²`` and ``V[−1]``).
+        floor: ``f = σ0² + ε_min²`` in the arrays' dtype.
+        variances: ``[T, M]`` output.
+    """
+    n_steps, n = variances.shape
+    for t in range(n_steps):
+        _variance_row(var[t] if has_var else var[0], has_var, beta2, var0 if t == 0 else variances[t - 1], floor, variances[t])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _variance_row(v_t, has_var, beta2, prev, floor, out):
+    if has_var:
+        for i in range(out.size):
+            out[i] = (beta2[i] * prev[i] + v_t[i]) + floor
+    else:
+        for i in range(out.size):
+            out[i] = beta2[i] * prev[i] + floor
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def marginal_mean(mu, scales, eps, beta, reset_amount, threshold, mem0, spk0, subtract, means, thetas, spks):
+    """The marginal model's mean and spikes given the scales (subtract or no reset).
+
+    ``M[t] = βM[t−1] + μ[t] (− a·S[t−1])``, ``θ = (M − ϑ)/s[t]``, ``S[t] = θ + ε[t] ≥ 0``, with
+    ``a`` the reset amount (``ϑ`` or ``βϑ``).
+
+    Args:
+        mu, scales, eps: ``[T, N]``.
+        beta, reset_amount, threshold, mem0, spk0: ``[N]``.
+        subtract: apply the subtract reset.
+        means, thetas, spks: ``[T, N]`` outputs.
+    """
+    n_steps, n = mu.shape
+    for t in range(n_steps):
+        _mean_row(
+            mu[t], scales[t], eps[t], beta, reset_amount, threshold, mem0 if t == 0 else means[t - 1],
+            spk0 if t == 0 else spks[t - 1], subtract, means[t], thetas[t], spks[t],
+        )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mean_row(mu_t, s_t, e_t, beta, reset_amount, threshold, prev_mean, prev_spk, subtract, mean_t, theta_t, spk_t):
+    n = mu_t.size
+    if subtract:
+        for i in range(n):
+            mean_t[i] = (beta[i] * prev_mean[i] + mu_t[i]) - reset_amount[i] * prev_spk[i]
+    else:
+        for i in range(n):
+            mean_t[i] = beta[i] * prev_mean[i] + mu_t[i]
+    for i in range(n):
+        th = (mean_t[i] - threshold[i]) / s_t[i]
+        theta_t[i] = th
+        spk_t[i] = 1 if th + e_t[i] >= 0 else 0
+
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def reverse_recurrence(d, coeff, per_step, carry, out):
+    """The adjoint recurrence ``out[t] = d[t] + c[t + 1]·out[t + 1]``, ``out[T − 1] = d[T − 1] + carry``.
+
+    ``c`` is ``coeff[t + 1]`` (``per_step``) or ``coeff[0]`` at every step; the product and sum are
+    one fused multiply-add, as torch's ``addcmul``.
+
+    Args:
+        d: ``[T, M]``; coeff: ``[T, M]`` or ``[1, M]``; carry: ``[M]`` the adjoint from after the
+            sequence; out: ``[T, M]`` output.
+    """
+    n_steps = d.shape[0]
+    if n_steps == 0:
+        return
+    _add_row(d[n_steps - 1], carry, out[n_steps - 1])
+    for k in range(1, n_steps):
+        t = n_steps - 1 - k
+        _fma_row(coeff[t + 1] if per_step else coeff[0], out[t + 1], d[t], out[t])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _add_row(a, b, out):
+    for i in range(out.size):
+        out[i] = a[i] + b[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fma_row(a, b, c, out):
+    for i in range(out.size):
+        out[i] = _fma(a[i], b[i], c[i])

@@ -319,6 +319,71 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
     return g_ubar if needs[0] else None, g_scale, None, g_beta, g_thr, g_mem0, g_spk0, None, None, None, None
 
 
+def _marginal_kernels_for(mu: Tensor, var, b, eps, beta, threshold, mem0, var0, spk0, reset: str):
+    """The kernel module when :class:`_MarginalSequence`'s forward loop can run there, else ``None``.
+
+    Not for the zero reset: there the scale ``√V`` sits inside the recurrence, and torch's
+    vectorised ``sqrt`` is not always the correctly rounded one a kernel computes (1 ulp apart,
+    measured in float64), which could flip a spike.
+    """
+    if reset == "zero":
+        return None
+    if _cpu_kernels_for(mu, mu, eps, beta, threshold, mem0, spk0) is None:
+        return None
+    for x, seq in ((var, True), (b, False), (var0, False)):
+        if x is None:
+            continue
+        if x.device.type != "cpu" or x.dtype != mu.dtype:
+            return None
+        try:
+            if seq and torch.broadcast_shapes(x.shape, mu.shape) != mu.shape:
+                return None
+            if not seq and x is var0 and torch.broadcast_shapes(x.shape, mu.shape[1:]) != mu.shape[1:]:
+                return None
+        except RuntimeError:
+            return None
+    return _kernel_module or None
+
+
+def _marginal_forward_kernel(kernels, mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa):
+    """:class:`_MarginalSequence`'s forward loops by the kernels (subtract or no reset).
+
+    The variance recurrence runs on its compact shape, the scale ``κ√(V + b)`` is torch's (as in
+    the torch loop), then the mean and spike recurrence runs on every unit: the same operations,
+    element by element, as the torch loops. Returns ``(spks, thetas, means, variances, scales)``.
+    """
+    shape, step, n_steps = mu.shape, mu.shape[1:], mu.shape[0]
+    spks, thetas, means = (torch.empty(shape, dtype=mu.dtype) for _ in range(3))
+    vshape = torch.broadcast_shapes(var0.shape, beta.shape, () if var is None else var.shape[1:])
+    vshape = torch.Size((1,) * (mu.dim() - 1 - len(vshape)) + tuple(vshape))  # aligned with a step's [B, ...]
+    vrows = torch.Size((n_steps, *vshape))
+    variances = torch.empty(vrows, dtype=mu.dtype)
+    mu_ = _as_rows(mu, shape)
+    kernels.marginal_variance(
+        mu_ if var is None else _as_rows(var, vrows), var is not None,  # mu_ stands in for an absent var
+        _as_units(beta2, vshape), _as_units(var0, vshape), mu_.dtype.type(floor), _as_rows(variances, vrows),
+    )
+    scales = torch.sqrt(variances if b is None else variances + b)
+    if kappa != 1.0:
+        scales = scales * kappa
+    kernels.marginal_mean(
+        mu_, _as_rows(scales, shape), _as_rows(eps, shape), _as_units(beta, step), _as_units(reset_amount, step),
+        _as_units(threshold, step), _as_units(mem0, step), _as_units(spk0, step), reset == "subtract",
+        _as_rows(means, shape), _as_rows(thetas, shape), _as_rows(spks, shape),
+    )
+    return spks, thetas, means, variances, scales
+
+
+def _reverse_recurrence_kernel(kernels, d: Tensor, coeff: Tensor, per_step: bool, carry: Tensor, out: Tensor) -> None:
+    """``out[t] = d[t] + coeff[t + 1]·out[t + 1]`` from ``out[T − 1] = d[T − 1] + carry``, written into ``out``.
+
+    ``coeff`` is ``[T, ...]`` (``per_step``) or broadcasts to one step; ``out`` is contiguous, shaped like ``d``.
+    """
+    shape, step = d.shape, d.shape[1:]
+    coeff_rows = _as_rows(coeff, shape) if per_step else _as_units(coeff, step).reshape(1, step.numel())
+    kernels.reverse_recurrence(_as_rows(d, shape), coeff_rows, per_step, _as_units(carry, step), _as_rows(out, shape))
+
+
 def _marginal_sequence(
     mu: Tensor,
     var: Tensor | None,
@@ -400,7 +465,12 @@ class _MarginalSequence(torch.autograd.Function):
         n_steps = mu.shape[0]
         spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
         mean, prev = mem0, spk0
-        if reset != "zero":
+        kernels = ctx.kernels = _marginal_kernels_for(mu, var, b, eps, beta, threshold, mem0, var0, spk0, reset)
+        if kernels is not None:
+            spks, thetas, means, variances, scales = _marginal_forward_kernel(
+                kernels, mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa
+            )
+        elif reset != "zero":
             # the variance does not depend on the spikes: all steps first, on its own (small) shape
             vshape = torch.broadcast_shapes(var0.shape, beta.shape, () if var is None else var.shape[1:])
             vshape = (1,) * (mu.dim() - 1 - len(vshape)) + tuple(vshape)  # aligned with a step's [B, ...]
@@ -481,9 +551,12 @@ class _MarginalSequence(torch.autograd.Function):
         if detach:
             g_s_total = g_spk
             d_m = g_spk * a if g_mem is None else torch.addcmul(g_mem, g_spk, a)
-            carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
-            for t in range(n_steps - 2, -1, -1):
-                carry_m = torch.addcmul(d_m[t], at(coeff_m, t + 1), carry_m, out=g_m[t])
+            if ctx.kernels is not None:
+                _reverse_recurrence_kernel(ctx.kernels, d_m, coeff_m, keep is not None, carry_m, g_m)
+            else:
+                carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
+                for t in range(n_steps - 2, -1, -1):
+                    carry_m = torch.addcmul(d_m[t], at(coeff_m, t + 1), carry_m, out=g_m[t])
         elif reset == "subtract":
             g_s_total = torch.empty_like(spks)
             g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
@@ -524,9 +597,12 @@ class _MarginalSequence(torch.autograd.Function):
             g_s = g_s + g_scale
         if not v_done:
             d_v = (g_s * h).sum_to_size(variances.shape)
-            carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
-            for t in range(n_steps - 2, -1, -1):
-                carry_v = torch.addcmul(d_v[t], at(coeff_v, t + 1), carry_v, out=g_v[t])
+            if ctx.kernels is not None:
+                _reverse_recurrence_kernel(ctx.kernels, d_v, coeff_v, keep is not None, carry_v, g_v)
+            else:
+                carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
+                for t in range(n_steps - 2, -1, -1):
+                    carry_v = torch.addcmul(d_v[t], at(coeff_v, t + 1), carry_v, out=g_v[t])
         g_mu = g_m if needs[0] else None
         g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
         g_b = (g_s * h).sum_to_size(b.shape) if needs[2] else None
