@@ -205,7 +205,8 @@ def marginal_variance(var, has_var, beta2, var0, floor, variances):
     """
     n_steps, n = variances.shape
     for t in range(n_steps):
-        _variance_row(var[t] if has_var else var[0], has_var, beta2, var0 if t == 0 else variances[t - 1], floor, variances[t])
+        prev = var0 if t == 0 else variances[t - 1]
+        _variance_row(var[t] if has_var else var[0], has_var, beta2, prev, floor, variances[t])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
