@@ -1,0 +1,241 @@
+"""The Numba CPU kernels of the pathwise neuron against its torch loop (``neurons.CPU_KERNELS``).
+
+The kernels follow the torch loop's arithmetic element by element: spikes and membranes must be
+bit-identical, gradients equal up to the order of the sums over time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sbnn
+import sbnn.functional._cpu_kernels as kernels
+from sbnn.functional import neurons
+from sbnn.functional.estimators import AGR, IWST, ST, Relaxed
+from sbnn.functional.neurons import StochasticLIFParameters, StochasticLIFState, stochastic_lif_sequence
+from sbnn.functional.noise import get_noise
+from sbnn.models import NeuronSettings, SpikingConvNet, SpikingMLP
+
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+NAMES = ["mu", "var", "beta", "threshold", "mem0", "spk0"]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of the kernel calls, by name (the kernels still run)."""
+    counts = {"lif_forward": 0, "lif_backward": 0, "marginal_mean": 0, "reverse_recurrence": 0}
+    for name in counts:
+        original = getattr(kernels, name)
+
+        def spy(*args, _name=name, _original=original):
+            counts[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+    return counts
+
+
+def _problem(dtype, per_unit, noise="gaussian", shape=(20, 4, 6), seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    t, b, n = shape[0], shape[1], shape[-1]
+    kw = dict(dtype=dtype)
+    mu = (0.6 * torch.randn(shape, generator=gen, **kw) + 0.4).requires_grad_()
+    var = (0.2 * torch.rand(shape, generator=gen, **kw)).requires_grad_()
+    eps = get_noise(noise).sample(torch.Size(shape), like=mu.detach(), generator=gen)
+    unit = (n,) if len(shape) == 3 else (shape[2], 1, 1)  # per unit, or per channel of [T, B, C, H, W]
+    beta = (torch.linspace(0.6, 0.95, unit[0], **kw).reshape(unit) if per_unit else torch.tensor(0.8, **kw)).requires_grad_()
+    thr = (torch.linspace(0.8, 1.2, unit[0], **kw).reshape(unit) if per_unit else torch.tensor(1.0, **kw)).requires_grad_()
+    mem0 = (0.5 * torch.randn(shape[1:], generator=gen, **kw)).requires_grad_()
+    spk0 = (torch.rand(shape[1:], generator=gen, **kw) < 0.5).to(dtype).requires_grad_()
+    g_spk = torch.randn(shape, generator=gen, **kw)
+    g_mem = torch.randn(shape, generator=gen, **kw)
+    return mu, var, eps, beta, thr, mem0, spk0, g_spk, g_mem
+
+
+def _run(kernel, monkeypatch, problem, reset, detach, estimator, noise="gaussian", use_mem=True):
+    monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
+    mu, var, eps, beta, thr, mem0, spk0, g_spk, g_mem = problem
+    p = StochasticLIFParameters(beta, thr, 0.1, 1e-3, reset, detach, get_noise(noise), estimator)
+    spk, mem, _ = stochastic_lif_sequence(mu, var, p, state=StochasticLIFState(mem0, spk0), eps=eps)
+    objective = (spk * g_spk).sum() + ((mem * g_mem).sum() if use_mem else 0.0)
+    grads = torch.autograd.grad(objective, [mu, var, beta, thr, mem0, spk0], allow_unused=True)
+    return spk, mem, grads
+
+
+def _assert_same(kernel_out, torch_out, dtype):
+    (spk, mem, grads), (ref_spk, ref_mem, ref_grads) = kernel_out, torch_out
+    assert 0 < ref_spk.mean() < 1  # both outcomes occur: the reset paths run
+    assert torch.equal(spk, ref_spk)
+    assert torch.equal(mem, ref_mem)  # bit for bit: the same operations in the same order
+    for name, g, r in zip(NAMES, grads, ref_grads):
+        if r is None or g is None:
+            assert (g is None or torch.count_nonzero(g) == 0) and (r is None or torch.count_nonzero(r) == 0), name
+            continue
+        assert g.shape == r.shape, name
+        torch.testing.assert_close(g, r, **TOL[dtype], msg=name)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("estimator", [ST(), IWST(0.5), AGR(0.7), Relaxed(0.5)], ids=lambda e: e.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("per_unit", [False, True], ids=["scalar", "per_unit"])
+def test_kernels_match_the_torch_loop(monkeypatch, calls, reset, detach, estimator, dtype, per_unit):
+    problem = _problem(dtype, per_unit)
+    got = _run(True, monkeypatch, problem, reset, detach, estimator)
+    assert calls["lif_forward"] == calls["lif_backward"] == 1
+    ref = _run(False, monkeypatch, problem, reset, detach, estimator)
+    assert calls["lif_forward"] == calls["lif_backward"] == 1  # the switch took the torch loop
+    _assert_same(got, ref, dtype)
+
+
+@pytest.mark.parametrize("reset, detach", [("subtract", False), ("zero", False), ("zero", True)])
+def test_kernels_match_with_logistic_noise_conv_shapes_and_no_membrane_gradient(monkeypatch, calls, reset, detach):
+    """``[T, B, C, H, W]`` with a per-channel ``β``/``ϑ`` ``[C, 1, 1]``; only the spikes reach the loss."""
+    problem = _problem(torch.float64, True, noise="logistic", shape=(9, 3, 4, 2, 5))
+    got = _run(True, monkeypatch, problem, reset, detach, AGR(0.5), noise="logistic", use_mem=False)
+    ref = _run(False, monkeypatch, problem, reset, detach, AGR(0.5), noise="logistic", use_mem=False)
+    assert calls["lif_backward"] == 1
+    _assert_same(got, ref, torch.float64)
+
+
+def test_hand_computed_trajectory_through_the_kernels(monkeypatch, calls):
+    """One unit, subtract reset, ``β = 0.5``, ``ϑ = 1``, no noise: ``U = 0.5U + μ − S``."""
+    monkeypatch.setattr(neurons, "CPU_KERNELS", True)
+    mu = torch.tensor([0.6, 0.8, 0.9, 0.2], dtype=torch.float64).reshape(4, 1, 1)
+    p = StochasticLIFParameters(0.5, 1.0, 0.0, 1e-3, "subtract", True, get_noise("gaussian"), ST())
+    spk, mem, state = stochastic_lif_sequence(mu, None, p, stochastic=False)
+    # U: 0.6; 0.3 + 0.8 = 1.1 (spike); 0.55 + 0.9 − 1 = 0.45; 0.225 + 0.2 = 0.425
+    assert mem.flatten().tolist() == pytest.approx([0.6, 1.1, 0.45, 0.425], abs=1e-15)
+    assert spk.flatten().tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert calls["lif_forward"] == 1
+    assert state.mem.item() == mem[-1].item()
+
+
+def _cases():
+    x = torch.zeros(3, 2, 4)
+    ok = [torch.ones(3, 2, 4), torch.ones(3, 2, 4), torch.tensor(0.9), torch.ones(4), torch.zeros(2, 4), torch.zeros(2, 4)]
+    yield "cpu float32", x, ok, True
+    yield "float64", x.double(), [o.double() for o in ok], True
+    yield "bfloat16", x.bfloat16(), [o.bfloat16() for o in ok], False
+    yield "mixed dtypes", x, [ok[0].double(), *ok[1:]], False
+    yield "per-step beta", x, [ok[0], ok[1], torch.full((3, 1, 4), 0.9), *ok[3:]], False
+    yield "meta device", x.to("meta"), [o.to("meta") for o in ok], False
+
+
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_the_kernels_are_chosen_only_for_cpu_float_inputs_they_support(case):
+    _, mu, others, expected = case
+    assert (neurons._cpu_kernels_for(mu, *others) is not None) == expected
+
+
+def test_switch_off_and_compiling_take_the_torch_loop(monkeypatch, calls):
+    mu, var, eps, beta, thr, mem0, spk0, g_spk, _ = _problem(torch.float32, True)
+    p = StochasticLIFParameters(beta, thr, 0.1, 1e-3, "subtract", False, get_noise("gaussian"), ST())
+    monkeypatch.setattr(neurons, "CPU_KERNELS", False)
+    stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)
+    monkeypatch.setattr(neurons, "CPU_KERNELS", True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)
+    assert calls["lif_forward"] == calls["lif_backward"] == 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("reset, detach", [("subtract", True), ("zero", False)])
+def test_a_training_step_is_the_same_under_both_paths(monkeypatch, calls, kind, reset, detach):
+    """Same loss and parameter gradients (float64); the spikes decide the same way on both paths."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand((12, 5, 10) if kind == "mlp" else (6, 5, 2, 8, 8), generator=gen) < 0.3).double()
+    y = torch.tensor([0, 1, 2, 1, 0])
+    neuron = NeuronSettings(reset_mechanism=reset, detach_reset=detach, learn_beta=True, learn_threshold=True)
+    torch.manual_seed(1)
+    if kind == "mlp":
+        net = SpikingMLP(10, (16, 12), 3, neuron=neuron, binary_input=True)
+    else:
+        net = SpikingConvNet(2, 8, (3,), 3, fc=(5,), neuron=neuron)
+    net = net.double()
+    net.calibrate(x)
+    loss_fn = sbnn.ELBOLoss(n_train=100, kl_weight=0.1)
+    out, n_layers = [], 2
+    for kernel in (True, False):
+        monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
+        calls.update(lif_forward=0, lif_backward=0)
+        net.zero_grad()
+        torch.manual_seed(2)  # the same noise draws on both paths
+        loss = loss_fn(net(x), y, net).loss
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+        assert calls["lif_forward"] == calls["lif_backward"] == (n_layers if kernel else 0)
+    (loss_k, grads_k), (loss_t, grads_t) = out
+    torch.testing.assert_close(loss_k, loss_t, rtol=1e-12, atol=0)
+    assert grads_k.keys() == grads_t.keys() and any("beta" in n for n in grads_k)
+    for name in grads_t:
+        torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_every_reset_code_is_the_kernels():
+    assert neurons._RESET_CODES == {
+        "subtract": kernels.RESET_SUBTRACT, "zero": kernels.RESET_ZERO, "none": kernels.RESET_NONE,
+    }
+    assert set(neurons._RESET_CODES) == set(neurons.RESET_MECHANISMS)
+
+
+def _marginal_run(kernel, monkeypatch, reset, detach, dtype, *, var_kind="full", noise="gaussian", leak=False):
+    """The marginal model's outputs and the gradients of every input, with per-unit ``β``/``ϑ`` and a learned ``σ_b``."""
+    monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
+    gen = torch.Generator().manual_seed(5)
+    t, b, n = 20, 4, 6
+    kw = dict(dtype=dtype)
+    mu = (0.6 * torch.randn(t, b, n, generator=gen, **kw) + 0.4).requires_grad_()
+    leaf_var = None
+    if var_kind == "full":
+        leaf_var = (0.2 * torch.rand(t, b, n, generator=gen, **kw)).requires_grad_()
+    elif var_kind == "shared":  # one variance per position, shared by the batch: the compact path
+        leaf_var = (0.2 * torch.rand(t, 1, n, generator=gen, **kw)).requires_grad_()
+    var = None if leaf_var is None else leaf_var.expand(t, b, n)
+    eps = get_noise(noise).sample(torch.Size([t, b, n]), like=mu.detach(), generator=gen)
+    beta = torch.linspace(0.6, 0.95, n, **kw).requires_grad_()
+    thr = torch.linspace(0.8, 1.2, n, **kw).requires_grad_()
+    sigma_b = torch.tensor(0.3, **kw).requires_grad_()
+    mem0 = (0.5 * torch.randn(b, n, generator=gen, **kw)).requires_grad_()
+    spk0 = (torch.rand(b, n, generator=gen, **kw) < 0.5).to(dtype).requires_grad_()
+    var0 = (0.1 * torch.rand(b, n, generator=gen, **kw)).requires_grad_()
+    p = StochasticLIFParameters(
+        beta, thr, 0.1, 1e-3, reset, detach, get_noise(noise), AGR(0.5), membrane_noise="marginal",
+        sigma_b=sigma_b, reset_leak=leak,
+    )
+    spk, mem, state = stochastic_lif_sequence(mu, var, p, state=StochasticLIFState(mem0, spk0, var0), eps=eps)
+    g_spk, g_mem = torch.randn(t, b, n, generator=gen, **kw), torch.randn(t, b, n, generator=gen, **kw)
+    leaves = [x for x in (mu, leaf_var, beta, thr, sigma_b, mem0, spk0, var0) if x is not None]
+    objective = (spk * g_spk).sum() + (mem * g_mem).sum() + state.mem.sum() + state.var.sum()
+    return spk, mem, torch.autograd.grad(objective, leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "none"])
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "case", [dict(), dict(var_kind="shared"), dict(var_kind=None, noise="logistic"), dict(leak=True)],
+    ids=["full_var", "shared_var", "no_var_logistic", "reset_leak"],
+)
+def test_marginal_forward_kernels_match_the_torch_loop(monkeypatch, calls, reset, detach, dtype, case):
+    if case.get("leak") and reset != "subtract":
+        pytest.skip("the leaked reset is a subtract reset")
+    got = _marginal_run(True, monkeypatch, reset, detach, dtype, **case)
+    assert calls["marginal_mean"] == 1
+    assert calls["reverse_recurrence"] == (2 if detach or reset == "none" else 1)  # gM (detached) and gV
+    ref = _marginal_run(False, monkeypatch, reset, detach, dtype, **case)
+    assert calls["marginal_mean"] == 1 and calls["reverse_recurrence"] <= 2
+    assert 0 < ref[0].mean() < 1
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    for g, r in zip(got[2], ref[2]):
+        assert (g is None) == (r is None)
+        if r is not None:
+            torch.testing.assert_close(g, r, **TOL[dtype])
+
+
+def test_marginal_zero_reset_keeps_the_torch_loop(monkeypatch, calls):
+    """``√V`` sits inside the zero reset's recurrence, and torch's ``sqrt`` is not a kernel's: no kernel."""
+    _marginal_run(True, monkeypatch, "zero", True, torch.float64)
+    assert calls["marginal_mean"] == calls["reverse_recurrence"] == 0
