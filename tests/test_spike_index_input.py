@@ -355,3 +355,22 @@ def test_sbnn_fit_with_index_batches_exits_zero(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "final test accuracy" in proc.stdout + proc.stderr
     assert list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("duration", [1_000_000.0, None], ids=["dense-cache", "padded"])
+def test_shd_index_batches_equal_the_dense_ones(tmp_path, duration):
+    pytest.importorskip("h5py")
+    from sbnn.data._fixtures import write_shd
+
+    root = write_shd(tmp_path / "data", n_train=12, n_test=4)
+    batches = []
+    for fmt in ("dense", "indices"):
+        dm = SHDDataModule(root=str(root), time_window=100_000.0, duration=duration, batch_size=4, download=False,
+                           cache_dir=str(tmp_path / f"cache-{fmt}"), input_format=fmt)
+        dm.prepare_data()
+        dm.setup()
+        batches.append(list(dm.train_dataloader()) + list(dm.test_dataloader()))
+    assert len(batches[0]) == len(batches[1]) > 0
+    for (x, y), (idx, y2) in zip(*batches):
+        assert isinstance(idx, SpikeIndices) and idx.shape == tuple(x.shape) and torch.equal(y, y2)
+        assert torch.equal(idx.to_dense(), x)
