@@ -282,7 +282,9 @@ def test_index_collate_wraps_a_padding_collate(gen):
 
 
 @pytest.mark.parametrize("make", [
-    lambda fmt: RandmanDataModule(n_train=16, n_val=8, n_test=8, batch_size=4, input_format=fmt),
+    # the index batches built in a loader worker process
+    lambda fmt: RandmanDataModule(n_train=16, n_val=8, n_test=8, batch_size=4, input_format=fmt,
+                                  num_workers=int(fmt == "indices")),
     lambda fmt: DigitsDataModule(n_steps=5, batch_size=8, input_format=fmt),
 ], ids=["randman", "digits"])
 def test_datamodule_index_batches_equal_the_dense_ones(make):
