@@ -271,6 +271,18 @@ def test_collate_equals_spike_indices_of_the_dense_batch(gen):
     assert torch.equal(idx.to_dense(), dense)
 
 
+@pytest.mark.parametrize("fill", ["zeros", "ones", "first-row"])
+def test_batch_indices_of_corner_batches_equal_spike_indices(fill):
+    x = torch.zeros(4, 3, 5)
+    if fill == "ones":
+        x += 1
+    elif fill == "first-row":
+        x[0, 0] = 1
+    idx, ref = batch_spike_indices(x), spike_indices(x)
+    assert idx.shape == ref.shape and all(torch.equal(a, b) and a.dtype == torch.int64 for a, b in zip(idx[:3], ref[:3]))
+    assert torch.equal(idx.to_dense(), x)
+
+
 def test_index_collate_wraps_a_padding_collate(gen):
     from tonic.collation import PadTensors
 
