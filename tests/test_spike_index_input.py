@@ -9,6 +9,7 @@ gather path off (dense matmuls). The loaders' ``input_format="indices"`` must ha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,10 +58,25 @@ def _run(net, x, y, seed: int = 7):
     return logits.detach(), [s.detach() for s in spikes], grads
 
 
+@contextlib.contextmanager
+def _gathering(net):
+    """Every layer that can gathers, whatever the density (these test batches are too small for "auto")."""
+    gaussian = [m for m in net.modules() if isinstance(m, GaussianLinear)]
+    with gather_path(net, "always"):
+        for m in gaussian:
+            m.gather = "always"
+        try:
+            yield
+        finally:
+            for m in gaussian:
+                del m.gather
+
+
 def _assert_same(net, x_dense, y, *, exact: bool = False, grads: bool = True):
     with gather_path(net, "never"):
         ref = _run(net, x_dense, y)
-    got = _run(net, spike_indices(x_dense), y)
+    with _gathering(net):
+        got = _run(net, spike_indices(x_dense), y)
     check = torch.testing.assert_close if not exact else (lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=0))
     check(got[0], ref[0])
     assert len(got[1]) == len(ref[1]) and len(got[1]) > 0
@@ -157,6 +173,32 @@ def test_deterministic_modes_equal_dense(gen, mode, weights):
     # ±1 weights in `mode`: integer sums, bit-identical
     _assert_same(net, x, _labels(gen), exact=mode == "mode" and weights == "bernoulli",
                  grads=not (mode == "mc" and weights == "gaussian"))
+
+
+@pytest.mark.parametrize(
+    "rate, steps, choice, gathers",
+    [(0.02, 100, "auto", True), (0.3, 100, "auto", False), (0.02, 4, "auto", False),
+     (0.3, 4, "always", True), (0.02, 100, "never", False)],
+    ids=["sparse", "dense", "few-rows", "always", "never"],
+)
+def test_first_layer_gathers_from_indices_only_where_it_pays(gen, monkeypatch, rate, steps, choice, gathers):
+    net = SpikingMLP(N, (8,), 4, binary_input=True)
+    first, seen = net.layers[0], []
+    moments = first.moments
+
+    def spy(x, **kwargs):
+        seen.append(type(x))
+        return moments(x, **kwargs)
+
+    monkeypatch.setattr(first, "moments", spy)
+    x = (torch.rand(steps, 32, N, generator=gen) < rate).float()  # 32·steps rows: 3200 at 100 steps
+    torch.manual_seed(0)
+    with torch.no_grad(), gather_path(net, choice):
+        out = net(spike_indices(x))
+        torch.manual_seed(0)
+        ref = net(x)
+    assert seen == [SpikeIndices if gathers else torch.Tensor, torch.Tensor]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_mlp_without_hidden_layers_takes_indices(gen):

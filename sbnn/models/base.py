@@ -24,7 +24,7 @@ from ..gaussian_layers import GaussianLayer
 from ..modes import evaluation
 from ..functional.sparse import SpikeIndices
 from ..neurons import StochasticLIF
-from .index_input import check_spike_indices, dense_input
+from .index_input import check_spike_indices, dense_input, gathers_from_indices
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings, as_settings
 from .stages import Readout, Stage
 from .time_affine import TimeAffine, attach_time_affines, check_time_steps
@@ -141,12 +141,16 @@ class SpikingClassifier(nn.Module):
 
         ``x``: ``[T, B, ...]`` time-major, or (models with ``index_input``) the
         :class:`~sbnn.functional.sparse.SpikeIndices` of a binary ``[T, B, in_features]``, which the
-        first layer gathers from (equal to the dense input's result within float rounding).
+        first layer gathers from where that pays (else they are made dense:
+        :func:`~sbnn.models.index_input.gathers_from_indices`); equal to the dense input's result
+        within float rounding.
         """
         self._check_any_input(x, type(self).__name__)
         stages = self.stages()
-        if isinstance(x, SpikeIndices) and not stages:
-            x = self._dense(x)  # the readout is the first layer: its time-weighted sum reads the dense input
+        if isinstance(x, SpikeIndices) and not (stages and gathers_from_indices(getattr(stages[0], "layer", None), x)):
+            # above the crossover density the dense matmuls are faster (sbnn.functional.sparse);
+            # with no hidden layer the readout is first, whose time-weighted sum reads the dense input
+            x = self._dense(x)
         binary, spikes = self.binary_input or isinstance(x, SpikeIndices), []
         for stage in stages:
             x, binary, stage_spikes = stage.forward(x, binary)

@@ -8,6 +8,10 @@ hands them to that layer, which sums the weight-table rows of the active inputs 
 moments (:func:`sbnn.functional.sparse.gather_moments`) instead of finding them in the dense
 tensor on every step; everything after the first layer is unchanged.
 
+The first layer gathers only where that pays (:func:`gathers_from_indices`): above the measured
+crossover density the indices are made dense and the layer runs its dense matmuls, the same
+choice a dense input gets (:func:`sbnn.functional.sparse.use_gather`).
+
 The checks here cost ``O(1)``, plus one ``O(nnz)`` range check of the input indices on the CPU
 (on an accelerator it would need a host synchronisation); they never build the dense tensor.
 """
@@ -15,12 +19,12 @@ The checks here cost ``O(1)``, plus one ``O(nnz)`` range check of the input indi
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._validation import validation_enabled
-from ..functional.sparse import SpikeIndices
+from ..functional.sparse import SPARSE_FULL_ROWS, SPARSE_MAX_DENSITY, SpikeIndices
 
-__all__ = ["check_spike_indices", "dense_input", "indices_to"]
+__all__ = ["check_spike_indices", "dense_input", "indices_to", "gathers_from_indices"]
 
 
 def check_spike_indices(x: SpikeIndices, name: str, in_features: int) -> None:
@@ -83,3 +87,24 @@ def indices_to(x: SpikeIndices, device: torch.device | str) -> SpikeIndices:
     if x.cols.device == device:
         return x
     return SpikeIndices(x.rows.to(device), x.cols.to(device), x.offsets.to(device), tuple(x.shape))
+
+
+def gathers_from_indices(layer: nn.Module | None, x: SpikeIndices) -> bool:
+    """Whether ``layer`` (a model's first layer) should gather from ``x`` rather than multiply the dense input.
+
+    The layer's ``gather`` choice (``"always"``, ``"never"``; :class:`sbnn.layers.gather_path`)
+    decides when set; under ``"auto"`` (and for layers without the attribute) the density of
+    ``x`` decides, by the rule dense inputs follow (:func:`sbnn.functional.sparse.use_gather`):
+    at most ``gather_max_density · min(1, T·B / SPARSE_FULL_ROWS)``, on the CPU and outside
+    ``torch.compile`` only. Reads ``O(1)`` values of ``x``.
+    """
+    if layer is None or not callable(getattr(layer, "moments", None)):
+        return False
+    choice = getattr(layer, "gather", "auto")
+    if choice in ("always", "never"):
+        return choice == "always"
+    if x.cols.device.type != "cpu" or torch.compiler.is_compiling():
+        return False  # the crossover was measured on the CPU; compiled code stays dense
+    rows = x.offsets.numel()
+    limit = getattr(layer, "gather_max_density", SPARSE_MAX_DENSITY) * min(1.0, rows / SPARSE_FULL_ROWS)
+    return rows > 0 and x.density <= limit
