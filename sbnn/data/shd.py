@@ -57,7 +57,8 @@ class SHDDataModule(EventDataModule):
         input_format: ``"dense"`` (default) or ``"indices"``: batches hold the
             :class:`~sbnn.functional.sparse.SpikeIndices` of the binary spikes, built in the
             loader (:mod:`sbnn.data.spike_index`; needs ``binary=True``), for a network whose
-            first layer is linear.
+            first layer is linear; it gathers from them below the crossover density
+            (``docs/design.md §1.2``), else makes them dense.
 
     Shape:
         batches ``(x, y)``: x ``[T, B, ceil(700 / downsample)]`` float32 (or its ``SpikeIndices``),
