@@ -30,7 +30,11 @@ Peers (``--peers``, each when installed): ``snntorch-loop``, ``snntorch-batched`
 ``U = βU + I`` neuron), ``norse`` (``LIFBoxCell`` looped over the precomputed currents,
 ``τ_mem_inv = (1 − β)/dt``). Every peer has ``Linear → LIF → Linear → leaky readout``, the
 readout's mean membrane going into cross-entropy. ``sbnn[<est>,dense]`` (``--dense-path``) is the
-same sbnn network with the event-driven gather path switched off, to show what it saves.
+same sbnn network with the event-driven gather path switched off, to show what it saves;
+``sbnn[<est>,indices]`` (``--indices``) the same network fed the input's spike indices
+(``SpikeIndices``, built once outside the timed step, as every variant's dense input is), what a
+data module with ``input_format="indices"`` hands it: the step then skips finding the active
+inputs in the dense tensor.
 
 ``--suite`` is the one command for the whole comparison: 700 → 256 → 20 at input spike rates
 3 % and 10 % and on dense real-valued inputs (uniform in [0, 1), ``binary_input=False``), at 1 and
@@ -78,6 +82,7 @@ import snntorch
 
 import sbnn
 from sbnn.diagnostics import saved_for_backward_bytes
+from sbnn.functional.sparse import spike_indices
 from sbnn.layers import BernoulliLinear
 from sbnn.models import NeuronSettings, SpikingMLP, SpikingRecurrentNet
 
@@ -300,7 +305,9 @@ def _adam_variant(name: str, net: nn.Module, loss_fn: Callable[[], Tensor], lr: 
     return Variant(name, net, step, rate)
 
 
-def make_sbnn(args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True, dense_path: bool = False) -> Variant:
+def make_sbnn(
+    args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True, dense_path: bool = False, indices: bool = False
+) -> Variant:
     # spike inputs: binary_input lets the first layer use x² = x (one matmul, or one gather)
     net = SpikingMLP(args.inputs, (args.hidden,), args.classes, binary_input=binary, neuron=NeuronSettings(estimator=estimator))
     net.calibrate(x)
@@ -309,13 +316,16 @@ def make_sbnn(args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True
             if isinstance(layer, BernoulliLinear):
                 layer.gather = "never"
     criterion = sbnn.ELBOLoss(n_train=N_TRAIN_SHD, kl_weight=0.1)
+    # indices: the input's SpikeIndices, built once here as the peers' dense tensor is (a data
+    # module with input_format="indices" builds them in its loader)
+    inp = spike_indices(x) if indices else x
 
     def rate() -> float:
         with torch.no_grad():
             return float(net.forward_with_spikes(x)[1][0].mean())
 
-    name = f"sbnn[{estimator}{',dense' if dense_path else ''}]"
-    return _adam_variant(name, net, lambda: criterion(net(x), y, net).loss, args.lr, rate)
+    name = f"sbnn[{estimator}{',dense' if dense_path else ''}{',indices' if indices else ''}]"
+    return _adam_variant(name, net, lambda: criterion(net(inp), y, net).loss, args.lr, rate)
 
 
 def make_peer(args, x: Tensor, y: Tensor, kind: str) -> Variant:
@@ -509,6 +519,11 @@ def measure(variants: list[Variant], args, title: str) -> dict:
     print("paired ratios (median over rounds of the per-round ratio):")
     for o in ours:
         print("  " + ", ".join(f"{o.name} / {p.name} {paired(o, p):.2f}x" for p in peers))
+    for o in ours:
+        if o.name.endswith(",indices]"):
+            dense_input = next((v for v in ours if v.name == o.name.replace(",indices]", "]")), None)
+            if dense_input is not None:
+                print(f"  {o.name} / {dense_input.name} {paired(o, dense_input):.2f}x (the same network, indices against the dense input)")
     print(f"(timed section {elapsed:.1f} s)")
     disturbed = [v.name for v in variants if quartiles(v.times)[1] > 1.5 * min(v.times)]
     if disturbed:
@@ -530,6 +545,8 @@ def make_input(args, rate: float | str) -> Tensor:
 
 def feedforward_variants(args, x: Tensor, y: Tensor, binary: bool, peers: list[str]) -> list[Variant]:
     variants = [make_sbnn(args, x, y, est, binary=binary) for est in args.estimators]
+    if args.indices and binary:
+        variants += [make_sbnn(args, x, y, est, binary=binary, indices=True) for est in args.estimators]
     if args.dense_path and binary:
         variants += [make_sbnn(args, x, y, est, binary=binary, dense_path=True) for est in args.estimators]
     return variants + [make_peer(args, x, y, kind) for kind in peers]
@@ -561,6 +578,8 @@ def main() -> None:
     ap.add_argument("--peers", nargs="+", default=["snntorch-loop", "snntorch-batched"],
                     choices=["snntorch-loop", "snntorch-batched", "spikingjelly", "norse"])
     ap.add_argument("--dense-path", action="store_true", help="also time sbnn with the event-driven gather path off")
+    ap.add_argument("--indices", action="store_true",
+                    help="also time sbnn fed the input's spike indices, built once outside the step (sbnn[<est>,indices])")
     ap.add_argument("--suite", action="store_true",
                     help="the whole comparison: rates 0.03 0.1 dense, threads 1 2, peers snntorch-batched spikingjelly "
                          "norse, --dense-path, and the recurrent SHD network")

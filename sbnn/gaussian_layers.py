@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_in_range, check_input, check_positive_int
+from .functional.sparse import SpikeIndices, gather_sum
 from .layers import Conv2dGeometry, Moments, ModeStateMixin, sample_moments
 
 __all__ = ["GaussianLayer", "GaussianLinear", "GaussianConv2d", "kl_gaussian", "softplus_inverse"]
@@ -327,6 +328,39 @@ class GaussianLinear(GaussianLayer):
 
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
+
+    def moments(self, x: Tensor | SpikeIndices, *, binary: bool = False, validate: bool = True) -> Moments:
+        """As :meth:`GaussianLayer.moments`; also takes the :class:`~sbnn.functional.sparse.SpikeIndices` of binary ``x``.
+
+        From indices the mean is the sum of the rows of ``W̄ᵀ`` at the active inputs
+        (:func:`~sbnn.functional.sparse.gather_sum`) and the variance ``σ_w² Σ_i x_i²`` is
+        ``σ_w²`` times the number of active inputs of each row, read from the indices' offsets:
+        equal to the dense input's moments within float rounding (the variance exactly), with
+        the gradients to ``W̄``, ``σ_w`` and the bias.
+        """
+        if isinstance(x, SpikeIndices):
+            return self._index_moments(x)
+        return super().moments(x, binary=binary, validate=validate)
+
+    def _index_moments(self, idx: SpikeIndices) -> Moments:
+        if len(idx.shape) not in (2, 3) or idx.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r}: SpikeIndices of shape {idx.shape} given; expected [B, {self.in_features}] or [T, B, {self.in_features}]"
+            )
+        if self.zero_diagonal and not self.self_variance:
+            raise ValueError(
+                f"{self!r}: a zero-diagonal layer's variance σ_w²(Σ_i x_i² − x_j²) needs the dense input; pass "
+                "SpikeIndices.to_dense()"
+            )
+        sample = self._mode == "sample"
+        weight = self.mean_weight() if sample else self.deterministic_weight()
+        mu = self._add_bias(gather_sum(idx, weight.t()))
+        if not sample:
+            return Moments(mu, None)
+        nnz = idx.cols.new_full((1,), idx.cols.numel())
+        counts = torch.diff(idx.offsets, append=nnz).to(mu.dtype)  # active inputs per row: Σ_i x_i² for spikes
+        var = (counts * self.sigma.square().reshape(())).reshape(*idx.shape[:-1], 1)
+        return Moments(mu, var.expand_as(mu))
 
     def _linear(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight)

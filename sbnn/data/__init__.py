@@ -11,9 +11,12 @@
   (``{train,validation,test}/<class>/*.npz``), sum-pooled and re-binned.
 - :func:`check_event_array`, :func:`check_spike_sample`: refuse corrupt event data.
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
+- :func:`spike_indices_collate`: the same, then the batch's spike indices (``input_format="indices"``,
+  :mod:`sbnn.data.spike_index`).
 """
 
 from sbnn.data._common import time_major_collate
+from sbnn.data.spike_index import spike_indices_collate
 from sbnn.data.digits import DigitsDataModule
 from sbnn.data.moons import MoonsDataModule, moons_tensors
 from sbnn.data.dvs_gesture import DVSGestureDataModule
@@ -39,4 +42,5 @@ __all__ = [
     "moons_tensors",
     "make_randman",
     "time_major_collate",
+    "spike_indices_collate",
 ]

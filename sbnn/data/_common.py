@@ -107,25 +107,37 @@ class SpikeDataModule(SplitLoaders, L.LightningDataModule):
     Subclasses set ``num_classes``, ``input_size`` and ``n_steps`` in ``__init__`` and fill
     ``train_set``/``val_set``/``test_set`` in ``setup``.
 
+    ``input_format="indices"`` hands out the :class:`~sbnn.functional.sparse.SpikeIndices` of
+    each batch instead of the dense spikes, built in the loader (:mod:`sbnn.data.spike_index`).
+
     Shape:
-        batches ``(x, y)``: x ``[T, B, input_size]`` float32 spikes in {0,1}, y ``[B]`` int64.
+        batches ``(x, y)``: x ``[T, B, input_size]`` float32 spikes in {0,1} (or their
+        ``SpikeIndices``), y ``[B]`` int64.
     """
 
     num_classes: int
     input_size: int
     n_steps: int
 
-    def __init__(self, batch_size: int, seed: int, num_workers: int) -> None:
+    def __init__(self, batch_size: int, seed: int, num_workers: int, input_format: str = "dense") -> None:
+        from sbnn.data.spike_index import check_input_format
+
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size)
         self.seed = check_int("seed", seed, minimum=0)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.input_format = check_input_format(type(self).__name__, input_format)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
     def prepare_data(self) -> None:
         """Nothing to download: the data is generated or ships with a dependency."""
+
+    def _collate(self):
+        from sbnn.data.spike_index import IndexCollate
+
+        return IndexCollate(time_major_collate) if self.input_format == "indices" else time_major_collate
 
     def _loader(self, split: str) -> DataLoader:
         dataset = getattr(self, f"{split}_set")
@@ -144,7 +156,7 @@ class SpikeDataModule(SplitLoaders, L.LightningDataModule):
             # the iterator draws its workers' base seed from this generator, not from torch's
             # global RNG, whose stream then belongs to the model's noise alone
             generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=time_major_collate,
+            collate_fn=self._collate(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -89,9 +89,11 @@ class DigitsDataModule(SpikeDataModule):
         batch_size: examples per batch.
         seed: seeds the split, the rate code and the training shuffle order.
         num_workers: DataLoader worker processes.
+        input_format: ``"dense"`` (default) or ``"indices"``: batches hold the
+            :class:`~sbnn.functional.sparse.SpikeIndices` of the spikes (:mod:`sbnn.data.spike_index`).
 
     Shape:
-        batches ``(x, y)``: x ``[T, B, 64]`` float32 in {0,1}, y ``[B]`` int64.
+        batches ``(x, y)``: x ``[T, B, 64]`` float32 in {0,1} (or its ``SpikeIndices``), y ``[B]`` int64.
 
     Raises:
         ValueError: if an argument is out of range; the message names it.
@@ -113,8 +115,9 @@ class DigitsDataModule(SpikeDataModule):
         batch_size: int = 32,
         seed: int = 42,
         num_workers: int = 0,
+        input_format: Literal["dense", "indices"] = "dense",
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, input_format=input_format)
         if encoding not in ("rate", "latency"):
             raise ValueError(
                 f"encoding must be 'rate' or 'latency', got {encoding!r}; pick one of those."

@@ -252,9 +252,18 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
         seed: int,
         num_workers: int,
         download: bool,
+        input_format: str = "dense",
     ) -> None:
+        from sbnn.data.spike_index import check_input_format
+
         super().__init__()
         cls = type(self).__name__
+        check_input_format(cls, input_format)
+        if input_format == "indices" and not binary:
+            raise ValueError(
+                f"{cls}: input_format='indices' hands the network the active inputs of binary spikes, but binary=False "
+                "keeps spike counts; set binary=True or input_format='dense'"
+            )
         if root is None or (isinstance(root, str) and not root.strip()):
             raise ValueError(
                 f"{cls}: data.root is required: the folder that holds (or will hold) the "
@@ -287,6 +296,7 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
             downsample=downsample,
         )
         self.binary, self.cache, self.download = bool(binary), bool(cache), bool(download)
+        self.input_format = input_format
         self.cache_dir = None if cache_dir is None else Path(os.path.expanduser(str(cache_dir)))
         self.val_fraction = float(val_fraction)
         self.batch_size = check_int("batch_size", batch_size)
@@ -415,6 +425,12 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
         self.n_train = len(self.train_set)
 
     # -- loaders ---------------------------------------------------------------------------------
+    def _collate(self, dense: Any) -> Any:
+        """``dense`` (time-major), or its output's spike indices with ``input_format='indices'``."""
+        from sbnn.data.spike_index import IndexCollate
+
+        return IndexCollate(dense) if self.input_format == "indices" else dense
+
     def _loader(self, split: str) -> DataLoader:
         from tonic.collation import PadTensors
 
@@ -432,7 +448,7 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if split == "train" else None,
-            collate_fn=PadTensors(batch_first=False),
+            collate_fn=self._collate(PadTensors(batch_first=False)),
             # workers' base seed from here, not from torch's global RNG (the model's noise)
             generator=torch.Generator().manual_seed(self.seed),
             **workers,

@@ -10,7 +10,7 @@ reference code, so its numbers are not comparable one-to-one with the paper's.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -215,9 +215,11 @@ class RandmanDataModule(SpikeDataModule):
         batch_size: examples per batch.
         seed: seeds the maps, the sampled points and the training shuffle order.
         num_workers: DataLoader worker processes.
+        input_format: ``"dense"`` (default) or ``"indices"``: batches hold the
+            :class:`~sbnn.functional.sparse.SpikeIndices` of the spikes (:mod:`sbnn.data.spike_index`).
 
     Shape:
-        batches ``(x, y)``: x ``[T, B, n_channels]`` float32 in {0,1}, y ``[B]`` int64.
+        batches ``(x, y)``: x ``[T, B, n_channels]`` float32 in {0,1} (or its ``SpikeIndices``), y ``[B]`` int64.
 
     Raises:
         ValueError: if an argument is out of range; the message names it.
@@ -245,8 +247,9 @@ class RandmanDataModule(SpikeDataModule):
         batch_size: int = 32,
         seed: int = 42,
         num_workers: int = 0,
+        input_format: Literal["dense", "indices"] = "dense",
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, input_format=input_format)
         self.alpha = _check_args(
             n_classes, n_channels, n_steps, manifold_dim, alpha, n_harmonics, jitter, seed
         )

@@ -15,7 +15,7 @@ On-disk layout under ``root`` (what tonic downloads from zenkelab.org, or what t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
@@ -54,9 +54,15 @@ class SHDDataModule(EventDataModule):
             started with ``spawn``: Numba's OpenMP layer and torch's thread pools are not
             fork-safe.
         download: download missing files through tonic (needs network access).
+        input_format: ``"dense"`` (default) or ``"indices"``: batches hold the
+            :class:`~sbnn.functional.sparse.SpikeIndices` of the binary spikes, built in the
+            loader (:mod:`sbnn.data.spike_index`; needs ``binary=True``), for a network whose
+            first layer is linear; it gathers from them below the crossover density
+            (``docs/design.md §1.2``), else makes them dense.
 
     Shape:
-        batches ``(x, y)``: x ``[T, B, ceil(700 / downsample)]`` float32, y ``[B]`` int64.
+        batches ``(x, y)``: x ``[T, B, ceil(700 / downsample)]`` float32 (or its ``SpikeIndices``),
+        y ``[B]`` int64.
 
     Raises:
         ValueError: bad arguments (at construction); corrupt or truncated HDF5 files, empty
@@ -88,13 +94,14 @@ class SHDDataModule(EventDataModule):
         seed: NonNegativeInt = 42,
         num_workers: NonNegativeInt = 0,
         download: bool = True,
+        input_format: Literal["dense", "indices"] = "dense",
     ) -> None:
         if n_time_bins is not None and time_window == 10_000.0 and duration == 1_000_000.0:
             # the defaults describe time-window framing; asking for bins switches both off
             time_window, duration = None, None
         super().__init__(
             root, time_window, n_time_bins, duration, downsample, binary, cache, cache_dir,
-            val_fraction, batch_size, seed, num_workers, download,
+            val_fraction, batch_size, seed, num_workers, download, input_format=input_format,
         )
         self.save_hyperparameters()  # the data settings travel with the checkpoints
 

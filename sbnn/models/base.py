@@ -22,7 +22,9 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_in_range, check_positive_int
 from ..gaussian_layers import GaussianLayer
 from ..modes import evaluation
+from ..functional.sparse import SpikeIndices
 from ..neurons import StochasticLIF
+from .index_input import check_spike_indices, dense_input, gathers_from_indices
 from .settings import CalibrationSettings, LayerSettings, NeuronSettings, as_settings
 from .stages import Readout, Stage
 from .time_affine import TimeAffine, attach_time_affines, check_time_steps
@@ -53,6 +55,9 @@ class SpikingClassifier(nn.Module):
 
     output: nn.Module
     output_neuron: StochasticLIF | None
+    #: the first layer is linear, so :meth:`forward` also takes a binary input as
+    #: :class:`~sbnn.functional.sparse.SpikeIndices` (:meth:`check_index_input`)
+    index_input: bool = False
 
     def __init__(
         self,
@@ -102,27 +107,62 @@ class SpikingClassifier(nn.Module):
         """Raise ``ValueError`` for an input of the wrong layout; ``name`` leads the message."""
         raise NotImplementedError
 
+    def check_index_input(self, x: SpikeIndices, name: str) -> None:
+        """Raise ``ValueError`` for indices the model cannot take; ``name`` leads the message.
+
+        Models with ``index_input`` check the shape ``[T, B, in_features]``
+        (:func:`sbnn.models.index_input.check_spike_indices`); the others refuse indices.
+        """
+        if not self.index_input:
+            raise ValueError(
+                f"{name} takes dense time-major frames {self.input_shape()} per step, not SpikeIndices: only models whose "
+                "first layer is linear (SpikingMLP, SpikingRecurrentNet, ResidualSpikingMLP) gather from indices; pass "
+                "the dense tensor (SpikeIndices.to_dense()) or use the data module's input_format='dense'"
+            )
+        check_spike_indices(x, name, self.input_shape()[0])
+
+    def _check_any_input(self, x: Tensor | SpikeIndices, name: str) -> None:
+        if isinstance(x, SpikeIndices):
+            self.check_index_input(x, name)
+        else:
+            self.check_input(x, name)
+        check_time_steps(self, x, name)
+
+    def _dense(self, x: SpikeIndices) -> Tensor:
+        return dense_input(x, next(self.parameters()))
+
     def readout_stage(self) -> Readout:
         """The readout as a stage over ``output`` / ``output_neuron``."""
         return Readout(self.output, self.output_neuron, self.readout_beta, noise=self.layer_settings.readout_noise)
 
     # -- what the base provides -------------------------------------------------------------------
-    def forward_with_spikes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Logits ``[B, K]`` and the spike trains of every hidden stochastic neuron layer, in forward order."""
-        self.check_input(x, type(self).__name__)
-        check_time_steps(self, x, type(self).__name__)
-        binary, spikes = self.binary_input, []
-        for stage in self.stages():
+    def forward_with_spikes(self, x: Tensor | SpikeIndices) -> tuple[Tensor, list[Tensor]]:
+        """Logits ``[B, K]`` and the spike trains of every hidden stochastic neuron layer, in forward order.
+
+        ``x``: ``[T, B, ...]`` time-major, or (models with ``index_input``) the
+        :class:`~sbnn.functional.sparse.SpikeIndices` of a binary ``[T, B, in_features]``, which the
+        first layer gathers from where that pays (else they are made dense:
+        :func:`~sbnn.models.index_input.gathers_from_indices`); equal to the dense input's result
+        within float rounding.
+        """
+        self._check_any_input(x, type(self).__name__)
+        stages = self.stages()
+        if isinstance(x, SpikeIndices) and not (stages and gathers_from_indices(getattr(stages[0], "layer", None), x)):
+            # above the crossover density the dense matmuls are faster (sbnn.functional.sparse);
+            # with no hidden layer the readout is first, whose time-weighted sum reads the dense input
+            x = self._dense(x)
+        binary, spikes = self.binary_input or isinstance(x, SpikeIndices), []
+        for stage in stages:
             x, binary, stage_spikes = stage.forward(x, binary)
             spikes.extend(stage_spikes)
         return self.readout_stage().forward(x, binary), spikes
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``[B, K]`` for a time-major input."""
+    def forward(self, x: Tensor | SpikeIndices) -> Tensor:
+        """Logits ``[B, K]`` for a time-major input (or its spike indices, see :meth:`forward_with_spikes`)."""
         return self.forward_with_spikes(x)[0]
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor) -> list[float]:
+    def calibrate(self, x: Tensor | SpikeIndices) -> list[float]:
         """Data-dependent initialisation of every layer's scale ``α`` on a batch (``docs/design.md §7``).
 
         Stage by stage, in ``sample`` mode, with the targets of ``self.calibration``: each hidden
@@ -133,7 +173,8 @@ class SpikingClassifier(nn.Module):
         layer then fires at a rate below 0.1 %.
 
         Args:
-            x: a training batch, in the layout of :meth:`forward`.
+            x: a training batch, in the layout of :meth:`forward` (spike indices are made dense
+                once, here).
 
         Returns:
             The firing rates of the hidden neuron layers (and of a spike-count output layer).
@@ -143,8 +184,9 @@ class SpikingClassifier(nn.Module):
                 model was built with ``binary_input=True``.
         """
         name = f"{type(self).__name__}.calibrate"
-        self.check_input(x, name)
-        check_time_steps(self, x, name)
+        self._check_any_input(x, name)
+        if isinstance(x, SpikeIndices):
+            x = self._dense(x)  # once per run: calibration's moments and statistics read the dense batch
         if self.binary_input and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError(
                 f"{type(self).__name__} was built with binary_input=True but the calibration batch holds values "

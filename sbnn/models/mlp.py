@@ -45,7 +45,9 @@ class SpikingMLP(SpikingClassifier):
             the calibration batch.
 
     Shape:
-        - Input: ``[T, B, N]`` spikes or currents, time-major.
+        - Input: ``[T, B, N]`` spikes or currents, time-major, or the
+          :class:`~sbnn.functional.sparse.SpikeIndices` of binary spikes ``[T, B, N]`` (the first
+          layer gathers from them; :mod:`sbnn.models.index_input`).
         - Output: logits ``[B, K]``.
 
     Example:
@@ -53,6 +55,8 @@ class SpikingMLP(SpikingClassifier):
         >>> tuple(net(torch.rand(20, 4, 50).round()).shape)
         (4, 10)
     """
+
+    index_input = True
 
     def __init__(
         self,

@@ -53,7 +53,8 @@ class SpikingRecurrentNet(SpikingClassifier):
             explodes (``docs/recipes/shd.md``, "Why the recurrent spikes carry no gradient").
 
     Shape:
-        - Input: ``[T, B, N]``, time-major.
+        - Input: ``[T, B, N]``, time-major, or the :class:`~sbnn.functional.sparse.SpikeIndices`
+          of binary spikes ``[T, B, N]`` (the first layer gathers from them).
         - Output: logits ``[B, K]``.
 
     Example:
@@ -61,6 +62,8 @@ class SpikingRecurrentNet(SpikingClassifier):
         >>> tuple(net(torch.rand(10, 3, 20).round()).shape)
         (3, 4)
     """
+
+    index_input = True
 
     def __init__(
         self,

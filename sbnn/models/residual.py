@@ -268,7 +268,8 @@ class ResidualSpikingMLP(_ResidualClassifier):
         shortcut, gamma_init, neuron, layer, calibration, readout_beta: as :class:`SpikingResNet`.
 
     Shape:
-        - Input: ``[T, B, in_features]``.
+        - Input: ``[T, B, in_features]``, or the :class:`~sbnn.functional.sparse.SpikeIndices`
+          of binary spikes ``[T, B, in_features]`` (the stem gathers from them).
         - Output: logits ``[B, K]``.
 
     Example:
@@ -276,6 +277,8 @@ class ResidualSpikingMLP(_ResidualClassifier):
         >>> tuple(net(torch.rand(10, 2, 700).lt(0.05).float()).shape)
         (2, 20)
     """
+
+    index_input = True
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
+from ..functional.sparse import SpikeIndices
+from ..models.index_input import indices_to
 from ..training.evaluation import PREDICTION_KINDS, predict_probabilities
 from ..training.metrics import ClassificationSums
 from .guards import DivergenceGuard
@@ -82,11 +84,17 @@ class SpikingTask(L.LightningModule):
         self._sums: dict[str, ClassificationSums] = {}
         self._seen = 0
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | SpikeIndices) -> Tensor:
         return self.network(self.cast(x))
 
-    def cast(self, x: Tensor) -> Tensor:
-        """``x`` on the module's device, floating inputs in the module's dtype."""
+    def cast(self, x: Tensor | SpikeIndices) -> Tensor | SpikeIndices:
+        """``x`` on the module's device, floating inputs in the module's dtype.
+
+        A batch of :class:`~sbnn.functional.sparse.SpikeIndices` (a data module's
+        ``input_format="indices"``) is moved as it is: the network's first layer gathers from it.
+        """
+        if isinstance(x, SpikeIndices):
+            return indices_to(x, self.device)
         if x.is_floating_point() and x.dtype != self.dtype:
             x = x.to(self.dtype)
         return x.to(self.device)
@@ -227,7 +235,7 @@ class SpikingTask(L.LightningModule):
 
         Batches are ``(x, y)`` pairs (``y`` ignored) or bare inputs ``x``.
         """
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = batch[0] if isinstance(batch, (tuple, list)) and not isinstance(batch, SpikeIndices) else batch
         return self.predict(x, self.prediction_kinds(), self._stream(batch_idx, dataloader_idx))
 
     # -- end of epoch ------------------------------------------------------------------------------

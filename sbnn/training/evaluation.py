@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ..functional.keyed import keyed_noise, sample_keys
+from ..functional.sparse import SpikeIndices
 from ..modes import evaluation, lrt_predict, mc_predict
 from .methods import TrainingMethod, predict_samples
 
@@ -78,7 +79,7 @@ def seeded_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
 @torch.no_grad()
 def predict_probabilities(
     network: nn.Module,
-    x: Tensor,
+    x: Tensor | SpikeIndices,
     *,
     kinds: Sequence[Literal["mode", "mc", "lrt", "sample"]] = PREDICTION_KINDS,
     mc_samples: int = 10,
@@ -91,7 +92,8 @@ def predict_probabilities(
 
     Args:
         network: returns logits ``[B, K]``.
-        x: the batch (e.g. ``[T, B, N]``); cast to the network's floating dtype.
+        x: the batch (e.g. ``[T, B, N]``, or its :class:`~sbnn.functional.sparse.SpikeIndices`,
+            made dense here); cast to the network's floating dtype.
         kinds: any of ``"mode"``, ``"mc"``, ``"lrt"``, ``"sample"`` (one noisy pass).
         mc_samples: ``C``, the drawn networks of ``mc`` and the noisy passes averaged by ``lrt``.
         seed: the evaluation seed (see the module docstring).
@@ -115,7 +117,9 @@ def predict_probabilities(
             f"predict_probabilities: {[k for k in kinds if k in LRT_KINDS]} are sbnn's own evaluations; drop them "
             "from kinds when a method is given"
         )
-    x = cast_input(x, network)
+    # indices made dense: the keyed noise hashes each example's values, so that an evaluated
+    # batch gives the same predictions in either input format
+    x = cast_input(x, network, dense=True)
     out: dict[str, Tensor] = {}
     for kind in kinds:
         if kind == "mode":
@@ -136,9 +140,15 @@ def predict_probabilities(
     return out
 
 
-def cast_input(x: Tensor, network: nn.Module) -> Tensor:
-    """``x`` in the floating dtype of ``network``'s parameters (float64 networks get float64 input)."""
+def cast_input(x: Tensor | SpikeIndices, network: nn.Module, *, dense: bool = False) -> Tensor | SpikeIndices:
+    """``x`` in the floating dtype of ``network``'s parameters (float64 networks get float64 input).
+
+    :class:`~sbnn.functional.sparse.SpikeIndices` pass unchanged (they hold no floats); with
+    ``dense=True`` they are made dense in that dtype.
+    """
     param = next((p for p in network.parameters() if p.is_floating_point()), None)
+    if isinstance(x, SpikeIndices):
+        return x.to_dense(param.dtype if param is not None else torch.get_default_dtype()) if dense else x
     if param is None or not x.is_floating_point() or x.dtype == param.dtype:
         return x
     return x.to(param.dtype)

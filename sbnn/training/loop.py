@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
+from ..functional.sparse import SpikeIndices
 from .divergence import FiniteRecord, check_inputs, check_loss, check_parameters
 from .evaluation import PREDICTION_KINDS, cast_input, predict_probabilities
 from .methods import TrainingMethod
@@ -72,7 +73,9 @@ def fit(
         total, count = None, 0
         record = FiniteRecord()
         for x, y in loader:
-            if check_every == 1:
+            if isinstance(x, SpikeIndices):
+                pass  # integer indices: nothing to check for NaN/inf
+            elif check_every == 1:
                 check_inputs(x, step)
             else:
                 record.record(FiniteRecord.INPUT, step, [x])
@@ -117,7 +120,7 @@ def predict(
     parts: dict[str, list[Tensor]] = {k: [] for k in kinds}
     try:
         for i, batch in enumerate(loader):
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = batch[0] if isinstance(batch, (tuple, list)) and not isinstance(batch, SpikeIndices) else batch
             probs = predict_probabilities(network, x, kinds=kinds, mc_samples=mc_samples, seed=eval_seed, stream=i, method=method)
             for k, p in probs.items():
                 parts[k].append(p)
