@@ -35,7 +35,6 @@ from ._validation import check_choice, check_in_range, check_input, check_positi
 from .functional.keyed import active_keyed_noise
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
 from .functional.sparse import (
-    SPARSE_MAX_DENSITY,
     SpikeIndices,
     all_ones,
     gather_sum,
@@ -398,12 +397,13 @@ class BernoulliLinear(BernoulliLayer):
         - Output: ``[B, out]`` or ``[T, B, out]``.
 
     **Event-driven path.** For an input declared binary (``moments(x, binary=True)``, what the
-    models pass for spikes) whose density is at most :attr:`gather_max_density` (scaled down for
-    fewer than 3200 rows, :func:`~sbnn.functional.sparse.use_gather`), both LRT
+    models pass for spikes) whose density is at most the measured crossover for the layer's table
+    size (:func:`~sbnn.functional.sparse.density_limit`; :attr:`gather_max_density` overrides it;
+    scaled down for fewer than 3200 rows), both LRT
     moments (``sample``) or the deterministic pre-activation (``mode``, ``mean``, ``fixed``)
     are computed by summing the weight-table rows of the active inputs
-    (:mod:`sbnn.functional.sparse`) instead of dense matmuls; the weight gradient is the
-    transposed gather and the input gradient stays dense. The result equals the dense path's
+    (:mod:`sbnn.functional.sparse`) instead of dense matmuls; the weight gradient is a
+    scatter-add of the output-gradient rows and the input gradient stays dense. The result equals the dense path's
     within float rounding (exactly, for ±1 weights in ``mode``/``fixed``). The input density is
     estimated on every call; an input whose nonzero values are not all 1 runs dense, and so do
     CUDA tensors and code under ``torch.compile`` (the choice is data-dependent).
@@ -444,13 +444,18 @@ class BernoulliLinear(BernoulliLayer):
             return_moments=return_moments,
         )
 
-    #: crossover input density of the event-driven path (see the class docstring)
-    gather_max_density: float = SPARSE_MAX_DENSITY
+    #: crossover input density of the event-driven path (see the class docstring); ``None``: the
+    #: measured one for this layer's table size (:func:`~sbnn.functional.sparse.density_limit`)
+    gather_max_density: float | None = None
     #: ``auto`` (by density), ``always`` or ``never``; an override for tests and benchmarks
     gather: str = "auto"
 
     def _check(self, x: Tensor) -> None:
         check_input(x, repr(self), ndims=(2, 3), size=self.in_features, what="([B, in] or [T, B, in])")
+
+    def table_bytes(self) -> int:
+        """Size of the event-driven path's weight table ``[in, 2·out]`` (both LRT moments), in bytes."""
+        return 2 * self.in_features * self.out_features * self.lam.element_size()
 
     def _spike_indices(self, x: Tensor) -> SpikeIndices | None:
         """Indices of a binary ``x`` when the gather path should run on it, else ``None``."""
@@ -459,7 +464,7 @@ class BernoulliLinear(BernoulliLayer):
             return None
         if self.gather == "auto" and torch.compiler.is_compiling():
             return None  # the data-dependent choice would break the graph: compiled code stays dense
-        if self.gather == "auto" and not use_gather(x, self.gather_max_density):
+        if self.gather == "auto" and not use_gather(x, self.gather_max_density, table_bytes=self.table_bytes()):
             return None
         idx = spike_indices(x)
         # counts or real values: the dense path (O(nnz), against the O(N·in) passes above)

@@ -24,9 +24,11 @@ is that of the dense formula with ``x·x`` in the variance (what the dense path 
 ``∂L/∂x = g_μ A_μᵀ + 2x ⊙ (g_v A_vᵀ)``, by dense matmuls.
 
 **When it pays.** The gather wins below a crossover density and loses above it (the dense matmul
-runs at full SIMD width, the gather does not): :data:`SPARSE_MAX_DENSITY` holds the crossover
-measured for sbnn's layer sizes (see ``docs/design.md`` and ``benchmarks/README.md``), and
-:func:`use_gather` applies it to the density of the input at hand.
+runs at full SIMD width, the gather does not), and where it lies depends on whether the table
+stays in cache and on whether the input's active indices must first be found:
+:func:`density_limit` holds the crossovers measured for sbnn's layer sizes (see
+``docs/design.md`` and ``benchmarks/README.md``), and :func:`use_gather` applies it to the
+density of the input at hand.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from .signs import sign_mean, sign_variance
 __all__ = [
     "SpikeIndices",
     "SPARSE_MAX_DENSITY",
+    "SPARSE_MAX_DENSITY_INDICES",
+    "SPARSE_MAX_DENSITY_LARGE",
+    "SPARSE_CACHED_TABLE_BYTES",
+    "density_limit",
     "SPARSE_FULL_ROWS",
     "spike_indices",
     "estimate_density",
@@ -53,15 +59,26 @@ __all__ = [
     "lrt_linear_gather",
 ]
 
-#: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls,
-#: forward + backward, one thread, over ``T·B = 3200`` rows: gather/dense 0.57, 0.64, 0.59 at 3 %,
-#: 0.88, 0.79, 1.10 at 7 % and 1.02, 0.96, 1.38 at 10 % for 700→256, 256→256 and 700→2048 (the
-#: crossover falls with the table's width); 256-wide hidden spikes whose input gradient stays dense
-#: gain up to 10 % (0.68 at 3 %, 0.82 at 10 %). ``benchmarks/gather_crossover.py``,
-#: ``benchmarks/README.md``.
-SPARSE_MAX_DENSITY = 0.07
-#: Input rows (``T·B``) at which :data:`SPARSE_MAX_DENSITY` was measured; :func:`use_gather`
-#: lowers the threshold in proportion below it.
+#: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls
+#: for a table (``[in, 2·out]``) within :data:`SPARSE_CACHED_TABLE_BYTES`, forward + backward, one
+#: thread, over ``T·B = 3200`` rows, the active inputs found in the dense input: gather/dense 0.57
+#: and 0.64 at 3 %, 0.88 and 0.79 at 7 %, 1.02 and 0.96 at 10 % for 700→256 and 256→256; 256-wide
+#: hidden spikes whose input gradient stays dense 0.68 at 3 % and 0.82 at 10 %
+#: (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
+SPARSE_MAX_DENSITY = 0.09
+#: The same for an input given as :class:`SpikeIndices` (the data path's ``input_format="indices"``):
+#: the gather skips finding the active inputs, the dense path has to rebuild the tensor; 700→256:
+#: 0.59 at 10 %, 0.80 at 15 %, 0.98 at 20 %.
+SPARSE_MAX_DENSITY_INDICES = 0.15
+#: The crossover for tables larger than :data:`SPARSE_CACHED_TABLE_BYTES`, either input: the
+#: scatter-add of the weight gradient then misses the cache; 700→2048 from dense input 0.59 at
+#: 3 %, 0.77 at 5 %, 1.10 at 7 %; from indices 0.87 at 5 %, 1.55 at 10 %.
+SPARSE_MAX_DENSITY_LARGE = 0.05
+#: Table size up to which :data:`SPARSE_MAX_DENSITY` applies: a core's L2 cache (2 MiB on the
+#: machine these were measured on), which holds the table and its gradient rows being summed.
+SPARSE_CACHED_TABLE_BYTES = 2 * 2**20
+#: Input rows (``T·B``) at which the densities above were measured; :func:`density_limit`
+#: lowers them in proportion below it.
 SPARSE_FULL_ROWS = 3200
 
 
@@ -120,20 +137,43 @@ def estimate_density(x: Tensor, stride: int = 8) -> float:
     return int(torch.count_nonzero(flat)) / max(flat.numel(), 1)
 
 
-def use_gather(x: Tensor, max_density: float = SPARSE_MAX_DENSITY) -> bool:
+def density_limit(
+    rows: int, table_bytes: int = 0, *, indices: bool = False, max_density: float | None = None
+) -> float:
+    """The input density up to which the gather path pays, for ``rows`` input rows (``T·B``).
+
+    ``max_density`` (a layer's override) or the measured crossover for the table's size and the
+    input's form (:data:`SPARSE_MAX_DENSITY`, :data:`SPARSE_MAX_DENSITY_INDICES`,
+    :data:`SPARSE_MAX_DENSITY_LARGE`), times ``min(1, rows / SPARSE_FULL_ROWS)``: the path's fixed
+    costs (the table's transposing copies) grow with the table, its savings with the rows, so
+    fewer rows lower the crossover (measured at 800 rows: about 8 % for 256-wide layers, 2-3 %
+    for a 2048 → 2048 hidden layer).
+
+    Args:
+        rows: input rows ``T·B``.
+        table_bytes: size of the layer's weight table ``[in, 2·out]`` in bytes.
+        indices: the input arrives as :class:`SpikeIndices`.
+        max_density: an override of the crossover (``None``: the measured one).
+    """
+    if max_density is None:
+        if table_bytes > SPARSE_CACHED_TABLE_BYTES:
+            max_density = SPARSE_MAX_DENSITY_LARGE
+        else:
+            max_density = SPARSE_MAX_DENSITY_INDICES if indices else SPARSE_MAX_DENSITY
+    return max_density * min(1.0, rows / SPARSE_FULL_ROWS)
+
+
+def use_gather(x: Tensor, max_density: float | None = None, *, table_bytes: int = 0) -> bool:
     """Whether the gather path pays for the spike tensor ``x`` ``[..., in]``.
 
     It does when the density (:func:`estimate_density`, much cheaper than the matmul it may save)
-    is at most ``max_density · min(1, N / SPARSE_FULL_ROWS)`` for ``N`` input rows: the path's
-    fixed costs (the table's transposing copies) grow with the table, its savings with the rows,
-    so fewer rows lower the crossover (measured at 800 rows: about 8 % for 256-wide layers, 2-3 %
-    for a 2048 → 2048 hidden layer).
+    is at most :func:`density_limit` for its rows and a table of ``table_bytes``.
     """
     if x.numel() == 0 or x.is_cuda:
         # the crossover was measured on CPU; a GPU matmul on a dense tile is another trade-off
         return False
     rows = x.numel() // x.shape[-1]
-    return estimate_density(x) <= max_density * min(1.0, rows / SPARSE_FULL_ROWS)
+    return estimate_density(x) <= density_limit(rows, table_bytes, max_density=max_density)
 
 
 def all_ones(x: Tensor, indices: SpikeIndices) -> bool:

@@ -9,8 +9,7 @@ moments (:func:`sbnn.functional.sparse.gather_moments`) instead of finding them 
 tensor on every step; everything after the first layer is unchanged.
 
 The first layer gathers only where that pays (:func:`gathers_from_indices`): above the measured
-crossover density the indices are made dense and the layer runs its dense matmuls, the same
-choice a dense input gets (:func:`sbnn.functional.sparse.use_gather`).
+crossover density the indices are made dense and the layer runs its dense matmuls.
 
 The checks here cost ``O(1)``, plus one ``O(nnz)`` range check of the input indices on the CPU
 (on an accelerator it would need a host synchronisation); they never build the dense tensor.
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import validation_enabled
-from ..functional.sparse import SPARSE_FULL_ROWS, SPARSE_MAX_DENSITY, SpikeIndices
+from ..functional.sparse import SpikeIndices, density_limit
 
 __all__ = ["check_spike_indices", "dense_input", "indices_to", "gathers_from_indices"]
 
@@ -94,9 +93,10 @@ def gathers_from_indices(layer: nn.Module | None, x: SpikeIndices) -> bool:
 
     The layer's ``gather`` choice (``"always"``, ``"never"``; :class:`sbnn.layers.gather_path`)
     decides when set; under ``"auto"`` (and for layers without the attribute) the density of
-    ``x`` decides, by the rule dense inputs follow (:func:`sbnn.functional.sparse.use_gather`):
-    at most ``gather_max_density · min(1, T·B / SPARSE_FULL_ROWS)``, on the CPU and outside
-    ``torch.compile`` only. Reads ``O(1)`` values of ``x``.
+    ``x`` decides: at most the crossover measured for index input and the layer's table size
+    (:func:`sbnn.functional.sparse.density_limit` with ``indices=True``; higher than a dense
+    input's, which must first find its active inputs), on the CPU and outside ``torch.compile``
+    only. Reads ``O(1)`` values of ``x``.
     """
     if layer is None or not callable(getattr(layer, "moments", None)):
         return False
@@ -106,5 +106,6 @@ def gathers_from_indices(layer: nn.Module | None, x: SpikeIndices) -> bool:
     if x.cols.device.type != "cpu" or torch.compiler.is_compiling():
         return False  # the crossover was measured on the CPU; compiled code stays dense
     rows = x.offsets.numel()
-    limit = getattr(layer, "gather_max_density", SPARSE_MAX_DENSITY) * min(1.0, rows / SPARSE_FULL_ROWS)
+    table_bytes = layer.table_bytes() if callable(getattr(layer, "table_bytes", None)) else 0
+    limit = density_limit(rows, table_bytes, indices=True, max_density=getattr(layer, "gather_max_density", None))
     return rows > 0 and x.density <= limit
