@@ -555,6 +555,15 @@ class _MarginalSequence(torch.autograd.Function):
         def at(coeff: Tensor, t: int) -> Tensor:
             return coeff[t] if keep is not None else coeff
 
+        def reverse(d: Tensor, coeff: Tensor, carry: Tensor, out: Tensor) -> None:
+            """``out[t] = d[t] + coeff[t+1]·out[t+1]`` from ``out[T−1] = d[T−1] + carry``, into ``out``."""
+            if ctx.kernels is not None:
+                _reverse_recurrence_kernel(ctx.kernels, d, coeff, keep is not None, carry, out)
+                return
+            carry = torch.add(d[-1], carry, out=out[-1])
+            for t in range(n_steps - 2, -1, -1):
+                carry = torch.addcmul(d[t], at(coeff, t + 1), carry, out=out[t])
+
         g_m = torch.empty_like(spks)
         g_v = torch.empty_like(variances)
         carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last
@@ -563,12 +572,7 @@ class _MarginalSequence(torch.autograd.Function):
         if detach:
             g_s_total = g_spk
             d_m = g_spk * a if g_mem is None else torch.addcmul(g_mem, g_spk, a)
-            if ctx.kernels is not None:
-                _reverse_recurrence_kernel(ctx.kernels, d_m, coeff_m, keep is not None, carry_m, g_m)
-            else:
-                carry_m = torch.add(d_m[-1], carry_m, out=g_m[-1])
-                for t in range(n_steps - 2, -1, -1):
-                    carry_m = torch.addcmul(d_m[t], at(coeff_m, t + 1), carry_m, out=g_m[t])
+            reverse(d_m, coeff_m, carry_m, g_m)
         elif reset == "subtract":
             g_s_total = torch.empty_like(spks)
             g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
@@ -608,13 +612,7 @@ class _MarginalSequence(torch.autograd.Function):
         if g_scale is not None:
             g_s = g_s + g_scale
         if not v_done:
-            d_v = (g_s * h).sum_to_size(variances.shape)
-            if ctx.kernels is not None:
-                _reverse_recurrence_kernel(ctx.kernels, d_v, coeff_v, keep is not None, carry_v, g_v)
-            else:
-                carry_v = torch.add(d_v[-1], carry_v, out=g_v[-1])
-                for t in range(n_steps - 2, -1, -1):
-                    carry_v = torch.addcmul(d_v[t], at(coeff_v, t + 1), carry_v, out=g_v[t])
+            reverse((g_s * h).sum_to_size(variances.shape), coeff_v, carry_v, g_v)
         g_mu = g_m if needs[0] else None
         g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
         g_b = (g_s * h).sum_to_size(b.shape) if needs[2] else None
