@@ -79,3 +79,15 @@ def test_the_residual_recipe_starts_with_more_signal_than_noise_in_every_layer(s
     assert max(ratios) < 0.8, ratios
     torch.manual_seed(0)
     assert min(_noise_to_signal(ResidualSpikingMLP(50, 10, depth=8, width=128))) > 3.0  # the default init
+
+
+@pytest.mark.parametrize("recipe, n_in", [("shd_resnet", 12), ("dvs_gesture_frames", 64)])
+def test_full_precision_builds_the_recipe_network_with_the_library_lambda_init(script, recipe, n_in):
+    from sbnn.models import LayerSettings
+
+    cfg = script.recipe_config(recipe)["model"]["init_args"]["network"]["init_args"]
+    assert cfg["layer"]["lam_std"] == 2.0  # the SBNN posterior's init the recipe sets
+    for method, want in (("sbnn", 2.0), ("adam", LayerSettings().lam_std)):
+        net = script.networks(recipe, n_in, 4, method)[0]()
+        inner = getattr(net, "network", net)
+        assert inner.layer_settings.lam_std == want, method
