@@ -19,7 +19,8 @@ recipe                       built-in data                       reference netwo
 ============================ =================================== =====================================
 
 Both networks get the same neuron settings, data, epochs and seeds, trained by full-precision
-surrogate gradients (``adam``) and by the SBNN method with the recipe's own ``lam_lr``,
+surrogate gradients (``adam``; the recipe's network then keeps the library's ``λ``
+initialisation, see :func:`networks`) and by the SBNN method with the recipe's own ``lam_lr``,
 ``kl_weight`` and ``mode`` fine-tune. The check passes when the recipe's network is within
 ``--margin`` (1 point) of the reference, or above it, averaged over the seeds.
 
@@ -69,13 +70,23 @@ def recipe_config(name: str) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def networks(name: str, input_size: int, num_classes: int) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
-    """Builders of (the recipe's network, the reference network) for data of ``input_size`` features."""
+def networks(
+    name: str, input_size: int, num_classes: int, method: str = "sbnn"
+) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
+    """Builders of (the recipe's network, the reference network) for data of ``input_size`` features.
+
+    For ``method="adam"`` the recipe's ``layer.lam_std`` is left out: it sets the spread of the
+    Bernoulli posterior's ``λ``, which full-precision training would take as its real weights
+    (``lam_std: 2`` gives them 4× the second moment of the ±1 weights the calibration sets ``α``
+    for), while the reference network is built with the library's ``λ`` initialisation.
+    """
     from sbnn.export import network_from_spec
     from sbnn.models import SpikingMLP
 
     spec = copy.deepcopy(recipe_config(name)["model"]["init_args"]["network"])
     args = spec.setdefault("init_args", {})
+    if method == "adam" and isinstance(args.get("layer"), dict):
+        args["layer"] = {k: v for k, v in args["layer"].items() if k != "lam_std"}
     args["num_classes"] = num_classes
     where = f"recipes/{name}.yaml: network"
     common = {k: args[k] for k in ("neuron", "calibration") if k in args}
@@ -181,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for recipe in args.recipes:
         dm = datamodule(recipe)
-        build, build_ref = networks(recipe, dm.input_size, dm.num_classes)
         for method in args.methods:
+            build, build_ref = networks(recipe, dm.input_size, dm.num_classes, method)
             ours = [train_one(build, recipe, method, dm, s, args.epochs) for s in args.seeds]
             ref = [train_one(build_ref, recipe, method, dm, s, args.epochs) for s in args.seeds]
             a = 100 * sum(r[0] for r in ours) / len(ours)
