@@ -62,6 +62,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import math
 import os
@@ -305,8 +306,31 @@ def _adam_variant(name: str, net: nn.Module, loss_fn: Callable[[], Tensor], lr: 
     return Variant(name, net, step, rate)
 
 
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` with torch's own random draws (``fallback_random``), timing its first call.
+
+    Inductor's CPU replacement of ``torch.randn`` (a counter-based generator in generated code)
+    took most of a compiled sbnn step, measured; ``fallback_random`` keeps the draws of eager
+    mode, so a compiled step also samples the noise an eager one would from the same seed.
+    """
+    fn_c = torch.compile(fn, options={"fallback_random": True})
+    first = [True]
+
+    def call(*a):
+        if not first[0]:
+            return fn_c(*a)
+        first[0] = False
+        start = time.perf_counter()
+        out = fn_c(*a)
+        print(f"  (compiled {getattr(fn, '__name__', 'step')}: first call {time.perf_counter() - start:.1f} s)", flush=True)
+        return out
+
+    return call
+
+
 def make_sbnn(
-    args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True, dense_path: bool = False, indices: bool = False
+    args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True, dense_path: bool = False, indices: bool = False,
+    compile_: bool = False,
 ) -> Variant:
     # spike inputs: binary_input lets the first layer use x² = x (one matmul, or one gather)
     net = SpikingMLP(args.inputs, (args.hidden,), args.classes, binary_input=binary, neuron=NeuronSettings(estimator=estimator))
@@ -324,8 +348,13 @@ def make_sbnn(
         with torch.no_grad():
             return float(net.forward_with_spikes(x)[1][0].mean())
 
-    name = f"sbnn[{estimator}{',dense' if dense_path else ''}{',indices' if indices else ''}]"
-    return _adam_variant(name, net, lambda: criterion(net(inp), y, net).loss, args.lr, rate)
+    name = f"sbnn[{estimator}{',dense' if dense_path else ''}{',indices' if indices else ''}{',compiled' if compile_ else ''}]"
+
+    def loss(inp: Tensor, y: Tensor) -> Tensor:
+        return criterion(net(inp), y, net).loss
+
+    loss_fn = compiled(loss) if compile_ else loss
+    return _adam_variant(name, net, lambda: loss_fn(inp, y), args.lr, rate)
 
 
 def make_peer(args, x: Tensor, y: Tensor, kind: str) -> Variant:
@@ -402,6 +431,14 @@ def make_recurrent_variants(args, x: Tensor, y: Tensor, authors: types.ModuleTyp
             return float(net.forward_with_spikes(x)[1][0].mean())
 
     variants = [_adam_variant("sbnn-recurrent[st]", net, lambda: criterion(net(x), y, net).loss, args.lr, sbnn_rate)]
+    if args.compile:
+        twin = copy.deepcopy(net)
+
+        def twin_loss(x: Tensor, y: Tensor) -> Tensor:
+            return criterion(twin(x), y, twin).loss
+
+        loss_c = compiled(twin_loss)
+        variants.append(_adam_variant("sbnn-recurrent[st,compiled]", twin, lambda: loss_c(x, y), args.lr, sbnn_rate))
     snn = _SnnTorchRecurrent(args.inputs, hidden, args.classes, beta=0.95)
     snn.calibrate(x)
 
@@ -549,6 +586,8 @@ def feedforward_variants(args, x: Tensor, y: Tensor, binary: bool, peers: list[s
         variants += [make_sbnn(args, x, y, est, binary=binary, indices=True) for est in args.estimators]
     if args.dense_path and binary:
         variants += [make_sbnn(args, x, y, est, binary=binary, dense_path=True) for est in args.estimators]
+    if args.compile:
+        variants += [make_sbnn(args, x, y, est, binary=binary, compile_=True) for est in args.estimators]
     return variants + [make_peer(args, x, y, kind) for kind in peers]
 
 
@@ -580,6 +619,9 @@ def main() -> None:
     ap.add_argument("--dense-path", action="store_true", help="also time sbnn with the event-driven gather path off")
     ap.add_argument("--indices", action="store_true",
                     help="also time sbnn fed the input's spike indices, built once outside the step (sbnn[<est>,indices])")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time sbnn's loss (forward + loss; backward by AOTAutograd) under torch.compile "
+                         "(sbnn[<est>,compiled]; the first call compiles, in the warm-up)")
     ap.add_argument("--suite", action="store_true",
                     help="the whole comparison: rates 0.03 0.1 dense, threads 1 2, peers snntorch-batched spikingjelly "
                          "norse, --dense-path, and the recurrent SHD network")

@@ -133,3 +133,14 @@ def test_runtime_module_is_reachable_from_import_sbnn():
     code = "import sbnn; print(callable(sbnn.runtime.keep_freed_memory))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_compiled_fit_through_the_cli(tmp_path, capsys):
+    """``--model.init_args.compile true``: the quickstart trains under torch.compile (Inductor) and tests."""
+    cli = run_cli(["fit", "--config", str(RECIPES / "quickstart.yaml"), *_short(tmp_path), "--model.init_args.compile", "true"])
+    assert "sbnn: final test accuracy" in capsys.readouterr().out
+    assert cli.model._compiled_terms is not None
+    (log,) = tmp_path.rglob("metrics.csv")
+    losses = [float(r["train_loss"]) for r in csv.DictReader(log.open()) if r.get("train_loss")]
+    assert losses and all(math.isfinite(v) for v in losses)

@@ -11,7 +11,7 @@ import torch
 
 import sbnn
 import sbnn.functional._cpu_kernels as kernels
-from sbnn.functional import neurons
+from sbnn.functional import _operators, neurons
 from sbnn.functional.estimators import AGR, IWST, ST, Relaxed
 from sbnn.functional.neurons import StochasticLIFParameters, StochasticLIFState, stochastic_lif_sequence
 from sbnn.functional.noise import get_noise
@@ -130,15 +130,36 @@ def test_the_kernels_are_chosen_only_for_cpu_float_inputs_they_support(case):
     assert (neurons._cpu_kernels_for(mu, *others) is not None) == expected
 
 
-def test_switch_off_and_compiling_take_the_torch_loop(monkeypatch, calls):
+def test_switch_off_and_compiling_without_operators_take_the_torch_loop(monkeypatch, calls):
     mu, var, eps, beta, thr, mem0, spk0, g_spk, _ = _problem(torch.float32, True)
     p = StochasticLIFParameters(beta, thr, 0.1, 1e-3, "subtract", False, get_noise("gaussian"), ST())
     monkeypatch.setattr(neurons, "CPU_KERNELS", False)
     stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)
+    assert calls["lif_forward"] == calls["lif_backward"] == 0
     monkeypatch.setattr(neurons, "CPU_KERNELS", True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)  # compiling: the operators
+    assert calls["lif_forward"] == calls["lif_backward"] == 1
+    monkeypatch.setattr(_operators, "HAS_CUSTOM_OP", False)  # torch < 2.4: no opaque operators
     stochastic_lif_sequence(mu, var, p, eps=eps)[0].backward(g_spk)
-    assert calls["lif_forward"] == calls["lif_backward"] == 0
+    assert calls["lif_forward"] == calls["lif_backward"] == 1
+
+
+def test_the_kernels_are_registered_torch_operators():
+    if not _operators.HAS_CUSTOM_OP:
+        pytest.skip("torch < 2.4 has no torch.library.custom_op")
+    for name in ("lif_forward", "lif_theta", "lif_backward", "marginal_variance", "marginal_mean", "reverse_recurrence"):
+        assert hasattr(torch.ops.sbnn, name), name
+    # the fake (shape-only) implementations: what the compiler traces
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        mu = mode.from_tensor(torch.zeros(5, 2, 3))
+        step = mode.from_tensor(torch.zeros(2, 3))
+        spks, mems = torch.ops.sbnn.lif_forward(mu, mu, mu, step, step, step, step, 0)
+        g = torch.ops.sbnn.lif_backward(None, None, mu, mu, mu, mu, mu, mu, step, step, step, step, 0, True, False, True, True)
+    assert spks.shape == mems.shape == (5, 2, 3)
+    assert [x.shape for x in g] == [(5, 2, 3), (0,), (2, 3), (2, 3)]
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

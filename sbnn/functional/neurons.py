@@ -45,10 +45,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from . import _operators
 from .estimators import Estimator
 from .noise import NoiseFamily
 
@@ -70,10 +70,12 @@ RESET_MECHANISMS = ("subtract", "zero", "none")
 MEMBRANE_NOISE_MODELS = ("pathwise", "marginal")
 
 #: Run the neuron's time loops as Numba kernels (``sbnn/functional/_cpu_kernels.py``) when every
-#: tensor is on the CPU in one dtype, float32 or float64, ``torch.compile`` is not tracing and
-#: Numba imports: the pathwise model's forward loop and whole backward pass; the marginal
-#: model's forward loop and adjoint recurrences (subtract or no reset; the zero reset keeps the
-#: torch loop). Otherwise, and with ``False``, the torch loops. Both paths give the same spikes
+#: tensor is on the CPU in one dtype, float32 or float64, and Numba imports: the pathwise model's
+#: forward loop and whole backward pass; the marginal model's forward loop and adjoint
+#: recurrences (subtract or no reset; the zero reset keeps the torch loop). They are registered
+#: as torch operators (``torch.ops.sbnn.*``), so ``torch.compile`` keeps them as opaque nodes
+#: instead of unrolling a time loop (torch ≥ 2.4; older torch compiles the torch loops).
+#: Otherwise, and with ``False``, the torch loops. Both paths give the same spikes
 #: and membranes, bit for bit, and the same gradients up to float rounding (sums over time are
 #: added in another order). The first call in a fresh environment compiles what it needs for its
 #: dtype (measured on a shared 2-core machine: pathwise about 10 s, marginal about 6 s); Numba
@@ -151,8 +153,8 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
-        ctx.kernels = _cpu_kernels_for(mu, scale, eps, beta, threshold, mem0, spk0)
-        if ctx.kernels is not None:
+        ctx.on_kernels = _cpu_kernels_for(mu, scale, eps, beta, threshold, mem0, spk0) is not None
+        if ctx.on_kernels:
             return _lif_forward_kernel(
                 ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise
             )
@@ -176,7 +178,7 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spk, g_mem):
-        if ctx.kernels is not None:
+        if ctx.on_kernels:
             return _lif_backward_kernel(ctx, g_spk, g_mem)
         scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
         reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
@@ -225,17 +227,19 @@ class _StochasticLIFSequence(torch.autograd.Function):
 
 
 _RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}  # the kernels' reset codes
-_kernel_module = None  # sbnn.functional._cpu_kernels once imported; False if Numba is missing
+_kernel_module = None  # sbnn.functional._kernel_ops once imported; False if Numba is missing
 
 
 def _cpu_kernels_for(mu: Tensor, *others: Tensor):
-    """The kernel module when the pathwise node can run there for these inputs, else ``None``.
+    """The kernel operators (:mod:`sbnn.functional._kernel_ops`) when the pathwise node can run there, else ``None``.
 
     ``others`` are ``(scale, eps, beta, threshold, mem0, spk0)``: the sequences must broadcast to
     ``mu``, the constants and the state to one step of it (a per-step ``β`` takes the torch loop).
+    Under ``torch.compile`` the operators are opaque nodes of the graph (torch ≥ 2.4); on older
+    torch the node compiles its torch loop.
     """
     global _kernel_module
-    if not CPU_KERNELS or torch.compiler.is_compiling() or mu.dim() == 0:
+    if not CPU_KERNELS or mu.dim() == 0:
         return None
     if mu.device.type != "cpu" or mu.dtype not in (torch.float32, torch.float64):
         return None
@@ -250,33 +254,22 @@ def _cpu_kernels_for(mu: Tensor, *others: Tensor):
         return None
     if _kernel_module is None:
         try:
-            from . import _cpu_kernels
+            from . import _kernel_ops
         except ImportError:  # Numba missing or broken: the torch loop
             _kernel_module = False
         else:
-            _kernel_module = _cpu_kernels
+            _kernel_module = _kernel_ops
+    if _kernel_module and torch.compiler.is_compiling() and not _operators.HAS_CUSTOM_OP:
+        return None
     return _kernel_module or None
 
 
-def _as_rows(x: Tensor, shape: torch.Size):
-    """``x`` broadcast to ``shape`` as a C-contiguous ``[shape[0], rest]`` NumPy array (a view when it can)."""
-    return x.detach().expand(shape).contiguous().reshape(shape[0], shape[1:].numel()).numpy()
-
-
-def _as_units(x: Tensor, step: torch.Size):
-    """``x`` broadcast to one step's shape as a C-contiguous ``[N]`` NumPy array."""
-    return x.detach().expand(step).contiguous().reshape(step.numel()).numpy()
-
-
 def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
-    """:meth:`_StochasticLIFSequence.forward` by :func:`~sbnn.functional._cpu_kernels.lif_forward`."""
+    """:meth:`_StochasticLIFSequence.forward` by the ``lif_forward`` kernel."""
     shape, step = mu.shape, mu.shape[1:]
-    mems = torch.empty(shape, dtype=mu.dtype)
-    spks = torch.empty(shape, dtype=mu.dtype)
-    ctx.kernels.lif_forward(
-        _as_rows(mu, shape), _as_rows(scale, shape), _as_rows(eps, shape), _as_units(beta, step),
-        _as_units(threshold, step), _as_units(mem0, step), _as_units(spk0, step), _RESET_CODES[reset],
-        _as_rows(mems, shape), _as_rows(spks, shape),
+    spks, mems = _kernel_module.lif_forward(
+        mu, scale.expand(shape), eps.expand(shape), beta.expand(step), threshold.expand(step),
+        mem0.expand(step), spk0.expand(step), _RESET_CODES[reset],
     )
     ctx.save_for_backward(scale, eps, beta, threshold, mem0, spk0, mems, spks)
     ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
@@ -285,39 +278,27 @@ def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset,
 
 
 def _lif_backward_kernel(ctx, g_spk, g_mem):
-    """:meth:`_StochasticLIFSequence.backward` by :func:`~sbnn.functional._cpu_kernels.lif_backward`.
+    """:meth:`_StochasticLIFSequence.backward` by the ``lif_theta`` and ``lif_backward`` kernels.
 
     ``θ`` is rebuilt by a kernel, the estimator's factor is computed by torch for all steps at
     once (so every estimator works unchanged), then one kernel runs the adjoint recurrence and
     every per-element gradient.
     """
-    kernels = ctx.kernels
+    ops = _kernel_module
     scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
     reset, detach = ctx.reset, ctx.detach_reset or ctx.reset == "none"
     needs = ctx.needs_input_grad
     shape, step = mems.shape, mems.shape[1:]
-    scale_, eps_, mems_, spks_ = (_as_rows(x, shape) for x in (scale, eps, mems, spks))
-    beta_, thr_ = _as_units(beta, step), _as_units(threshold, step)
-    one = mems_.dtype.type(1)
-    theta = torch.empty(shape, dtype=mems.dtype)
-    kernels.lif_theta(mems_, scale_, eps_, thr_, one, _as_rows(theta, shape))
-    factor = ctx.estimator.factor(theta, spks, eps, ctx.noise)
-    g_spk_ = _as_rows(g_spk, shape) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype)
-    g_ubar = torch.empty(shape, dtype=mems.dtype)
-    g_scale = torch.empty(shape, dtype=mems.dtype) if needs[1] else None
-    g_beta = torch.zeros(step.numel(), dtype=mems.dtype)
-    g_thr = torch.zeros(step.numel(), dtype=mems.dtype)
-    g_ubar_ = _as_rows(g_ubar, shape)
-    kernels.lif_backward(
-        g_spk_, mems_ if g_mem is None else _as_rows(g_mem, shape), g_mem is not None,
-        _as_rows(factor.to(mems.dtype), shape), scale_, eps_, _as_rows(theta, shape), mems_, spks_, beta_, thr_,
-        _as_units(mem0, step), _as_units(spk0, step), _RESET_CODES[reset], detach, one,
-        g_ubar_, g_ubar_ if g_scale is None else _as_rows(g_scale, shape), g_scale is not None,
-        g_beta.numpy(), g_thr.numpy(), needs[3], needs[4],
+    scale_, eps_, beta_, thr_ = scale.expand(shape), eps.expand(shape), beta.expand(step), threshold.expand(step)
+    theta = ops.lif_theta(mems, scale_, eps_, thr_)
+    factor = ctx.estimator.factor(theta, spks, eps, ctx.noise).to(mems.dtype).expand(shape)
+    g_ubar, g_scale, g_beta, g_thr = ops.lif_backward(
+        g_spk, g_mem, factor, scale_, eps_, theta, mems, spks, beta_, thr_, mem0.expand(step), spk0.expand(step),
+        _RESET_CODES[reset], detach, needs[1], needs[3], needs[4],
     )
-    g_scale = None if g_scale is None else g_scale.sum_to_size(scale.shape)
-    g_beta = g_beta.reshape(step).sum_to_size(beta.shape) if needs[3] else None
-    g_thr = g_thr.reshape(step).sum_to_size(threshold.shape) if needs[4] else None
+    g_scale = g_scale.sum_to_size(scale.shape) if needs[1] else None
+    g_beta = g_beta.sum_to_size(beta.shape) if needs[3] else None
+    g_thr = g_thr.sum_to_size(threshold.shape) if needs[4] else None
     g_mem0 = g_spk0 = None
     if needs[5]:
         g_mem0 = ((beta * (1.0 - spk0) if reset == "zero" else beta) * g_ubar[0]).sum_to_size(mem0.shape)
@@ -326,71 +307,54 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
     return g_ubar if needs[0] else None, g_scale, None, g_beta, g_thr, g_mem0, g_spk0, None, None, None, None
 
 
-def _marginal_kernels_for(mu: Tensor, var, b, eps, beta, threshold, mem0, var0, spk0, reset: str):
-    """The kernel module when :class:`_MarginalSequence`'s forward loop can run there, else ``None``.
+def _marginal_kernels_apply(mu: Tensor, var, b, eps, beta, threshold, mem0, var0, spk0, reset: str) -> bool:
+    """Whether :class:`_MarginalSequence`'s loops can run as the kernel operators.
 
     Not for the zero reset: there the scale ``√V`` sits inside the recurrence, and torch's
     vectorised ``sqrt`` is not always the correctly rounded one a kernel computes (1 ulp apart,
     measured in float64), which could flip a spike.
     """
     if reset == "zero":
-        return None
+        return False
     if _cpu_kernels_for(mu, mu, eps, beta, threshold, mem0, spk0) is None:
-        return None
+        return False
     for x, seq in ((var, True), (b, False), (var0, False)):
         if x is None:
             continue
         if x.device.type != "cpu" or x.dtype != mu.dtype:
-            return None
+            return False
         try:
             if seq and torch.broadcast_shapes(x.shape, mu.shape) != mu.shape:
-                return None
+                return False
             if not seq and x is var0 and torch.broadcast_shapes(x.shape, mu.shape[1:]) != mu.shape[1:]:
-                return None
+                return False
         except RuntimeError:
-            return None
-    return _kernel_module or None
+            return False
+    return True
 
 
-def _marginal_forward_kernel(
-    kernels, mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa
-):
+def _marginal_forward_kernel(mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa):
     """:class:`_MarginalSequence`'s forward loops by the kernels (subtract or no reset).
 
     The variance recurrence runs on its compact shape, the scale ``κ√(V + b)`` is torch's (as in
     the torch loop), then the mean and spike recurrence runs on every unit: the same operations,
     element by element, as the torch loops. Returns ``(spks, thetas, means, variances, scales)``.
     """
-    shape, step, n_steps = mu.shape, mu.shape[1:], mu.shape[0]
-    spks, thetas, means = (torch.empty(shape, dtype=mu.dtype) for _ in range(3))
+    step, n_steps = mu.shape[1:], mu.shape[0]
     vshape = torch.broadcast_shapes(var0.shape, beta.shape, () if var is None else var.shape[1:])
     vshape = torch.Size((1,) * (mu.dim() - 1 - len(vshape)) + tuple(vshape))  # aligned with a step's [B, ...]
-    vrows = torch.Size((n_steps, *vshape))
-    variances = torch.empty(vrows, dtype=mu.dtype)
-    mu_ = _as_rows(mu, shape)
-    kernels.marginal_variance(
-        mu_ if var is None else _as_rows(var, vrows), var is not None,  # mu_ stands in for an absent var
-        _as_units(beta2, vshape), _as_units(var0, vshape), mu_.dtype.type(floor), _as_rows(variances, vrows),
+    variances = _kernel_module.marginal_variance(
+        None if var is None else var.expand((n_steps, *vshape)), beta2.expand(vshape), var0.expand(vshape),
+        float(floor), n_steps,
     )
     scales = torch.sqrt(variances if b is None else variances + b)
     if kappa != 1.0:
         scales = scales * kappa
-    kernels.marginal_mean(
-        mu_, _as_rows(scales, shape), _as_rows(eps, shape), _as_units(beta, step), _as_units(reset_amount, step),
-        _as_units(threshold, step), _as_units(mem0, step), _as_units(spk0, step), reset == "subtract",
-        _as_rows(means, shape), _as_rows(thetas, shape), _as_rows(spks, shape),
+    spks, thetas, means = _kernel_module.marginal_mean(
+        mu, scales.expand(mu.shape), eps.expand(mu.shape), beta.expand(step), reset_amount.expand(step),
+        threshold.expand(step), mem0.expand(step), spk0.expand(step), reset == "subtract",
     )
     return spks, thetas, means, variances, scales
-
-
-def _reverse_recurrence_kernel(kernels, d: Tensor, coeff: Tensor, per_step: bool, carry: Tensor, out: Tensor) -> None:
-    """``out[t] = d[t] + coeff[t + 1]·out[t + 1]`` from ``out[T − 1] = d[T − 1] + carry``, written into ``out``.
-
-    ``coeff`` is ``[T, ...]`` (``per_step``) or broadcasts to one step; ``out`` is contiguous, shaped like ``d``.
-    """
-    shape, step = d.shape, d.shape[1:]
-    coeff_rows = _as_rows(coeff, shape) if per_step else _as_units(coeff, step).reshape(1, step.numel())
-    kernels.reverse_recurrence(_as_rows(d, shape), coeff_rows, per_step, _as_units(carry, step), _as_rows(out, shape))
 
 
 def _marginal_sequence(
@@ -477,10 +441,10 @@ class _MarginalSequence(torch.autograd.Function):
         n_steps = mu.shape[0]
         spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
         mean, prev = mem0, spk0
-        kernels = ctx.kernels = _marginal_kernels_for(mu, var, b, eps, beta, threshold, mem0, var0, spk0, reset)
-        if kernels is not None:
+        ctx.on_kernels = _marginal_kernels_apply(mu, var, b, eps, beta, threshold, mem0, var0, spk0, reset)
+        if ctx.on_kernels:
             spks, thetas, means, variances, scales = _marginal_forward_kernel(
-                kernels, mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa
+                mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa
             )
         elif reset != "zero":
             # the variance does not depend on the spikes: all steps first, on its own (small) shape
@@ -555,25 +519,27 @@ class _MarginalSequence(torch.autograd.Function):
         def at(coeff: Tensor, t: int) -> Tensor:
             return coeff[t] if keep is not None else coeff
 
-        def reverse(d: Tensor, coeff: Tensor, carry: Tensor, out: Tensor) -> None:
-            """``out[t] = d[t] + coeff[t+1]·out[t+1]`` from ``out[T−1] = d[T−1] + carry``, into ``out``."""
-            if ctx.kernels is not None:
-                _reverse_recurrence_kernel(ctx.kernels, d, coeff, keep is not None, carry, out)
-                return
+        def reverse(d: Tensor, coeff: Tensor, carry: Tensor) -> Tensor:
+            """``out[t] = d[t] + coeff[t+1]·out[t+1]`` from ``out[T−1] = d[T−1] + carry``."""
+            step = d.shape[1:]
+            if ctx.on_kernels:
+                coeff = coeff.expand(d.shape) if keep is not None else coeff.expand(step)
+                return _kernel_module.reverse_recurrence(d, coeff, carry.expand(step))
+            out = torch.empty_like(d)
             carry = torch.add(d[-1], carry, out=out[-1])
             for t in range(n_steps - 2, -1, -1):
                 carry = torch.addcmul(d[t], at(coeff, t + 1), carry, out=out[t])
+            return out
 
-        g_m = torch.empty_like(spks)
-        g_v = torch.empty_like(variances)
         carry_m = torch.zeros_like(spks[0]) if g_mean_last is None else g_mean_last
         carry_v = torch.zeros_like(variances[0]) if g_var_last is None else g_var_last
         v_done = False
         if detach:
             g_s_total = g_spk
             d_m = g_spk * a if g_mem is None else torch.addcmul(g_mem, g_spk, a)
-            reverse(d_m, coeff_m, carry_m, g_m)
+            g_m = reverse(d_m, coeff_m, carry_m)
         elif reset == "subtract":
+            g_m = torch.empty_like(spks)
             g_s_total = torch.empty_like(spks)
             g_reset = torch.zeros_like(spks[0])  # S[t]'s adjoint through step t+1's reset
             neg_thr = -reset_amount
@@ -587,6 +553,7 @@ class _MarginalSequence(torch.autograd.Function):
                 carry_m = torch.addcmul(carry_m, gs_t, a[t], out=g_m[t])
                 g_reset = neg_thr * carry_m
         else:  # zero reset with gradient: S[t−1] restarts both M[t] and V[t]
+            g_m, g_v = torch.empty_like(spks), torch.empty_like(variances)
             g_s_total = torch.empty_like(spks)
             g_reset = torch.zeros_like(spks[0])
             g_mem_t = g_mem if g_mem is not None else torch.zeros_like(spks)
@@ -612,7 +579,7 @@ class _MarginalSequence(torch.autograd.Function):
         if g_scale is not None:
             g_s = g_s + g_scale
         if not v_done:
-            reverse((g_s * h).sum_to_size(variances.shape), coeff_v, carry_v, g_v)
+            g_v = reverse((g_s * h).sum_to_size(variances.shape), coeff_v, carry_v)
         g_mu = g_m if needs[0] else None
         g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
         g_b = (g_s * h).sum_to_size(b.shape) if needs[2] else None

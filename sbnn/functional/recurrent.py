@@ -42,44 +42,114 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._operators import operator
 from .neurons import StochasticLIFParameters
 
 __all__ = ["recurrent_lif_sequence"]
 
 
+@operator("recurrent_lif_forward")
+def _forward_loop(
+    mu: Tensor, var: Tensor, eps: Tensor, weight: Tensor, beta: Tensor, threshold: Tensor, reset: str, floor: float,
+    kappa: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(S, θ, s)`` ``[T, B, H]``: the forward recursion, into buffers allocated once."""
+    steps, batch, hidden = mu.shape
+    spikes = mu.new_empty(steps, batch, hidden)
+    theta = mu.new_empty(steps, batch, hidden)
+    scale = mu.new_empty(steps, batch, hidden)
+    rec = mu.new_empty(batch, 2 * hidden)
+    ubar = mu.new_empty(batch, hidden)
+    mem = mu.new_zeros(batch, hidden)
+    fire = torch.zeros(batch, hidden, dtype=torch.bool, device=mu.device)
+    weight_t = weight.t()
+    neg_threshold = -threshold
+    for t in range(steps):
+        if t == 0:  # S[−1] = 0: no recurrent input
+            ubar.copy_(mu[0])
+            scale[0].copy_(var[0])
+        else:
+            torch.mm(spikes[t - 1], weight_t, out=rec)
+            torch.add(mu[t], rec[:, :hidden], out=ubar)
+            torch.add(var[t], rec[:, hidden:], out=scale[t])
+        if reset == "zero":
+            mem.masked_fill_(fire, 0.0)  # β U[t−1] (1 − S[t−1])
+        ubar.addcmul_(mem, beta)
+        if reset == "subtract" and t > 0:
+            ubar.addcmul_(spikes[t - 1], neg_threshold)
+        scale[t].add_(floor).sqrt_().mul_(kappa)
+        torch.addcmul(ubar, scale[t], eps[t], out=mem)
+        torch.ge(mem, threshold, out=fire)
+        spikes[t].copy_(fire)
+        torch.sub(ubar, threshold, out=theta[t]).div_(scale[t])
+    return spikes, theta, scale
+
+
+@_forward_loop.register_fake
+def _(mu, var, eps, weight, beta, threshold, reset, floor, kappa):
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+
+
+@operator("recurrent_lif_backward")
+def _backward_loop(
+    g_spk: Tensor, factor_s: Tensor, theta: Tensor, scale: Tensor, eps: Tensor, spikes: Tensor, weight: Tensor,
+    beta: Tensor, threshold: Tensor, reset: str, detach: bool, k: float, half_k2: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(g_Ū, g_v, gθ/s)`` ``[T, B, H]``: the adjoint recursion (module docstring); ``factor_s`` is ``f/s``."""
+    steps, batch, hidden = theta.shape
+    coeff = beta * (1.0 - spikes) if reset == "zero" else beta.expand(batch, hidden)
+    g_ubar, g_var = theta.new_empty(steps, batch, hidden), theta.new_empty(steps, batch, hidden)
+    if detach and k == 0.0:
+        g_theta_s = g_spk * factor_s
+        carry = None
+        for t in range(steps - 1, -1, -1):
+            if carry is None:
+                carry = g_ubar[t].copy_(g_theta_s[t])
+            else:
+                c = coeff[t] if reset == "zero" else coeff
+                carry = torch.addcmul(g_theta_s[t], c, carry, out=g_ubar[t])
+        g_mem = g_ubar - g_theta_s
+        torch.mul(g_mem.mul_(eps).sub_(g_theta_s * theta).mul_(half_k2), scale.reciprocal(), out=g_var)
+        return g_ubar, g_var, g_theta_s
+    g_theta_s = torch.empty_like(theta)
+    g_s = theta.new_empty(batch, hidden)
+    g_u = theta.new_zeros(batch, hidden)
+    back = theta.new_empty(batch, hidden)
+    w_mean, w_var = weight[:hidden], weight[hidden:]
+    membrane = threshold + scale * (theta + eps) if (reset == "zero" and not detach) else None
+    for t in range(steps - 1, -1, -1):
+        g_s.copy_(g_spk[t])
+        if t < steps - 1:
+            nxt_ubar, nxt_var = g_ubar[t + 1], g_var[t + 1]
+            torch.mul(nxt_ubar, coeff[t] if reset == "zero" else coeff, out=g_u)
+            if k != 0.0:
+                g_s.addmm_(nxt_ubar, w_mean, alpha=k)
+                torch.mm(nxt_var, w_var, out=back)
+                g_s.addcmul_(back, spikes[t], value=2.0 * k)
+            if not detach:
+                if reset == "subtract":
+                    g_s.addcmul_(nxt_ubar, threshold, value=-1.0)
+                else:  # zero
+                    g_s.addcmul_(nxt_ubar, beta * membrane[t], value=-1.0)
+        torch.mul(g_s, factor_s[t], out=g_theta_s[t])
+        torch.add(g_u, g_theta_s[t], out=g_ubar[t])
+        torch.mul(g_u, eps[t], out=g_var[t])
+        g_var[t].addcmul_(g_theta_s[t], theta[t], value=-1.0).mul_(half_k2).div_(scale[t])
+    return g_ubar, g_var, g_theta_s
+
+
+@_backward_loop.register_fake
+def _(g_spk, factor_s, theta, scale, eps, spikes, weight, beta, threshold, reset, detach, k, half_k2):
+    return theta.new_empty(theta.shape), theta.new_empty(theta.shape), theta.new_empty(theta.shape)
+
+
 class _RecurrentLIFSequence(torch.autograd.Function):
-    """Forward loop into preallocated buffers; hand-written backward (see the module docstring)."""
+    """The two loops as operators (one opaque node each under ``torch.compile``); the estimator's
+    factor and the parameter gradients, computed for all steps at once, around them."""
 
     @staticmethod
     def forward(ctx: Any, mu, var, eps, weight, beta, threshold, reset, detach_reset, spike_grad, floor, kappa, estimator, noise):
-        steps, batch, hidden = mu.shape
-        spikes = mu.new_empty(steps, batch, hidden)
-        theta = mu.new_empty(steps, batch, hidden)
-        scale = mu.new_empty(steps, batch, hidden)
-        rec = mu.new_empty(batch, 2 * hidden)
-        ubar = mu.new_empty(batch, hidden)
-        mem = mu.new_zeros(batch, hidden)
-        fire = torch.zeros(batch, hidden, dtype=torch.bool, device=mu.device)
-        weight_t = weight.t()
-        neg_threshold = -threshold
-        for t in range(steps):
-            if t == 0:  # S[−1] = 0: no recurrent input
-                ubar.copy_(mu[0])
-                scale[0].copy_(var[0])
-            else:
-                torch.mm(spikes[t - 1], weight_t, out=rec)
-                torch.add(mu[t], rec[:, :hidden], out=ubar)
-                torch.add(var[t], rec[:, hidden:], out=scale[t])
-            if reset == "zero":
-                mem.masked_fill_(fire, 0.0)  # β U[t−1] (1 − S[t−1])
-            ubar.addcmul_(mem, beta)
-            if reset == "subtract" and t > 0:
-                ubar.addcmul_(spikes[t - 1], neg_threshold)
-            scale[t].add_(floor).sqrt_().mul_(kappa)
-            torch.addcmul(ubar, scale[t], eps[t], out=mem)
-            torch.ge(mem, threshold, out=fire)
-            spikes[t].copy_(fire)
-            torch.sub(ubar, threshold, out=theta[t]).div_(scale[t])
+        spikes, theta, scale = _forward_loop(mu, var, eps, weight, beta, threshold, reset, float(floor), float(kappa))
         ctx.save_for_backward(theta, scale, eps, spikes, weight, beta, threshold)
         ctx.reset, ctx.detach = reset, detach_reset or reset == "none"
         ctx.spike_grad, ctx.kappa, ctx.estimator, ctx.noise = spike_grad, kappa, estimator, noise
@@ -93,57 +163,18 @@ class _RecurrentLIFSequence(torch.autograd.Function):
         none = (None,) * 9
         if g_spk is None:
             return (None,) * 13
-        steps, batch, hidden = theta.shape
-        reset, detach, k = ctx.reset, ctx.detach, ctx.spike_grad
-        half_k2 = 0.5 * ctx.kappa**2
+        hidden = theta.shape[-1]
+        reset = ctx.reset
         # f/s, the spike's derivative per unit of gθ/s
         factor_s = ctx.estimator.factor(theta, spikes, eps, ctx.noise).div_(scale)
-        coeff = beta * (1.0 - spikes) if reset == "zero" else beta.expand(batch, hidden)
-        # contiguous buffers (torch.compile traces no out= into a strided view)
-        g_ubar, g_var = theta.new_empty(steps, batch, hidden), theta.new_empty(steps, batch, hidden)
-        if detach and k == 0.0:
-            g_theta_s = g_spk * factor_s
-            carry = None
-            for t in range(steps - 1, -1, -1):
-                if carry is None:
-                    carry = g_ubar[t].copy_(g_theta_s[t])
-                else:
-                    c = coeff[t] if reset == "zero" else coeff
-                    carry = torch.addcmul(g_theta_s[t], c, carry, out=g_ubar[t])
-            g_mem = g_ubar - g_theta_s
-            torch.mul(g_mem.mul_(eps).sub_(g_theta_s * theta).mul_(half_k2), scale.reciprocal(), out=g_var)
-            del g_mem
-        else:
-            g_theta_s = torch.empty_like(theta)
-            g_s = theta.new_empty(batch, hidden)
-            g_u = theta.new_zeros(batch, hidden)
-            back = theta.new_empty(batch, hidden)
-            w_mean, w_var = weight[:hidden], weight[hidden:]
-            membrane = threshold + scale * (theta + eps) if (reset == "zero" and not detach) else None
-            for t in range(steps - 1, -1, -1):
-                g_s.copy_(g_spk[t])
-                if t < steps - 1:
-                    nxt_ubar, nxt_var = g_ubar[t + 1], g_var[t + 1]
-                    torch.mul(nxt_ubar, coeff[t] if reset == "zero" else coeff, out=g_u)
-                    if k != 0.0:
-                        g_s.addmm_(nxt_ubar, w_mean, alpha=k)
-                        torch.mm(nxt_var, w_var, out=back)
-                        g_s.addcmul_(back, spikes[t], value=2.0 * k)
-                    if not detach:
-                        if reset == "subtract":
-                            g_s.addcmul_(nxt_ubar, threshold, value=-1.0)
-                        else:  # zero
-                            g_s.addcmul_(nxt_ubar, beta * membrane[t], value=-1.0)
-                torch.mul(g_s, factor_s[t], out=g_theta_s[t])
-                torch.add(g_u, g_theta_s[t], out=g_ubar[t])
-                torch.mul(g_u, eps[t], out=g_var[t])
-                g_var[t].addcmul_(g_theta_s[t], theta[t], value=-1.0).mul_(half_k2).div_(scale[t])
+        g_ubar, g_var, g_theta_s = _backward_loop(
+            g_spk, factor_s, theta, scale, eps, spikes, weight, beta, threshold, reset, ctx.detach,
+            float(ctx.spike_grad), 0.5 * ctx.kappa**2,
+        )
         g_weight = g_beta = g_threshold = None
         if needs[3]:
             prev = spikes[:-1].reshape(-1, hidden)
-            g_weight = theta.new_empty(2 * hidden, hidden)
-            torch.mm(g_ubar[1:].reshape(-1, hidden).t(), prev, out=g_weight[:hidden])
-            torch.mm(g_var[1:].reshape(-1, hidden).t(), prev, out=g_weight[hidden:])
+            g_weight = torch.cat([g_ubar[1:].reshape(-1, hidden).t() @ prev, g_var[1:].reshape(-1, hidden).t() @ prev])
         if needs[4]:
             prev_mem = threshold + scale[:-1] * (theta[:-1] + eps[:-1])
             if reset == "zero":
@@ -152,7 +183,7 @@ class _RecurrentLIFSequence(torch.autograd.Function):
         if needs[5]:
             g_thr = -g_theta_s
             if reset == "subtract":
-                g_thr[1:] -= g_ubar[1:] * spikes[:-1]
+                g_thr = torch.cat([g_thr[:1], g_thr[1:] - g_ubar[1:] * spikes[:-1]])
             g_threshold = g_thr.sum_to_size(threshold.shape)
         return (
             g_ubar if needs[0] else None,

@@ -96,6 +96,14 @@ class SpikingClassificationTask(SpikingTask):
             ``"current"`` (each step's input current over that step's noise: their SHD form).
         snr_sigma_b_weight: how many times ``σ_b²`` enters the noise of the SNR term (their SHD
             code counts it twice: 2.0).
+        compile: run the training step's forward pass and ELBO loss under ``torch.compile`` (the
+            backward by AOTAutograd; torch's own random draws, ``fallback_random``, so the noise
+            is eager mode's). The neuron's time loops stay one opaque operator each on the CPU
+            (:mod:`sbnn.functional.neurons`); the compiler fuses the elementwise work around them.
+            Measured on the CPU (``benchmarks/README.md``): it pays above about 10 % input spikes
+            and on dense inputs; on sparser spikes eager's event-driven first layer is faster
+            (compiled code stays dense). The first step compiles (tens of seconds). Not with
+            ``aux_weight > 0``: the auxiliary loss attaches its drive hooks for each step.
     """
 
     def __init__(
@@ -119,6 +127,7 @@ class SpikingClassificationTask(SpikingTask):
         snr_reduction: Literal["mean", "sum"] = "mean",
         snr_signal: Literal["membrane", "current"] = "membrane",
         snr_sigma_b_weight: NonNegativeFloat = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__(network)
         if sigma_lr is not None:
@@ -145,12 +154,20 @@ class SpikingClassificationTask(SpikingTask):
         check_choice("snr_reduction", snr_reduction, SNR_REDUCTIONS)
         check_choice("snr_signal", snr_signal, SNR_SIGNALS)
         check_in_range("snr_sigma_b_weight", snr_sigma_b_weight, 0.0)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
+        if compile and aux_weight > 0:
+            raise ValueError(
+                f"compile=True with aux_weight={aux_weight}: the auxiliary loss attaches drive hooks for each step, "
+                "which a compiled step cannot follow; set aux_weight: 0 or compile: false"
+            )
         if aux_weight > 0 and aux_fn is None:
             aux_fn = SNRLoss(snr_reduction, snr_signal, snr_sigma_b_weight) if aux_loss == "snr" else BiasProxyLoss()
         self.save_hyperparameters(ignore=["network", "aux_fn"])
         self.aux_fn = aux_fn
         self.loss_fn: ELBOLoss | None = None
         self._epoch_spikes = 0.0
+        self._compiled_terms = None  # the compiled forward + loss, built on the first compiled step
 
     # -- setup -------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -197,8 +214,12 @@ class SpikingClassificationTask(SpikingTask):
         x = self.cast(x)
         loss_fn = self.loss_fn if self.loss_fn is not None else self._make_loss()
         with _drives_recorded(self.network, self.aux_fn, self.hparams.aux_weight > 0), evaluation(self.network, "sample"):
-            logits, spikes = self._forward_with_spikes(x)
-            terms = loss_fn(logits, y, self.network)
+            if self.hparams.get("compile"):
+                if self._compiled_terms is None:
+                    self._compiled_terms = torch.compile(self._terms, options={"fallback_random": True})
+                logits, spikes, terms = self._compiled_terms(x, y, loss_fn)
+            else:
+                logits, spikes, terms = self._terms(x, y, loss_fn)
         loss = terms.loss
         b = y.shape[0]
         if self._in_mode_finetune():
@@ -219,6 +240,11 @@ class SpikingClassificationTask(SpikingTask):
         else:
             self._epoch_spikes = float("nan")  # no spikes to count: no silence warning
         return loss
+
+    def _terms(self, x: Tensor, y: Tensor, loss_fn: ELBOLoss) -> tuple[Tensor, list[Tensor], Any]:
+        """``(logits, spikes, loss terms)`` of one training batch: what ``compile`` compiles."""
+        logits, spikes = self._forward_with_spikes(x)
+        return logits, spikes, loss_fn(logits, y, self.network)
 
     def _forward_with_spikes(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         if hasattr(self.network, "forward_with_spikes"):

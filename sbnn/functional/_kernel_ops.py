@@ -1,0 +1,160 @@
+"""The Numba CPU kernels of the neuron nodes as torch operators (``torch.ops.sbnn.*``).
+
+Private: the autograd nodes of :mod:`sbnn.functional.neurons` call these on CPU tensors of
+float32/float64 after checking the shapes (``neurons._cpu_kernels_for``). Each operator takes
+tensors already broadcast where the kernel needs them (sequences ``[T, ...]``, per-step constants
+to one step's shape) and returns new tensors; the kernels, their layout and their arithmetic are
+documented in :mod:`sbnn.functional._cpu_kernels`.
+
+Registered as operators (:mod:`sbnn.functional._operators`) so that ``torch.compile`` keeps each
+loop as one opaque node, fusing the elementwise work around it (the LRT scale, the estimator
+factors, the loss). On torch < 2.4 the functions are plain Python and
+the nodes take the torch loops while compiling.
+"""
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _cpu_kernels as kernels
+from ._operators import operator
+
+
+def _empty(x: Tensor) -> Tensor:
+    """A new C-contiguous tensor shaped like ``x`` (``empty_like`` keeps a permuted input's strides)."""
+    return x.new_empty(x.shape)
+
+
+def _rows(x: Tensor):
+    """A ``[T, ...]`` tensor as a C-contiguous ``[T, N]`` NumPy array (a view when it can)."""
+    return x.detach().contiguous().reshape(x.shape[0], -1).numpy()
+
+
+def _units(x: Tensor):
+    """A one-step tensor as a C-contiguous ``[N]`` NumPy array."""
+    return x.detach().contiguous().reshape(-1).numpy()
+
+
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _one(x: Tensor):
+    """1 in the dtype of ``x`` as a NumPy scalar (the kernels' ``one``)."""
+    return _NUMPY_FLOATS[x.dtype](1)
+
+
+@operator("lif_forward", device_types="cpu")
+def lif_forward(
+    mu: Tensor, scale: Tensor, eps: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor, reset: int
+) -> tuple[Tensor, Tensor]:
+    """``(spks, mems)`` ``[T, ...]`` of the pathwise recurrence; every input but ``reset`` shaped as ``mu`` or one step."""
+    spks, mems = _empty(mu), _empty(mu)
+    kernels.lif_forward(
+        _rows(mu), _rows(scale), _rows(eps), _units(beta), _units(threshold), _units(mem0), _units(spk0), reset,
+        _rows(mems), _rows(spks),
+    )
+    return spks, mems
+
+
+@lif_forward.register_fake
+def _(mu, scale, eps, beta, threshold, mem0, spk0, reset):
+    return _empty(mu), _empty(mu)
+
+
+@operator("lif_theta", device_types="cpu")
+def lif_theta(mems: Tensor, scale: Tensor, eps: Tensor, threshold: Tensor) -> Tensor:
+    """``θ = (U − scale·ε − ϑ)·(1/scale)`` ``[T, ...]``."""
+    theta = _empty(mems)
+    kernels.lif_theta(_rows(mems), _rows(scale), _rows(eps), _units(threshold), _one(mems), _rows(theta))
+    return theta
+
+
+@lif_theta.register_fake
+def _(mems, scale, eps, threshold):
+    return _empty(mems)
+
+
+@operator("lif_backward", device_types="cpu")
+def lif_backward(
+    g_spk: Optional[Tensor], g_mem: Optional[Tensor], factor: Tensor, scale: Tensor, eps: Tensor, theta: Tensor,
+    mems: Tensor, spks: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor,
+    reset: int, detach: bool, want_scale: bool, want_beta: bool, want_threshold: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(gŪ, g_scale, g_beta, g_threshold)``: ``[T, ...]``, ``[T, ...]`` (``[0]`` unless ``want_scale``), one step, one step.
+
+    ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
+    """
+    g_ubar = _empty(mems)
+    g_scale = _empty(mems) if want_scale else mems.new_empty(0)
+    g_beta, g_threshold = mems.new_zeros(mems.shape[1:]), mems.new_zeros(mems.shape[1:])
+    mems_, g_ubar_ = _rows(mems), _rows(g_ubar)
+    kernels.lif_backward(
+        _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
+        mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
+        _rows(factor), _rows(scale), _rows(eps), _rows(theta), mems_, _rows(spks), _units(beta), _units(threshold),
+        _units(mem0), _units(spk0), reset, detach, _one(mems),
+        g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
+        _units(g_beta), _units(g_threshold), want_beta, want_threshold,
+    )
+    return g_ubar, g_scale, g_beta, g_threshold
+
+
+@lif_backward.register_fake
+def _(g_spk, g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0, reset, detach, want_scale, want_beta, want_threshold):
+    g_scale = _empty(mems) if want_scale else mems.new_empty(0)
+    return _empty(mems), g_scale, mems.new_empty(mems.shape[1:]), mems.new_empty(mems.shape[1:])
+
+
+@operator("marginal_variance", device_types="cpu")
+def marginal_variance(var: Optional[Tensor], beta2: Tensor, var0: Tensor, floor: float, n_steps: int) -> Tensor:
+    """``V[t] = (β²V[t−1] + v[t]) + f`` ``[T, ...]`` on the shape of ``var0`` (``var`` ``[T, ...]`` of that shape, or none)."""
+    out = var0.new_empty((n_steps, *var0.shape))
+    out_ = _rows(out)
+    kernels.marginal_variance(
+        out_ if var is None else _rows(var), var is not None, _units(beta2), _units(var0), out_.dtype.type(floor), out_
+    )
+    return out
+
+
+@marginal_variance.register_fake
+def _(var, beta2, var0, floor, n_steps):
+    return var0.new_empty((n_steps, *var0.shape))
+
+
+@operator("marginal_mean", device_types="cpu")
+def marginal_mean(
+    mu: Tensor, scales: Tensor, eps: Tensor, beta: Tensor, reset_amount: Tensor, threshold: Tensor,
+    mem0: Tensor, spk0: Tensor, subtract: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(spks, thetas, means)`` ``[T, ...]`` of the marginal mean recurrence (subtract or no reset)."""
+    spks, thetas, means = _empty(mu), _empty(mu), _empty(mu)
+    kernels.marginal_mean(
+        _rows(mu), _rows(scales), _rows(eps), _units(beta), _units(reset_amount), _units(threshold),
+        _units(mem0), _units(spk0), subtract, _rows(means), _rows(thetas), _rows(spks),
+    )
+    return spks, thetas, means
+
+
+@marginal_mean.register_fake
+def _(mu, scales, eps, beta, reset_amount, threshold, mem0, spk0, subtract):
+    return _empty(mu), _empty(mu), _empty(mu)
+
+
+@operator("reverse_recurrence", device_types="cpu")
+def reverse_recurrence(d: Tensor, coeff: Tensor, carry: Tensor) -> Tensor:
+    """``out[t] = d[t] + coeff[t + 1]·out[t + 1]`` from ``out[T − 1] = d[T − 1] + carry``.
+
+    ``d`` ``[T, ...]``; ``coeff`` ``[T, ...]`` or one step's shape; ``carry`` one step's shape.
+    """
+    out = _empty(d)
+    per_step = coeff.dim() == d.dim()
+    coeff_ = _rows(coeff) if per_step else _units(coeff).reshape(1, -1)
+    kernels.reverse_recurrence(_rows(d), coeff_, per_step, _units(carry), _rows(out))
+    return out
+
+
+@reverse_recurrence.register_fake
+def _(d, coeff, carry):
+    return _empty(d)
