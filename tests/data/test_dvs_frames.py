@@ -11,6 +11,7 @@ import torch
 
 from sbnn.data import DataMissingError, DVSGestureFramesDataModule
 from sbnn.data._fixtures import write_dvs_frames
+from sbnn.data.dvs_frames import random_shift
 
 
 def _files(root: Path) -> set[Path]:
@@ -149,3 +150,37 @@ def test_missing_root_and_bad_arguments(tmp_path):
 def test_too_many_time_bins(folder):
     with pytest.raises(ValueError, match="n_time_bins=7 exceeds the folder's 6 frames"):
         DVSGestureFramesDataModule(root=str(folder), n_time_bins=7, cache=False).setup()
+
+
+def test_random_shift_translates_each_sample_by_its_own_draw():
+    x = torch.zeros(3, 4, 2, 9, 9)
+    x[:, :, 0, 4, 4] = torch.arange(1.0, 4.0).reshape(3, 1)  # one pixel per sample, every frame
+    x[:, 3, 1, 0, 0] = 7.0  # sample 3: a corner pixel as well
+    draws = torch.randint(-2, 3, (4, 2), generator=torch.Generator().manual_seed(5))
+    out = random_shift(x, 2, generator=torch.Generator().manual_seed(5))
+    for b, (dy, dx) in enumerate(draws.tolist()):
+        expected = torch.zeros(3, 2, 9, 9)
+        expected[:, 0, 4 + dy, 4 + dx] = torch.arange(1.0, 4.0)  # the same shift in every frame
+        if b == 3 and dy >= 0 and dx >= 0:
+            expected[:, 1, dy, dx] = 7.0  # moved into view; a negative shift moves it out
+        torch.testing.assert_close(out[:, b], expected, rtol=0, atol=0)
+    assert random_shift(x, 0) is x
+
+
+def test_max_shift_augments_training_batches_only(folder):
+    plain = DVSGestureFramesDataModule(root=str(folder), n_time_bins=3, batch_size=8, cache=False)
+    shifted = DVSGestureFramesDataModule(root=str(folder), n_time_bins=3, batch_size=8, cache=False, max_shift=3)
+    plain.setup()
+    shifted.setup()
+    for split in ("val", "test"):
+        a, b = next(iter(getattr(plain, f"{split}_dataloader")())), next(iter(getattr(shifted, f"{split}_dataloader")()))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(0)
+    xa, ya = next(iter(plain.train_dataloader()))
+    torch.manual_seed(0)
+    xb, yb = next(iter(shifted.train_dataloader()))
+    assert torch.equal(ya, yb) and xb.shape == xa.shape
+    assert not torch.equal(xa, xb)
+    assert float(xb.sum()) <= float(xa.sum())  # shifted, never created: only pixels moved out are lost
+    with pytest.raises(ValueError, match="max_shift=32"):
+        DVSGestureFramesDataModule(root=str(folder), max_shift=32)

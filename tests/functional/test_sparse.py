@@ -34,6 +34,30 @@ def test_spike_indices_by_hand():
     torch.testing.assert_close(idx.to_dense(), x, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.int64, torch.uint8]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "empty"])
+def test_spike_indices_equal_torch_nonzero(gen, dtype, layout):
+    """The NumPy scan (CPU dtypes NumPy has) and the torch path (bfloat16) give torch.nonzero's indices."""
+    x = _spikes(gen, (7, 5, 13), 0.2, torch.float64)
+    x[2] = 0.0  # empty rows
+    x[3, 1, 4] = -0.0  # a negative zero is no spike
+    if layout == "transposed":
+        x = x.transpose(0, 1)  # not contiguous
+    elif layout == "empty":
+        x = x[:0]
+    x = x.to(dtype)
+    idx = spike_indices(x)
+    flat = x.reshape(-1, 13)
+    rows, cols = flat.nonzero().t()
+    assert idx.rows.dtype == idx.cols.dtype == idx.offsets.dtype == torch.int64
+    assert idx.rows.tolist() == rows.tolist() and idx.cols.tolist() == cols.tolist()
+    counts = torch.bincount(rows, minlength=flat.shape[0])
+    assert idx.offsets.tolist() == (torch.cumsum(counts, 0) - counts).tolist()
+    assert idx.shape == tuple(x.shape)
+
+
 def test_gather_sum_by_hand_with_an_empty_row():
     x = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     table = torch.tensor([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0]])
