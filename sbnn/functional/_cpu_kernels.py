@@ -1,8 +1,9 @@
 """Private Numba CPU kernels of the pathwise stochastic-LIF sequence (forward loop and BPTT).
 
-The autograd node :class:`sbnn.functional.neurons._StochasticLIFSequence` calls these on CPU
-tensors of float32/float64 instead of its per-step torch loop; the torch path stays the
-reference (and the path on every other device and under ``torch.compile``).
+The autograd nodes of :mod:`sbnn.functional.neurons` call these on CPU tensors of
+float32/float64 instead of their per-step torch loops, through the torch operators of
+:mod:`sbnn.functional._kernel_ops` (opaque to ``torch.compile``); the torch path stays the
+reference (and the path on every other device).
 
 Conventions shared by every kernel:
 

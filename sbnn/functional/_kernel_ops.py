@@ -102,7 +102,10 @@ def lif_backward(
 
 
 @lif_backward.register_fake
-def _(g_spk, g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0, reset, detach, want_scale, want_beta, want_threshold):
+def _(
+    g_spk, g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0, reset, detach,
+    want_scale, want_beta, want_threshold,
+):
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
     return _empty(mems), g_scale, mems.new_empty(mems.shape[1:]), mems.new_empty(mems.shape[1:])
 

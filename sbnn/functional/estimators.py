@@ -285,8 +285,9 @@ def _agr_gaussian_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, tau:
     r"""``φ(θ/c)/c · Φ(στθ/c)/Φ(σθ)`` with the CDF ratio formed directly (``c = √(1 + τ²)``).
 
     ``Φ(σθ)`` underflows only for an event of probability below ``finfo.tiny`` (``σθ < −13`` in
-    float32, ``< −37`` in float64): those elements, if any, take the log-space formula. On an accelerator and
-    under ``torch.compile`` that choice is made elementwise, with no host synchronisation. Equal to :func:`_agr_gaussian_factor_logspace`.
+    float32, ``< −37`` in float64): those elements, if any, take the log-space formula. On an
+    accelerator and under ``torch.compile`` that choice is made elementwise, with no host
+    synchronisation. Equal to :func:`_agr_gaussian_factor_logspace`.
     """
     c = math.sqrt(1.0 + tau**2)
     signed = theta * (2.0 * spikes - 1.0)
