@@ -21,7 +21,7 @@ import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
@@ -115,7 +115,11 @@ class SBNNCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.interrupted or self.trainer.state.status.value != "finished":
             return
-        results = self.trainer.test(self.model, datamodule=self.datamodule)
+        best = _monitored_best_checkpoint(self.trainer)
+        if best is not None and self.trainer.is_global_zero:
+            callback = self.trainer.checkpoint_callback
+            print(f"sbnn: testing the checkpoint of the best {callback.monitor} ({float(callback.best_model_score):.4f}): {best}")
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         if results and self.trainer.is_global_zero:
             r = results[0]
             parts = [f"{k.removeprefix('test_acc_')} {100 * v:.1f} %" for k, v in r.items() if k.startswith("test_acc_")]
@@ -230,6 +234,18 @@ def run_cli(args: ArgsType = None, *, exit_on_error: bool = True) -> SBNNCLI:
             parser_kwargs={"prog": PROG, "version": sbnn.__version__, "exit_on_error": exit_on_error},
             args=args,
         )
+
+
+def _monitored_best_checkpoint(trainer: Any) -> str | None:
+    """The best checkpoint's path when the run's ``ModelCheckpoint`` monitors a metric, else ``None``.
+
+    ``fit`` then tests that checkpoint (Lightning's ``ckpt_path="best"``), chosen on the
+    validation split; without a monitored metric it tests the network as training left it.
+    """
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "monitor", None) or not getattr(callback, "best_model_path", ""):
+        return None
+    return callback.best_model_path
 
 
 def main(args: ArgsType = None) -> int:

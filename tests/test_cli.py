@@ -144,3 +144,21 @@ def test_compiled_fit_through_the_cli(tmp_path, capsys):
     (log,) = tmp_path.rglob("metrics.csv")
     losses = [float(r["train_loss"]) for r in csv.DictReader(log.open()) if r.get("train_loss")]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_a_monitored_checkpoint_is_the_one_tested(tmp_path, capsys):
+    """With ``ModelCheckpoint(monitor=...)`` the fit tests the best checkpoint on validation, and says so."""
+    import yaml
+
+    config = yaml.safe_load((RECIPES / "quickstart.yaml").read_text())
+    (checkpoint,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    checkpoint["init_args"] = {"monitor": "val_acc_mode", "mode": "max", "save_last": True}
+    path = tmp_path / "monitored.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = run_cli(["fit", "--config", str(path), *_short(tmp_path), "--trainer.max_epochs", "3"])
+    out = capsys.readouterr().out
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert best and Path(best).name != "last.ckpt"
+    assert "sbnn: testing the checkpoint of the best val_acc_mode" in out and best in out
+    assert cli.trainer.ckpt_path == best  # what trainer.test loaded
+    assert "sbnn: final test accuracy" in out
