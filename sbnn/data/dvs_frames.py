@@ -5,8 +5,9 @@ each recording into ``T`` slices holding equal numbers of events and counts the 
 slice per polarity and pixel; the result is saved with ``np.savez_compressed(path, frames=...)``
 as float64 ``[T, 2, 128, 128]``. The frame folder published with the SBNN paper (Walker et al.
 2025, arXiv 2505.17962), ``DVSGC_frames_number_49_split_by_number``, holds ``T = 49`` frames per
-recording, the recordings of DVS128 Gesture's 29 training users split 80 / 20 by file name into
-``train`` (935) and ``validation`` (240), and its 288 ``test`` recordings.
+recording, the recordings of DVS128 Gesture's 23 training users split 80 / 20 by file name into
+``train`` (935; users 1–19) and ``validation`` (240; users 19–23), and its 288 ``test`` recordings
+(users 24–29).
 
 This module reads such a folder, checks it, sum-pools ``k × k`` pixel blocks (128 → 32 for
 ``k = 4``: the count of a pooled pixel is the number of events in its block), re-bins time
