@@ -34,7 +34,10 @@ same sbnn network with the event-driven gather path switched off, to show what i
 ``sbnn[<est>,indices]`` (``--indices``) the same network fed the input's spike indices
 (``SpikeIndices``, built once outside the timed step, as every variant's dense input is), what a
 data module with ``input_format="indices"`` hands it: the step then skips finding the active
-inputs in the dense tensor.
+inputs in the dense tensor. ``sbnn[<est>,compiled]`` (``--compile``) runs the loss (network and
+ELBO; the backward by AOTAutograd) under ``torch.compile`` with ``fallback_random`` (the first
+call, in the warm-up, compiles and prints its time); ``sbnn[<est>,marginal]`` (``--marginal``)
+uses the accumulated-variance membrane (compiled too with ``--compile``).
 
 ``--suite`` is the one command for the whole comparison: 700 → 256 → 20 at input spike rates
 3 % and 10 % and on dense real-valued inputs (uniform in [0, 1), ``binary_input=False``), at 1 and
@@ -57,6 +60,7 @@ Usage::
     python benchmarks/step_time.py --estimators st agr iwst
     python benchmarks/step_time.py --profile             # + per-op breakdown of the sbnn step
     python benchmarks/step_time.py --malloc keep         # freed memory stays in the heap
+    python benchmarks/step_time.py --compile --marginal --rate 0.03 0.1 --threads 1 --peers spikingjelly
 """
 
 from __future__ import annotations
@@ -330,10 +334,11 @@ def compiled(fn: Callable) -> Callable:
 
 def make_sbnn(
     args, x: Tensor, y: Tensor, estimator: str, *, binary: bool = True, dense_path: bool = False, indices: bool = False,
-    compile_: bool = False,
+    compile_: bool = False, membrane: str = "pathwise",
 ) -> Variant:
     # spike inputs: binary_input lets the first layer use x² = x (one matmul, or one gather)
-    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, binary_input=binary, neuron=NeuronSettings(estimator=estimator))
+    neuron = NeuronSettings(estimator=estimator, membrane_noise=membrane)
+    net = SpikingMLP(args.inputs, (args.hidden,), args.classes, binary_input=binary, neuron=neuron)
     net.calibrate(x)
     if dense_path:
         for layer in net.modules():
@@ -348,7 +353,8 @@ def make_sbnn(
         with torch.no_grad():
             return float(net.forward_with_spikes(x)[1][0].mean())
 
-    name = f"sbnn[{estimator}{',dense' if dense_path else ''}{',indices' if indices else ''}{',compiled' if compile_ else ''}]"
+    tags = [estimator, "dense" * dense_path, "indices" * indices, "marginal" * (membrane == "marginal"), "compiled" * compile_]
+    name = f"sbnn[{','.join(t for t in tags if t)}]"
 
     def loss(inp: Tensor, y: Tensor) -> Tensor:
         return criterion(net(inp), y, net).loss
@@ -588,6 +594,10 @@ def feedforward_variants(args, x: Tensor, y: Tensor, binary: bool, peers: list[s
         variants += [make_sbnn(args, x, y, est, binary=binary, dense_path=True) for est in args.estimators]
     if args.compile:
         variants += [make_sbnn(args, x, y, est, binary=binary, compile_=True) for est in args.estimators]
+    if args.marginal:
+        variants += [make_sbnn(args, x, y, est, binary=binary, membrane="marginal") for est in args.estimators]
+        if args.compile:
+            variants += [make_sbnn(args, x, y, est, binary=binary, membrane="marginal", compile_=True) for est in args.estimators]
     return variants + [make_peer(args, x, y, kind) for kind in peers]
 
 
@@ -622,6 +632,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time sbnn's loss (forward + loss; backward by AOTAutograd) under torch.compile "
                          "(sbnn[<est>,compiled]; the first call compiles, in the warm-up)")
+    ap.add_argument("--marginal", action="store_true",
+                    help="also time sbnn with the accumulated-variance membrane (sbnn[<est>,marginal]; compiled too with --compile)")
     ap.add_argument("--suite", action="store_true",
                     help="the whole comparison: rates 0.03 0.1 dense, threads 1 2, peers snntorch-batched spikingjelly "
                          "norse, --dense-path, and the recurrent SHD network")
