@@ -7,6 +7,7 @@ the loop runs as written. On torch < 2.4 (no ``custom_op``) :func:`operator` ret
 itself, and its callers compile their torch loops instead.
 """
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -15,16 +16,26 @@ HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 
 
 def operator(name: str, device_types: Optional[Sequence[str]] = None) -> Callable[[Callable], Callable]:
-    """``torch.library.custom_op("sbnn::<name>", mutates_args=())``, or the function itself on old torch.
+    """Register ``fn`` as ``torch.ops.sbnn.<name>`` (``custom_op``, ``mutates_args=()``) for ``torch.compile``.
 
-    The function must not modify its inputs and must return new tensors; register its fake
-    implementation with ``@fn.register_fake`` (a no-op on old torch).
+    The returned callable runs the operator while Dynamo traces and ``fn`` itself otherwise: the
+    same computation, without the dispatcher in eager mode (whose first call of a custom operator
+    imports ``torch._dynamo``, about 2 s per process, measured). ``fn`` must not modify its inputs
+    and must return new tensors; register its fake implementation with ``@fn.register_fake``
+    (a no-op on old torch, where the function is returned as it is).
     """
 
     def wrap(fn: Callable) -> Callable:
         if not HAS_CUSTOM_OP:
             fn.register_fake = lambda fake: fake  # type: ignore[attr-defined]
             return fn
-        return torch.library.custom_op(f"sbnn::{name}", mutates_args=(), device_types=device_types)(fn)
+        op = torch.library.custom_op(f"sbnn::{name}", mutates_args=(), device_types=device_types)(fn)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return op(*args, **kwargs) if torch.compiler.is_compiling() else fn(*args, **kwargs)
+
+        call.register_fake = op.register_fake  # type: ignore[attr-defined]
+        return call
 
     return wrap
