@@ -90,6 +90,7 @@ from sbnn.diagnostics import saved_for_backward_bytes
 from sbnn.functional.sparse import spike_indices
 from sbnn.layers import BernoulliLinear
 from sbnn.models import NeuronSettings, SpikingMLP, SpikingRecurrentNet
+from sbnn.runtime import compile_training
 
 N_TRAIN_SHD = 8156
 
@@ -311,13 +312,8 @@ def _adam_variant(name: str, net: nn.Module, loss_fn: Callable[[], Tensor], lr: 
 
 
 def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` with torch's own random draws (``fallback_random``), timing its first call.
-
-    Inductor's CPU replacement of ``torch.randn`` (a counter-based generator in generated code)
-    took most of a compiled sbnn step, measured; ``fallback_random`` keeps the draws of eager
-    mode, so a compiled step also samples the noise an eager one would from the same seed.
-    """
-    fn_c = torch.compile(fn, options={"fallback_random": True})
+    """:func:`sbnn.runtime.compile_training` of ``fn`` (what ``compile=True`` trains with), timing its first call."""
+    fn_c = compile_training(fn)
     first = [True]
 
     def call(*a):

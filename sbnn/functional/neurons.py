@@ -439,9 +439,10 @@ class _MarginalSequence(torch.autograd.Function):
         reset_amount = _reset_amount(beta, threshold, leak)
         beta2 = beta * beta
         n_steps = mu.shape[0]
-        spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
         mean, prev = mem0, spk0
         ctx.on_kernels = _marginal_kernels_apply(mu, var, b, eps, beta, threshold, mem0, var0, spk0, reset)
+        if not ctx.on_kernels:  # the torch loops write into these; the kernels return their own
+            spks, thetas, means = torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
         if ctx.on_kernels:
             spks, thetas, means, variances, scales = _marginal_forward_kernel(
                 mu, var, b, eps, beta, beta2, threshold, reset_amount, mem0, var0, spk0, floor, reset, kappa
@@ -521,10 +522,9 @@ class _MarginalSequence(torch.autograd.Function):
 
         def reverse(d: Tensor, coeff: Tensor, carry: Tensor) -> Tensor:
             """``out[t] = d[t] + coeff[t+1]·out[t+1]`` from ``out[T−1] = d[T−1] + carry``."""
-            step = d.shape[1:]
-            if ctx.on_kernels:
-                coeff = coeff.expand(d.shape) if keep is not None else coeff.expand(step)
-                return _kernel_module.reverse_recurrence(d, coeff, carry.expand(step))
+            if ctx.on_kernels:  # never the zero reset: coeff is one step's
+                step = d.shape[1:]
+                return _kernel_module.reverse_recurrence(d, coeff.expand(step), carry.expand(step))
             out = torch.empty_like(d)
             carry = torch.add(d[-1], carry, out=out[-1])
             for t in range(n_steps - 2, -1, -1):

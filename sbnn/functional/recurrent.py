@@ -174,7 +174,9 @@ class _RecurrentLIFSequence(torch.autograd.Function):
         g_weight = g_beta = g_threshold = None
         if needs[3]:
             prev = spikes[:-1].reshape(-1, hidden)
-            g_weight = torch.cat([g_ubar[1:].reshape(-1, hidden).t() @ prev, g_var[1:].reshape(-1, hidden).t() @ prev])
+            g_weight = theta.new_empty(2 * hidden, hidden)
+            torch.mm(g_ubar[1:].reshape(-1, hidden).t(), prev, out=g_weight[:hidden])
+            torch.mm(g_var[1:].reshape(-1, hidden).t(), prev, out=g_weight[hidden:])
         if needs[4]:
             prev_mem = threshold + scale[:-1] * (theta[:-1] + eps[:-1])
             if reset == "zero":
@@ -183,7 +185,7 @@ class _RecurrentLIFSequence(torch.autograd.Function):
         if needs[5]:
             g_thr = -g_theta_s
             if reset == "subtract":
-                g_thr = torch.cat([g_thr[:1], g_thr[1:] - g_ubar[1:] * spikes[:-1]])
+                g_thr[1:] -= g_ubar[1:] * spikes[:-1]
             g_threshold = g_thr.sum_to_size(threshold.shape)
         return (
             g_ubar if needs[0] else None,

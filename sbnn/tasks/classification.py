@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_in_range, check_positive_int
 from ..models.time_affine import TimeAffine
 from ..modes import evaluation
+from ..runtime import compile_training
 from ..training.divergence import collapse_warnings, silence_warning
 from ..training.losses import BiasProxyLoss, ELBOLoss
 from ..training.optim import noise_scale_parameters
@@ -97,9 +98,9 @@ class SpikingClassificationTask(SpikingTask):
         snr_sigma_b_weight: how many times ``σ_b²`` enters the noise of the SNR term (their SHD
             code counts it twice: 2.0).
         compile: run the training step's forward pass and ELBO loss under ``torch.compile`` (the
-            backward by AOTAutograd; torch's own random draws, ``fallback_random``, so the noise
-            is eager mode's). The neuron's time loops stay one opaque operator each on the CPU
-            (:mod:`sbnn.functional.neurons`); the compiler fuses the elementwise work around them.
+            backward by AOTAutograd; :func:`sbnn.runtime.compile_training`: torch's own random
+            draws, so the noise is eager mode's). The neuron's time loops stay one opaque operator
+            each (:mod:`sbnn.functional.neurons`); the compiler fuses the elementwise work around them.
             Measured on the CPU (``benchmarks/README.md``): it pays above about 10 % input spikes
             and on dense inputs; on sparser spikes eager's event-driven first layer is faster
             (compiled code stays dense). The first step compiles (tens of seconds). Not with
@@ -216,7 +217,7 @@ class SpikingClassificationTask(SpikingTask):
         with _drives_recorded(self.network, self.aux_fn, self.hparams.aux_weight > 0), evaluation(self.network, "sample"):
             if self.hparams.get("compile"):
                 if self._compiled_terms is None:
-                    self._compiled_terms = torch.compile(self._terms, options={"fallback_random": True})
+                    self._compiled_terms = compile_training(self._terms)
                 logits, spikes, terms = self._compiled_terms(x, y, loss_fn)
             else:
                 logits, spikes, terms = self._terms(x, y, loss_fn)
