@@ -1,7 +1,8 @@
 """Plain training loops for the HyBNN pieces (Lightning-free; the Lightning task lives in ``task.py``).
 
 Each loop is full-batch-shuffled mini-batch Adam with an explicit ``torch.Generator``, so a run is
-reproducible from its seed.
+reproducible from its seed. The classifier loop also seeds the model's own noise (an SBNN head
+samples from the global generator) on a forked generator, so the caller's random state is untouched.
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ def fit_classifier(
     """
     if len(x) == 0:
         raise ValueError("fit_classifier: no training examples")
+    # The head's noise draws from the global generator: fork it so that the run depends on `seed`
+    # alone (not on what ran before in this process, e.g. in a reused simulation worker).
+    with torch.random.fork_rng(devices=None if x.is_cuda else []):  # None: every CUDA device
+        torch.manual_seed(seed)
+        return _fit_classifier(model, x, y, epochs, lr, batch_size, kl_weight, seed)
+
+
+def _fit_classifier(
+    model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int, kl_weight: float, seed: int
+) -> list[float]:
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)

@@ -82,3 +82,25 @@ def test_hybnn_learns_a_separable_code(gen):
     for head, lr in ((STEHead(16, hidden=32), 1e-2), (SBNNHead(16, hidden=32), 0.1)):
         fit_classifier(head, z, y, epochs=40, lr=lr, batch_size=32, kl_weight=0.01)
         assert accuracy(head, z, y) >= 0.9, type(head).__name__  # chance is 0.5
+
+
+def test_fit_classifier_depends_on_its_seed_alone(gen):
+    # the head's noise comes from the global generator: two runs from one start and one seed, after
+    # different global draws, end equal, differ from a run with another seed, and leave the
+    # caller's generator where it was
+    z = torch.randint(0, 2, (40, 8), generator=gen).float()
+    y = z[:, 0].long()
+    start = SBNNHead(8, hidden=6).state_dict()
+
+    def run(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
+        head = SBNNHead(8, hidden=6)
+        head.load_state_dict(start)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        fit_classifier(head, z, y, epochs=2, lr=0.1, batch_size=16, seed=seed)
+        assert torch.equal(torch.get_rng_state(), before)
+        return head.state_dict()
+
+    a, b, c = run(3, 0), run(3, 1), run(4, 0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
