@@ -33,7 +33,7 @@ from torch.nn.modules.utils import _pair
 
 from ._validation import check_choice, check_in_range, check_input, check_positive_int
 from .functional.keyed import active_keyed_noise
-from .functional.layers import lrt_conv2d, lrt_linear, scale_shape
+from .functional.layers import lrt_conv2d, lrt_linear, scale_shape, time_weighted_moments
 from .functional.sparse import (
     SpikeIndices,
     all_ones,
@@ -524,12 +524,11 @@ class BernoulliLinear(BernoulliLayer):
             ``[B, out]``.
         """
         self._check(x)
-        summed = torch.tensordot(weights, x, dims=1)
         if self._mode == "sample":
-            summed_sq = torch.tensordot(weights.square(), x * x, dims=1)
+            summed, summed_sq = time_weighted_moments(weights, x)
             out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)), batch_dim=0)
         else:
-            out = F.linear(summed, self.binary_weight()) * self.scale
+            out = F.linear(torch.tensordot(weights, x, dims=1), self.binary_weight()) * self.scale
         return out if self.bias is None else out + self.bias * weights.sum()
 
     def extra_repr(self) -> str:

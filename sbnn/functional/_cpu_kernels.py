@@ -15,18 +15,41 @@ Conventions shared by every kernel:
   inside: the inner loop runs over contiguous memory and vectorises.
 * **Same arithmetic as torch.** The formulas and their order are those of the torch loop, element
   by element; torch's CPU ``addcmul`` is one fused multiply-add (``a + b·c`` with one rounding),
-  so every ``addcmul`` here is :func:`_fma`. No ``fastmath``: LLVM contracts nothing else. The
-  forward therefore reproduces the torch path's membranes bit for bit, and its spikes.
+  so every ``addcmul`` here is :func:`_fma`. No ``fastmath``: LLVM contracts nothing else. Given
+  the scale, the forward therefore reproduces the torch path's membranes bit for bit, and its
+  spikes.
 * **Reset codes** ``RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2``.
+* **Scale from the variance** (``from_var``). The pathwise kernels can take the input variance
+  ``v`` in place of the noise scale and form ``s = sqrt(v + f)·κ`` row by row, in the order of
+  ``neurons.noise_scale`` (``v + f`` rounded, ``sqrt``, ``·κ`` only if ``κ ≠ 1``); the scale then
+  never exists as a ``[T, N]`` array, and the backward returns ``g_v = (g_s·κ)/(2·sqrt(v + f))``,
+  torch's derivative of the same expression. This saves the element-wise passes around the node
+  (the scale's ``add`` and ``sqrt``, their backward, the saved scale). The one difference from
+  the torch path: this ``sqrt`` is correctly rounded, torch's vectorised one (SLEEF) is not
+  always (1 ulp off for a few values in a thousand, measured), so the membranes agree with the
+  torch path's to rounding, not bit for bit.
+* **Factor codes** ``FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC = 0, 1, 2``: the
+  backward reads the estimator's factor ``∂S/∂θ`` from an array (any estimator, computed by
+  torch), or computes the ``st`` factor, the noise density ``p(θ)``, in the row it is used
+  (``exp`` of the log-density clamped as ``noise.safe_exp`` clamps it).
+* **Factor cut.** The backward treats factors below ``f_cut = sqrt(finfo.tiny)`` (1e-19 in
+  float32) as 0. Units far from threshold have factors at ``safe_exp``'s floor ``e·tiny``, and
+  every product with it is a subnormal number, which the CPU computes some 100× slower: the
+  backward took 2-4× longer on a real step's factors than on random ones (measured). Their
+  gradient terms lie below ``1e-19`` of the typical ones, under any float's resolution.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
+FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC = 0, 1, 2
 
 
 @intrinsic
@@ -42,8 +65,62 @@ def _fma(typingctx, a, b, c):
     return sig, codegen
 
 
+@intrinsic
+def _pow2(typingctx, n):
+    """``2**n`` for a float ``n`` holding an integer in the normal exponent range, by writing the
+    exponent bits. The integer is read off ``n + 1.5·2^m`` (``m`` the mantissa width), whose low
+    bits hold it: no float-to-integer conversion, which AVX2 has no vector instruction for."""
+    if not isinstance(n, types.Float):
+        return None
+    sig = n(n)
+    width, mantissa, bias = (32, 23, 127) if n.bitwidth == 32 else (64, 52, 1023)
+
+    def codegen(context, builder, signature, args):
+        int_type, float_type = ir.IntType(width), context.get_value_type(signature.return_type)
+        magic = ir.Constant(float_type, 1.5 * 2.0**mantissa)
+        shifted = builder.bitcast(builder.fadd(args[0], magic), int_type)  # low bits: n (two's complement)
+        magic_bits = builder.bitcast(magic, int_type)
+        exponent = builder.add(builder.sub(shifted, magic_bits), ir.Constant(int_type, bias))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(int_type, mantissa)), float_type)
+
+    return sig, codegen
+
+
+#: ``exp`` constants per dtype for :func:`_exp_nonpositive`: ``log2 e``, ``ln 2`` split in a high
+#: part exact in the dtype and the rest (Cody–Waite), then the Taylor coefficients ``1/k!``,
+#: ``k = 0..13`` (remainder ``(ln 2/2)^14/14! < 1e-17`` relative).
+EXP_CONSTANTS = {
+    np.float32: (1.4426950408889634, 0.693145751953125, 1.428606765330187e-06),
+    np.float64: (1.4426950408889634, 0.6931471803691238, 1.9082149292705877e-10),
+}
+EXP_DEGREE = 13
+
+
+def exp_constants(dtype) -> np.ndarray:
+    """The constant array of :func:`_exp_nonpositive` for a NumPy float ``dtype``."""
+    coefficients = [1.0 / math.factorial(k) for k in range(EXP_DEGREE + 1)]
+    return np.array([*EXP_CONSTANTS[dtype], *coefficients], dtype=dtype)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _exp_nonpositive(x, c):
+    """``exp(x)`` for ``log(tiny) < x ≤ 0`` (``c`` from :func:`exp_constants`), in operations LLVM vectorises.
+
+    ``x = n ln 2 + r`` with ``n = round(x log2 e)``, ``|r| ≤ ln 2 / 2``; ``e^r`` by its Taylor
+    polynomial (Horner), times ``2^n`` from the exponent bits. Within a few ulp of ``exp`` (the
+    tests compare it with NumPy's); ``libm``'s ``exp`` is a call that no loop vectorises, and slow
+    near underflow, where the densities of units far from threshold lie.
+    """
+    n = np.floor(x * c[0] + c[3] / (c[3] + c[3]))  # round half up; c[3] = 1
+    r = (x - n * c[1]) - n * c[2]
+    p = c[3 + EXP_DEGREE]
+    for k in range(EXP_DEGREE - 1, -1, -1):
+        p = p * r + c[3 + k]
+    return p * _pow2(n)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def lif_forward(mu, scale, eps, beta, threshold, mem0, spk0, reset, mems, spks):
+def lif_forward(mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa, mems, spks):
     """The membrane and spike recurrence over ``T`` steps, written into ``mems`` and ``spks``.
 
     Per step and unit (``S`` in {0, 1}):
@@ -51,52 +128,108 @@ def lif_forward(mu, scale, eps, beta, threshold, mem0, spk0, reset, mems, spks):
     ``U[t] = Ū + scale[t]·ε[t]``; ``S[t] = U[t] ≥ ϑ``.
 
     Args:
-        mu, scale, eps: ``[T, N]`` input mean, noise scale, standard noise.
+        mu, scale, eps: ``[T, N]`` input mean, noise scale (the input variance if ``from_var``),
+            standard noise.
         beta, threshold, mem0, spk0: ``[N]``.
         reset: reset code.
+        from_var, floor, kappa: form the scale from the variance (module docstring); ``floor`` and
+            ``kappa`` in the arrays' dtype.
         mems, spks: ``[T, N]`` outputs.
     """
     n_steps, n = mu.shape
+    s_row, root = np.empty(n, dtype=mu.dtype), np.empty(n, dtype=mu.dtype)
     prev_mem, prev_spk = mem0, spk0
     for t in range(n_steps):
-        mu_t, s_t, e_t, mem_t, spk_t = mu[t], scale[t], eps[t], mems[t], spks[t]
-        if reset == RESET_ZERO:
-            for i in range(n):
-                # μ + (Uβ)(1 − S): the product with 0 or 1 is exact, so a select is the same number
-                carried = prev_mem[i] * beta[i]
-                ubar = mu_t[i] + carried if prev_spk[i] == 0 else mu_t[i]
-                m = ubar + s_t[i] * e_t[i]
-                mem_t[i] = m
-                spk_t[i] = 1 if m >= threshold[i] else 0
-        elif reset == RESET_SUBTRACT:
-            for i in range(n):
-                ubar = _fma(prev_mem[i], beta[i], mu_t[i])
-                ubar = _fma(prev_spk[i], -threshold[i], ubar)
-                m = ubar + s_t[i] * e_t[i]
-                mem_t[i] = m
-                spk_t[i] = 1 if m >= threshold[i] else 0
-        else:
-            for i in range(n):
-                m = _fma(prev_mem[i], beta[i], mu_t[i]) + s_t[i] * e_t[i]
-                mem_t[i] = m
-                spk_t[i] = 1 if m >= threshold[i] else 0
-        prev_mem, prev_spk = mem_t, spk_t
+        if from_var:
+            _scale_row(scale[t], floor, kappa, root, s_row)
+        _forward_row(
+            mu[t], s_row if from_var else scale[t], eps[t], prev_mem, prev_spk, beta, threshold, reset, mems[t], spks[t]
+        )
+        prev_mem, prev_spk = mems[t], spks[t]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def lif_theta(mems, scale, eps, threshold, one, theta):
-    """``θ = (U − scale·ε − ϑ)·(1/scale)``, the standardised drive, into ``theta`` ``[T, N]``."""
-    n_steps, n = mems.shape
-    for t in range(n_steps):
-        m_t, s_t, e_t, th_t = mems[t], scale[t], eps[t], theta[t]
+def _forward_row(mu_t, s_t, e_t, prev_mem, prev_spk, beta, threshold, reset, mem_t, spk_t):
+    """One step of :func:`lif_forward` on ``[N]`` rows."""
+    n = mu_t.size
+    if reset == RESET_ZERO:
         for i in range(n):
-            th_t[i] = (m_t[i] - s_t[i] * e_t[i] - threshold[i]) * (one / s_t[i])
+            # μ + (Uβ)(1 − S): the product with 0 or 1 is exact, so a select is the same number
+            carried = prev_mem[i] * beta[i]
+            ubar = mu_t[i] + carried if prev_spk[i] == 0 else mu_t[i]
+            m = ubar + s_t[i] * e_t[i]
+            mem_t[i] = m
+            spk_t[i] = 1 if m >= threshold[i] else 0
+    elif reset == RESET_SUBTRACT:
+        for i in range(n):
+            ubar = _fma(prev_mem[i], beta[i], mu_t[i])
+            ubar = _fma(prev_spk[i], -threshold[i], ubar)
+            m = ubar + s_t[i] * e_t[i]
+            mem_t[i] = m
+            spk_t[i] = 1 if m >= threshold[i] else 0
+    else:
+        for i in range(n):
+            m = _fma(prev_mem[i], beta[i], mu_t[i]) + s_t[i] * e_t[i]
+            mem_t[i] = m
+            spk_t[i] = 1 if m >= threshold[i] else 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scale_row(v_t, floor, kappa, root, s_t):
+    """``root = sqrt(v + f)`` and ``s = root·κ`` (``root`` itself if ``κ = 1``) on ``[N]`` rows."""
+    for i in range(v_t.size):
+        root[i] = np.sqrt(v_t[i] + floor)
+    if kappa == 1:
+        for i in range(v_t.size):
+            s_t[i] = root[i]
+    else:
+        for i in range(v_t.size):
+            s_t[i] = root[i] * kappa
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lif_theta(mems, scale, eps, threshold, from_var, floor, kappa, one, theta):
+    """``θ = (U − scale·ε − ϑ)·(1/scale)``, the standardised drive, into ``theta`` ``[T, N]``
+    (``scale`` the variance if ``from_var``)."""
+    n_steps, n = mems.shape
+    s_row, root = np.empty(n, dtype=mems.dtype), np.empty(n, dtype=mems.dtype)
+    for t in range(n_steps):
+        if from_var:
+            _scale_row(scale[t], floor, kappa, root, s_row)
+        _theta_row(mems[t], s_row if from_var else scale[t], eps[t], threshold, one, theta[t])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _theta_row(m_t, s_t, e_t, threshold, one, th_t):
+    for i in range(m_t.size):
+        th_t[i] = (m_t[i] - s_t[i] * e_t[i] - threshold[i]) * (one / s_t[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _st_factor_row(th_t, code, log_norm, lo, c, f_t):
+    """The ``st`` factor ``p(θ)`` on a row, ``exp(max(log p(θ), lo))`` as ``noise.safe_exp`` clamps it.
+
+    Gaussian ``log p = (−½θ)·θ − log √(2π)`` (``log_norm = log √(2π)``, the order of
+    ``noise.Gaussian.log_pdf``); logistic ``p = σ(θ)σ(−θ) = e/(1 + e)²``, ``e = exp(−|θ|)``,
+    floored at ``exp(lo)``. ``c``: the constants of :func:`_exp_nonpositive` (``c[3] = 1``).
+    """
+    one = c[3]
+    if code == FACTOR_ST_GAUSSIAN:
+        neg_half = -(one / (one + one))  # −½ in the row's dtype
+        for i in range(th_t.size):
+            f_t[i] = _exp_nonpositive(max(neg_half * th_t[i] * th_t[i] - log_norm, lo), c)
+    else:
+        floor = _exp_nonpositive(lo, c)
+        for i in range(th_t.size):
+            e = _exp_nonpositive(max(-abs(th_t[i]), lo), c)
+            f_t[i] = max(e / ((one + e) * (one + e)), floor)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def lif_backward(
-    g_spk, g_mem, has_g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0,
-    reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta, want_threshold,
+    g_spk, g_mem, has_g_mem, factor, factor_code, log_norm, lo, exp_c, f_cut, scale, from_var, floor, kappa, eps, mems, spks,
+    beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
+    want_threshold,
 ):
     """The adjoint recurrence of :func:`lif_forward` and every per-element gradient, in one pass.
 
@@ -107,32 +240,70 @@ def lif_backward(
     ``gθ/s[t] = (gS[t] + r[t]·gŪ[t+1])·factor/s``, ``gŪ[t] = gU[t] + c[t]·gŪ[t+1] + gθ/s[t]``.
     Then ``g_scale = (gŪ − gθ/s)·ε − gθ/s·θ`` and the sums over time
     ``g_beta += gŪ·U[t−1]`` (times ``1 − S[t−1]`` for the zero reset),
-    ``g_threshold += −gθ/s`` (subtract reset: ``−(gθ/s + gŪ·S[t−1])``).
+    ``g_threshold += −gθ/s`` (subtract reset: ``−(gθ/s + gŪ·S[t−1])``). ``θ`` (and with
+    ``from_var`` the scale) is rebuilt row by row, as :func:`lif_theta` computes it.
 
     Args:
         g_spk, g_mem: ``[T, N]`` output adjoints (``g_mem`` is read only if ``has_g_mem``).
-        factor: ``[T, N]`` the estimator's ``∂S/∂θ`` at ``theta``.
-        scale, eps, theta, mems, spks: ``[T, N]`` from the forward pass.
+        factor: ``[T, N]`` the estimator's ``∂S/∂θ`` at ``θ``, read only if ``factor_code`` is
+            ``FACTOR_GIVEN``; ``log_norm``, ``lo``, ``exp_c``: the ``st`` factor's constants
+            (:func:`_st_factor_row`); factors below ``f_cut`` count as 0 (module docstring).
+        scale, eps, mems, spks: ``[T, N]`` from the forward pass (``scale`` the variance if
+            ``from_var``; ``floor``, ``kappa`` as in :func:`lif_forward`).
         beta, threshold, mem0, spk0: ``[N]``.
         reset, detach: reset code; whether the reset carries no gradient.
         one: 1 in the arrays' dtype.
         g_ubar: ``[T, N]`` output, the adjoint of ``Ū`` (the gradient of ``μ``).
-        g_scale: ``[T, N]`` output, written only if ``want_scale``.
+        g_scale: ``[T, N]`` output, the gradient of the scale (of the variance if ``from_var``),
+            written only if ``want_scale``.
         g_beta, g_threshold: ``[N]`` outputs, accumulated into (pass zeros) if ``want_beta``,
             ``want_threshold``.
     """
     n_steps, n = mems.shape
-    carry = np.zeros(n, dtype=mems.dtype)  # gŪ[t + 1]
-    coeff = np.empty(n, dtype=mems.dtype)  # c[t]
-    gts = np.empty(n, dtype=mems.dtype)  # gθ/s[t]
+    dtype = mems.dtype
+    carry = np.zeros(n, dtype=dtype)  # gŪ[t + 1]
+    coeff, gts = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)  # c[t], gθ/s[t]
+    s_row, root, th_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
+    f_row, gs_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
     for k in range(n_steps):
         t = n_steps - 1 - k
+        if from_var:
+            _scale_row(scale[t], floor, kappa, root, s_row)
+        s_t = s_row if from_var else scale[t]
+        _theta_row(mems[t], s_t, eps[t], threshold, one, th_row)
+        if factor_code == FACTOR_GIVEN:
+            _cut_row(factor[t], f_cut, f_row)
+        else:
+            _st_factor_row(th_row, factor_code, log_norm, lo, exp_c, f_row)
+            _cut_row(f_row, f_cut, f_row)
         _backward_row(
-            g_spk[t], g_mem[t] if has_g_mem else g_mem[0], has_g_mem, factor[t], scale[t], eps[t], theta[t],
-            mems[t], spks[t], mem0 if t == 0 else mems[t - 1], spk0 if t == 0 else spks[t - 1],
-            beta, threshold, reset, detach, one, g_ubar[t], g_scale[t] if want_scale else g_scale[0], want_scale,
+            g_spk[t], g_mem[t] if has_g_mem else g_mem[0], has_g_mem, f_row,
+            s_t, eps[t], th_row, mems[t], spks[t], mem0 if t == 0 else mems[t - 1], spk0 if t == 0 else spks[t - 1],
+            beta, threshold, reset, detach, one, g_ubar[t],
+            gs_row if from_var or not want_scale else g_scale[t], want_scale,
             g_beta, g_threshold, want_beta, want_threshold, carry, coeff, gts,
         )
+        if from_var and want_scale:
+            _variance_grad_row(gs_row, root, kappa, g_scale[t])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _cut_row(f_t, f_cut, out):
+    """``out = f`` where ``|f| ≥ f_cut``, else 0 (module docstring: factor cut)."""
+    zero = f_cut - f_cut
+    for i in range(f_t.size):
+        out[i] = f_t[i] if abs(f_t[i]) >= f_cut else zero
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _variance_grad_row(g_s, root, kappa, g_v):
+    """``g_v = (g_s·κ)/(2·root)``: torch's backward of ``sqrt(v + f)·κ`` (``·κ`` only if ``κ ≠ 1``)."""
+    if kappa == 1:
+        for i in range(g_s.size):
+            g_v[i] = g_s[i] / (root[i] + root[i])
+    else:
+        for i in range(g_s.size):
+            g_v[i] = (g_s[i] * kappa) / (root[i] + root[i])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

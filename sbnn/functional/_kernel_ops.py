@@ -7,8 +7,8 @@ to one step's shape) and returns new tensors; the kernels, their layout and thei
 documented in :mod:`sbnn.functional._cpu_kernels`.
 
 Registered as operators (:mod:`sbnn.functional._operators`) so that ``torch.compile`` keeps each
-loop as one opaque node, fusing the elementwise work around it (the LRT scale, the estimator
-factors, the loss). On torch < 2.4 the functions are plain Python and
+loop as one opaque node, fusing the elementwise work around it (the estimator factors other
+than ``st``'s, the loss). On torch < 2.4 the functions are plain Python and
 the nodes take the torch loops while compiling.
 """
 
@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 
 from . import _cpu_kernels as kernels
+from ._cpu_kernels import FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC  # noqa: F401 (the nodes' codes)
 from ._operators import operator
+from .noise import _LOG_SQRT_2PI, safe_exp_floor
 
 
 def _empty(x: Tensor) -> Tensor:
@@ -40,51 +42,70 @@ def _units(x: Tensor):
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 
 
+_EXP_FLOOR = {dtype: safe_exp_floor(dtype) for dtype in _NUMPY_FLOATS}
+_EXP_CONSTANTS = {dtype: kernels.exp_constants(np_dtype) for dtype, np_dtype in _NUMPY_FLOATS.items()}
+_FACTOR_CUT = {dtype: torch.finfo(dtype).tiny ** 0.5 for dtype in _NUMPY_FLOATS}
+
+
 def _one(x: Tensor):
     """1 in the dtype of ``x`` as a NumPy scalar (the kernels' ``one``)."""
     return _NUMPY_FLOATS[x.dtype](1)
 
 
+def _scalar(value: float, like: Tensor):
+    """``value`` in the dtype of ``like`` as a NumPy scalar (the kernels' constants)."""
+    return _NUMPY_FLOATS[like.dtype](value)
+
+
 @operator("lif_forward", device_types="cpu")
 def lif_forward(
-    mu: Tensor, scale: Tensor, eps: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor, reset: int
+    mu: Tensor, scale: Tensor, eps: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor, reset: int,
+    from_var: bool, floor: float, kappa: float,
 ) -> tuple[Tensor, Tensor]:
-    """``(spks, mems)`` ``[T, ...]`` of the pathwise recurrence; every input but ``reset`` shaped as ``mu`` or one step."""
+    """``(spks, mems)`` ``[T, ...]`` of the pathwise recurrence; every input but the codes shaped as ``mu`` or one step.
+
+    With ``from_var``, ``scale`` is the input variance and the kernel forms ``sqrt(v + floor)·kappa``.
+    """
     spks, mems = _empty(mu), _empty(mu)
     kernels.lif_forward(
         _rows(mu), _rows(scale), _rows(eps), _units(beta), _units(threshold), _units(mem0), _units(spk0), reset,
-        _rows(mems), _rows(spks),
+        from_var, _scalar(floor, mu), _scalar(kappa, mu), _rows(mems), _rows(spks),
     )
     return spks, mems
 
 
 @lif_forward.register_fake
-def _(mu, scale, eps, beta, threshold, mem0, spk0, reset):
+def _(mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa):
     return _empty(mu), _empty(mu)
 
 
 @operator("lif_theta", device_types="cpu")
-def lif_theta(mems: Tensor, scale: Tensor, eps: Tensor, threshold: Tensor) -> Tensor:
-    """``θ = (U − scale·ε − ϑ)·(1/scale)`` ``[T, ...]``."""
+def lif_theta(mems: Tensor, scale: Tensor, eps: Tensor, threshold: Tensor, from_var: bool, floor: float, kappa: float) -> Tensor:
+    """``θ = (U − scale·ε − ϑ)·(1/scale)`` ``[T, ...]`` (``scale`` as in :func:`lif_forward`)."""
     theta = _empty(mems)
-    kernels.lif_theta(_rows(mems), _rows(scale), _rows(eps), _units(threshold), _one(mems), _rows(theta))
+    kernels.lif_theta(
+        _rows(mems), _rows(scale), _rows(eps), _units(threshold), from_var, _scalar(floor, mems), _scalar(kappa, mems),
+        _one(mems), _rows(theta),
+    )
     return theta
 
 
 @lif_theta.register_fake
-def _(mems, scale, eps, threshold):
+def _(mems, scale, eps, threshold, from_var, floor, kappa):
     return _empty(mems)
 
 
 @operator("lif_backward", device_types="cpu")
 def lif_backward(
-    g_spk: Optional[Tensor], g_mem: Optional[Tensor], factor: Tensor, scale: Tensor, eps: Tensor, theta: Tensor,
-    mems: Tensor, spks: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor,
-    reset: int, detach: bool, want_scale: bool, want_beta: bool, want_threshold: bool,
+    g_spk: Optional[Tensor], g_mem: Optional[Tensor], factor: Optional[Tensor], factor_code: int, scale: Tensor,
+    eps: Tensor, mems: Tensor, spks: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor,
+    reset: int, detach: bool, from_var: bool, floor: float, kappa: float,
+    want_scale: bool, want_beta: bool, want_threshold: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(gŪ, g_scale, g_beta, g_threshold)``: ``[T, ...]``, ``[T, ...]`` (``[0]`` unless ``want_scale``), one step, one step.
 
-    ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
+    ``factor`` is read for ``FACTOR_GIVEN`` only; ``g_scale`` is the variance's gradient with
+    ``from_var``. ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
     """
     g_ubar = _empty(mems)
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
@@ -93,8 +114,10 @@ def lif_backward(
     kernels.lif_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
         mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
-        _rows(factor), _rows(scale), _rows(eps), _rows(theta), mems_, _rows(spks), _units(beta), _units(threshold),
-        _units(mem0), _units(spk0), reset, detach, _one(mems),
+        mems_ if factor is None else _rows(factor), factor_code, _scalar(_LOG_SQRT_2PI, mems), _scalar(_EXP_FLOOR[mems.dtype], mems),
+        _EXP_CONSTANTS[mems.dtype], _scalar(_FACTOR_CUT[mems.dtype], mems),
+        _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems), _rows(eps), mems_, _rows(spks),
+        _units(beta), _units(threshold), _units(mem0), _units(spk0), reset, detach, _one(mems),
         g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
         _units(g_beta), _units(g_threshold), want_beta, want_threshold,
     )
@@ -103,8 +126,8 @@ def lif_backward(
 
 @lif_backward.register_fake
 def _(
-    g_spk, g_mem, factor, scale, eps, theta, mems, spks, beta, threshold, mem0, spk0, reset, detach,
-    want_scale, want_beta, want_threshold,
+    g_spk, g_mem, factor, factor_code, scale, eps, mems, spks, beta, threshold, mem0, spk0, reset, detach,
+    from_var, floor, kappa, want_scale, want_beta, want_threshold,
 ):
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
     return _empty(mems), g_scale, mems.new_empty(mems.shape[1:]), mems.new_empty(mems.shape[1:])

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .signs import sign_mean, sign_variance
 
-__all__ = ["lrt_linear", "lrt_conv2d", "scale_shape", "joint_lrt_weight"]
+__all__ = ["lrt_linear", "lrt_conv2d", "scale_shape", "joint_lrt_weight", "time_weighted_moments"]
 
 
 def scale_shape(alpha: Tensor, ndim: int, channel_dim: int) -> Tensor:
@@ -121,3 +121,52 @@ def joint_lrt_weight(lam: Tensor, alpha: Tensor) -> Tensor:
         alpha: ``[1]`` or ``[out]`` scales.
     """
     return _JointLRTWeight.apply(lam, alpha)
+
+
+class _TimeWeightedMoments(torch.autograd.Function):
+    """``(Σ_t w_t x_t, Σ_t w_t² x_t²)`` as one node (see :func:`time_weighted_moments`)."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        flat = x.reshape(x.shape[0], -1)
+        ctx.save_for_backward(weights, x)
+        summed = weights @ flat
+        return summed.reshape(x.shape[1:]), (weights.square() @ flat.square()).reshape(x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, g_sum: Tensor, g_sq: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        weights, x = ctx.saved_tensors
+        flat = x.reshape(x.shape[0], -1)
+        g_sum, g_sq = g_sum.reshape(1, -1), g_sq.reshape(1, -1)
+        g_w = g_x = None
+        if ctx.needs_input_grad[0]:
+            g_w = flat @ g_sum[0] + 2.0 * weights * (flat.square() @ g_sq[0])
+        if ctx.needs_input_grad[1]:
+            # w_t·g_Σ + 2·w_t²·x_t·g_Σ²: broadcast products (an outer-product matmul took 3×
+            # as long), the second fused into one addcmul
+            g_x = torch.addcmul(weights[:, None] * g_sum, flat, (2.0 * weights.square())[:, None] * g_sq)
+            g_x = g_x.reshape(x.shape)
+        return g_w, g_x
+
+
+def time_weighted_moments(weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Time-weighted sums of a time-major input and of its square, for a linear layer's LRT moments.
+
+    .. math::
+        s = \sum_t w_t x_t, \qquad q = \sum_t w_t^2 x_t^2
+
+    The mean and variance of ``Σ_t w_t h_t`` for independent per-step LRT pre-activations ``h_t``
+    are those of a layer given ``s`` (mean) and ``q`` (in place of ``x²``). One node: the backward
+    ``∂/∂x_t = w_t g_s + 2 w_t² x_t g_q`` is two broadcast products and one fused pass over
+    ``[T, ...]``.
+
+    Args:
+        weights: ``[T]``.
+        x: ``[T, ...]``.
+
+    Returns:
+        ``(s, q)``, each ``x.shape[1:]``.
+    """
+    if weights.dim() != 1 or x.dim() < 1 or weights.shape[0] != x.shape[0]:
+        raise ValueError(f"time_weighted_moments: weights [T] and x [T, ...] needed, got {tuple(weights.shape)} and {tuple(x.shape)}")
+    return _TimeWeightedMoments.apply(weights, x)

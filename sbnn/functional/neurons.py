@@ -49,8 +49,8 @@ import torch
 from torch import Tensor
 
 from . import _operators
-from .estimators import Estimator
-from .noise import NoiseFamily
+from .estimators import ST, Estimator
+from .noise import Gaussian, Logistic, NoiseFamily
 
 __all__ = [
     "StochasticLIFState",
@@ -147,16 +147,19 @@ class _StochasticLIFSequence(torch.autograd.Function):
     the estimator factors included — computed for all steps at once. The reference
     implementation by plain autograd lives in the tests, which check both against each other.
     On CPU the loops run as Numba kernels (:data:`CPU_KERNELS`): the forward recurrence, then in
-    the backward ``θ``, the estimator's factor (torch, all steps at once) and one pass for the
-    adjoint recurrence and every input gradient.
+    the backward the estimator's factor (``st``: in the kernel; others: torch, all steps at once)
+    and one pass for the adjoint recurrence and every input gradient. Given ``floor`` (kernels
+    only), the second input is the input variance ``v`` instead of the scale, and the kernels form
+    ``s = sqrt(v + floor)·κ`` themselves and return ``v``'s gradient.
     """
 
     @staticmethod
-    def forward(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
-        ctx.on_kernels = _cpu_kernels_for(mu, scale, eps, beta, threshold, mem0, spk0) is not None
+    def forward(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise, floor=None):
+        # floor given: `scale` is the input variance, the kernels form the scale (the caller checked they apply)
+        ctx.on_kernels = floor is not None or _cpu_kernels_for(mu, scale, eps, beta, threshold, mem0, spk0) is not None
         if ctx.on_kernels:
             return _lif_forward_kernel(
-                ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise
+                ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise, floor
             )
         noise_term = scale * eps
         mems, spks = torch.empty_like(mu), torch.empty_like(mu)
@@ -223,7 +226,7 @@ class _StochasticLIFSequence(torch.autograd.Function):
             g_mem0 = ((beta * (1.0 - spk0) if reset == "zero" else beta) * g_ubar[0]).sum_to_size(mem0.shape)
         if needs[6] and not detach:
             g_spk0 = (-threshold * g_ubar[0] if reset == "subtract" else -beta * mem0 * g_ubar[0]).sum_to_size(spk0.shape)
-        return g_ubar if needs[0] else None, g_scale, None, g_beta, g_threshold, g_mem0, g_spk0, None, None, None, None
+        return g_ubar if needs[0] else None, g_scale, None, g_beta, g_threshold, g_mem0, g_spk0, None, None, None, None, None
 
 
 _RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}  # the kernels' reset codes
@@ -264,25 +267,39 @@ def _cpu_kernels_for(mu: Tensor, *others: Tensor):
     return _kernel_module or None
 
 
-def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise):
-    """:meth:`_StochasticLIFSequence.forward` by the ``lif_forward`` kernel."""
+def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset, detach_reset, estimator, noise, floor):
+    """:meth:`_StochasticLIFSequence.forward` by the ``lif_forward`` kernel (``scale`` the variance if ``floor`` is given)."""
     shape, step = mu.shape, mu.shape[1:]
+    if floor is not None:
+        scale = scale.contiguous()  # the variance (a gather's strided half): copied once for both passes
     spks, mems = _kernel_module.lif_forward(
         mu, scale.expand(shape), eps.expand(shape), beta.expand(step), threshold.expand(step),
-        mem0.expand(step), spk0.expand(step), _RESET_CODES[reset],
+        mem0.expand(step), spk0.expand(step), _RESET_CODES[reset], floor is not None, floor or 0.0, noise.std_to_scale,
     )
     ctx.save_for_backward(scale, eps, beta, threshold, mem0, spk0, mems, spks)
-    ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise = reset, detach_reset, estimator, noise
+    ctx.reset, ctx.detach_reset, ctx.estimator, ctx.noise, ctx.floor = reset, detach_reset, estimator, noise, floor
     ctx.set_materialize_grads(False)
     return spks, mems
 
 
-def _lif_backward_kernel(ctx, g_spk, g_mem):
-    """:meth:`_StochasticLIFSequence.backward` by the ``lif_theta`` and ``lif_backward`` kernels.
+def _factor_code(estimator: Estimator, noise: NoiseFamily) -> int:
+    """The kernels' code for the ``st`` factor they compute themselves, else ``FACTOR_GIVEN`` (torch computes it)."""
+    ops = _kernel_module
+    if type(estimator) is ST:
+        if type(noise) is Gaussian:
+            return ops.FACTOR_ST_GAUSSIAN
+        if type(noise) is Logistic:
+            return ops.FACTOR_ST_LOGISTIC
+    return ops.FACTOR_GIVEN
 
-    ``θ`` is rebuilt by a kernel, the estimator's factor is computed by torch for all steps at
-    once (so every estimator works unchanged), then one kernel runs the adjoint recurrence and
-    every per-element gradient.
+
+def _lif_backward_kernel(ctx, g_spk, g_mem):
+    """:meth:`_StochasticLIFSequence.backward` by the ``lif_backward`` kernel.
+
+    For ``st`` with Gaussian or logistic noise the kernel computes the factor ``p(θ)`` in the row it
+    is used; for every other estimator ``θ`` is built by the ``lif_theta`` kernel and the factor by
+    torch for all steps at once (so every estimator works unchanged). Then one kernel runs the
+    adjoint recurrence and every per-element gradient.
     """
     ops = _kernel_module
     scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
@@ -290,11 +307,14 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
     needs = ctx.needs_input_grad
     shape, step = mems.shape, mems.shape[1:]
     scale_, eps_, beta_, thr_ = scale.expand(shape), eps.expand(shape), beta.expand(step), threshold.expand(step)
-    theta = ops.lif_theta(mems, scale_, eps_, thr_)
-    factor = ctx.estimator.factor(theta, spks, eps, ctx.noise).to(mems.dtype).expand(shape)
+    from_var, floor, kappa = ctx.floor is not None, ctx.floor or 0.0, ctx.noise.std_to_scale
+    code, factor = _factor_code(ctx.estimator, ctx.noise), None
+    if code == ops.FACTOR_GIVEN:
+        theta = ops.lif_theta(mems, scale_, eps_, thr_, from_var, floor, kappa)
+        factor = ctx.estimator.factor(theta, spks, eps, ctx.noise).to(mems.dtype).expand(shape)
     g_ubar, g_scale, g_beta, g_thr = ops.lif_backward(
-        g_spk, g_mem, factor, scale_, eps_, theta, mems, spks, beta_, thr_, mem0.expand(step), spk0.expand(step),
-        _RESET_CODES[reset], detach, needs[1], needs[3], needs[4],
+        g_spk, g_mem, factor, code, scale_, eps_, mems, spks, beta_, thr_, mem0.expand(step), spk0.expand(step),
+        _RESET_CODES[reset], detach, from_var, floor, kappa, needs[1], needs[3], needs[4],
     )
     g_scale = g_scale.sum_to_size(scale.shape) if needs[1] else None
     g_beta = g_beta.sum_to_size(beta.shape) if needs[3] else None
@@ -304,7 +324,7 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
         g_mem0 = ((beta * (1.0 - spk0) if reset == "zero" else beta) * g_ubar[0]).sum_to_size(mem0.shape)
     if needs[6] and not detach:
         g_spk0 = (-threshold * g_ubar[0] if reset == "subtract" else -beta * mem0 * g_ubar[0]).sum_to_size(spk0.shape)
-    return g_ubar if needs[0] else None, g_scale, None, g_beta, g_thr, g_mem0, g_spk0, None, None, None, None
+    return g_ubar if needs[0] else None, g_scale, None, g_beta, g_thr, g_mem0, g_spk0, None, None, None, None, None
 
 
 def _marginal_kernels_apply(mu: Tensor, var, b, eps, beta, threshold, mem0, var0, spk0, reset: str) -> bool:
@@ -761,17 +781,39 @@ def stochastic_lif_sequence(
                 "reset_leak=True (the leaked subtract reset) is implemented for membrane_noise='marginal' only; "
                 "set membrane_noise='marginal' or reset_leak=False"
             )
-        scale = noise_scale(var, p, mu).expand_as(mu)
-        threshold = _as_tensor(p.threshold, mu)
-        spk, mem = _StochasticLIFSequence.apply(
-            mu, scale, eps, _as_tensor(p.beta, mu), threshold, state.mem, state.spk,
-            p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
-        )
+        threshold, beta = _as_tensor(p.threshold, mu), _as_tensor(p.beta, mu)
+        if _scale_in_kernels(mu, var, eps, beta, threshold, state, p, return_drive):
+            # the kernels form the scale from the variance: no [T, B, ...] scale, no passes around it
+            spk, mem = _StochasticLIFSequence.apply(
+                mu, var, eps, beta, threshold, state.mem, state.spk,
+                p.reset_mechanism, p.detach_reset, p.estimator, p.noise, p.sigma0**2 + p.eps_min**2,
+            )
+        else:
+            scale = noise_scale(var, p, mu).expand_as(mu)
+            spk, mem = _StochasticLIFSequence.apply(
+                mu, scale, eps, beta, threshold, state.mem, state.spk,
+                p.reset_mechanism, p.detach_reset, p.estimator, p.noise,
+            )
         final = StochasticLIFState(mem[-1], spk[-1])
         theta = (mem - scale * eps - threshold) / scale if return_drive else None
     if return_drive:
         return spk, mem, final, Drive(theta, scale, spk, eps, mu, var)
     return spk, mem, final
+
+
+def _scale_in_kernels(
+    mu: Tensor, var: Tensor | None, eps: Tensor, beta: Tensor, threshold: Tensor, state: StochasticLIFState,
+    p: StochasticLIFParameters, return_drive: bool,
+) -> bool:
+    """Whether the pathwise node runs on the kernels with the scale formed there from ``var``.
+
+    It does when the kernels apply and the scale is ``sqrt(v + f)·κ`` of a full ``[T, ...]``
+    variance: no learned ``σ_b`` (whose gradient the kernels do not form) and no drive to return
+    (the drive holds the scale with its graph).
+    """
+    if var is None or p.sigma_b is not None or return_drive or var.shape != mu.shape:
+        return False
+    return _cpu_kernels_for(mu, var, eps, beta, threshold, state.mem, state.spk) is not None
 
 
 class Drive(NamedTuple):

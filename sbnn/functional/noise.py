@@ -37,7 +37,12 @@ def safe_exp(log_x: Tensor) -> Tensor:
     measured), hence the margin. The result is ``e·tiny`` instead of 0, which no gradient can
     tell apart.
     """
-    return log_x.clamp_min(math.log(torch.finfo(log_x.dtype).tiny) + 1.0).exp()
+    return log_x.clamp_min(safe_exp_floor(log_x.dtype)).exp()
+
+
+def safe_exp_floor(dtype: torch.dtype) -> float:
+    """The clamp of :func:`safe_exp`, ``log(finfo(dtype).tiny) + 1``."""
+    return math.log(torch.finfo(dtype).tiny) + 1.0
 
 
 @dataclass(frozen=True)
