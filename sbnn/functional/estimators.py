@@ -297,7 +297,9 @@ def _agr_gaussian_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, tau:
     tail = den < torch.finfo(den.dtype).tiny  # underflowed, or a denormal without full precision
     if theta.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(tail.any()):  # no host synchronisation to avoid on the CPU; compiled: the elementwise choice
-            out = torch.where(tail, _agr_gaussian_factor_logspace(theta, spikes, noise, tau), out)
+            # the log-space formula on the tail elements only (log Φ is ~100 ns per element on the CPU)
+            theta_t, spikes_t = torch.broadcast_tensors(theta, spikes)
+            out = out.masked_scatter(tail, _agr_gaussian_factor_logspace(theta_t[tail], spikes_t[tail], noise, tau))
         return out
     return torch.where(tail, _agr_gaussian_factor_logspace(theta, spikes, noise, tau), out)
 
