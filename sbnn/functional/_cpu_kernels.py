@@ -34,9 +34,11 @@ Conventions shared by every kernel:
   (``exp`` of the log-density clamped as ``noise.safe_exp`` clamps it).
 * **Factor cut.** The backward treats factors below ``f_cut = sqrt(finfo.tiny)`` (1e-19 in
   float32) as 0. Units far from threshold have factors at ``safe_exp``'s floor ``e·tiny``, and
-  every product with it is a subnormal number, which the CPU computes some 100× slower: the
-  backward took 2-4× longer on a real step's factors than on random ones (measured). Their
-  gradient terms lie below ``1e-19`` of the typical ones, under any float's resolution.
+  every product with it is a subnormal number, which the CPU computes many times slower unless
+  denormals are flushed (the ``sbnn`` command and the benchmarks flush them; a library user may
+  not): without the cut the backward of ``[100, 8192]`` took 4× longer with such factors than
+  with factors in (0, 1), one thread (measured). Their gradient terms lie below ``1e-19`` of the
+  typical ones, under any float's resolution.
 """
 
 from __future__ import annotations
