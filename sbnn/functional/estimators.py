@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .noise import NoiseFamily, get_noise, safe_exp
+from .noise import _LOG_SQRT_2PI, NoiseFamily, get_noise, safe_exp, safe_exp_floor
 
 __all__ = [
     "Estimator",
@@ -261,12 +261,25 @@ def _cdf(noise: NoiseFamily, x: Tensor) -> Tensor:
     return safe_exp(noise.log_cdf(x))
 
 
+def _gaussian_erfc_arg(theta: Tensor, spikes: Tensor, scale: float = 1.0) -> Tensor:
+    """``−σθ·scale/√2`` (``σ = 2S − 1``), so that ``erfc`` of it is ``2Φ(σθ·scale)``; two passes."""
+    k = scale * _SQRT_HALF
+    return torch.addcmul(theta * k, theta, spikes, value=-2.0 * k)
+
+
 def _iwst_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, p: float, w_max: float) -> Tensor:
     r"""``p(θ)·min(q_p(S)/P(S | θ), w_max)``, as ``exp(log p(θ) + log min(q/P, w_max))``.
 
     ``P(S | θ) = F(σθ)``, ``σ = 2S − 1``; where ``F`` underflows the ratio is ``inf`` and the clip
-    gives ``w_max``, its exact value there. Equal to :func:`_iwst_factor_logspace`.
+    gives ``w_max``, its exact value there. Equal to :func:`_iwst_factor_logspace`. For Gaussian
+    noise the same terms in twelve in-place passes (``2q/2Φ``; the log-density fused into an
+    ``addcmul``), against seventeen for the general form.
     """
+    if noise.name == "gaussian":
+        q2 = spikes.mul(2.0 * (2.0 * p - 1.0)).add_(2.0 * (1.0 - p))  # 2·q_p(S)
+        log_w = q2.div_(_gaussian_erfc_arg(theta, spikes).erfc_()).clamp_max_(w_max).log_()
+        log_f = torch.addcmul(log_w, theta, theta, value=-0.5).sub_(_LOG_SQRT_2PI)
+        return log_f.clamp_min_(safe_exp_floor(log_f.dtype)).exp_()
     signed = theta * (2.0 * spikes - 1.0)
     # q_p(S) as an arithmetic blend keeps θ's dtype (torch.where on Python scalars gives float32)
     q = spikes * (2.0 * p - 1.0) + (1.0 - p)
@@ -290,11 +303,13 @@ def _agr_gaussian_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, tau:
     synchronisation. Equal to :func:`_agr_gaussian_factor_logspace`.
     """
     c = math.sqrt(1.0 + tau**2)
-    signed = theta * (2.0 * spikes - 1.0)
-    den = _cdf(noise, signed)
-    ratio = _cdf(noise, signed * (tau / c)).div_(den)
-    out = safe_exp(noise.log_pdf(theta / c) + ratio.log_().sub_(math.log(c)))
-    tail = den < torch.finfo(den.dtype).tiny  # underflowed, or a denormal without full precision
+    arg = _gaussian_erfc_arg(theta, spikes)
+    den = torch.special.erfc(arg)  # 2Φ(σθ); the factors 2 cancel in the ratio
+    ratio = arg.mul_(tau / c).erfc_().div_(den)
+    # log φ(θ/c) − log c + log ratio, the log-density fused into one addcmul
+    log_f = torch.addcmul(ratio.log_(), theta, theta, value=-0.5 / c**2).sub_(_LOG_SQRT_2PI + math.log(c))
+    out = log_f.clamp_min_(safe_exp_floor(log_f.dtype)).exp_()
+    tail = den < 2.0 * torch.finfo(den.dtype).tiny  # Φ underflowed, or a denormal without full precision
     if theta.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(tail.any()):  # no host synchronisation to avoid on the CPU; compiled: the elementwise choice
             # the log-space formula on the tail elements only (log Φ is ~100 ns per element on the CPU)
