@@ -30,7 +30,7 @@ NAMES = ["mu", "var", "beta", "threshold", "mem0", "spk0"]
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of the kernel calls, by name (the kernels still run)."""
-    counts = {"lif_forward": 0, "lif_backward": 0, "marginal_mean": 0, "reverse_recurrence": 0}
+    counts = {"lif_forward": 0, "lif_backward": 0, "marginal_mean": 0, "reverse_recurrence": 0, "marginal_backward": 0}
     for name in counts:
         original = getattr(kernels, name)
 
@@ -249,8 +249,12 @@ def test_every_reset_code_is_the_kernels():
     assert set(neurons._RESET_CODES) == set(neurons.RESET_MECHANISMS)
 
 
-def _marginal_run(kernel, monkeypatch, reset, detach, dtype, *, var_kind="full", noise="gaussian", leak=False):
-    """The marginal model's outputs and the gradients of every input, with per-unit ``β``/``ϑ`` and a learned ``σ_b``."""
+def _marginal_run(
+    kernel, monkeypatch, reset, detach, dtype, *, var_kind="full", noise="gaussian", leak=False, learned_sigma_b=True,
+    estimator=AGR(0.5),
+):
+    """The marginal model's outputs and the gradients of every input, with per-unit ``β``/``ϑ`` and a learned ``σ_b``
+    (unless ``learned_sigma_b`` is false)."""
     monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
     gen = torch.Generator().manual_seed(5)
     t, b, n = 20, 4, 6
@@ -265,12 +269,12 @@ def _marginal_run(kernel, monkeypatch, reset, detach, dtype, *, var_kind="full",
     eps = get_noise(noise).sample(torch.Size([t, b, n]), like=mu.detach(), generator=gen)
     beta = torch.linspace(0.6, 0.95, n, **kw).requires_grad_()
     thr = torch.linspace(0.8, 1.2, n, **kw).requires_grad_()
-    sigma_b = torch.tensor(0.3, **kw).requires_grad_()
+    sigma_b = torch.tensor(0.3, **kw).requires_grad_() if learned_sigma_b else None
     mem0 = (0.5 * torch.randn(b, n, generator=gen, **kw)).requires_grad_()
     spk0 = (torch.rand(b, n, generator=gen, **kw) < 0.5).to(dtype).requires_grad_()
     var0 = (0.1 * torch.rand(b, n, generator=gen, **kw)).requires_grad_()
     p = StochasticLIFParameters(
-        beta, thr, 0.1, 1e-3, reset, detach, get_noise(noise), AGR(0.5), membrane_noise="marginal",
+        beta, thr, 0.1, 1e-3, reset, detach, get_noise(noise), estimator, membrane_noise="marginal",
         sigma_b=sigma_b, reset_leak=leak,
     )
     spk, mem, state = stochastic_lif_sequence(mu, var, p, state=StochasticLIFState(mem0, spk0, var0), eps=eps)
@@ -284,15 +288,23 @@ def _marginal_run(kernel, monkeypatch, reset, detach, dtype, *, var_kind="full",
 @pytest.mark.parametrize("detach", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize(
-    "case", [dict(), dict(var_kind="shared"), dict(var_kind=None, noise="logistic"), dict(leak=True)],
-    ids=["full_var", "shared_var", "no_var_logistic", "reset_leak"],
+    "case",
+    [
+        dict(), dict(var_kind="shared"), dict(var_kind=None, noise="logistic"), dict(leak=True),
+        # no σ_b, per-unit variance: with a detached reset the whole backward is one kernel
+        dict(learned_sigma_b=False), dict(learned_sigma_b=False, estimator=ST()),
+        dict(learned_sigma_b=False, var_kind=None, noise="logistic", estimator=ST()),
+    ],
+    ids=["full_var", "shared_var", "no_var_logistic", "reset_leak", "no_sigma_b", "no_sigma_b_st", "no_var_logistic_st"],
 )
 def test_marginal_forward_kernels_match_the_torch_loop(monkeypatch, calls, reset, detach, dtype, case):
     if case.get("leak") and reset != "subtract":
         pytest.skip("the leaked reset is a subtract reset")
     got = _marginal_run(True, monkeypatch, reset, detach, dtype, **case)
     assert calls["marginal_mean"] == 1
-    assert calls["reverse_recurrence"] == (2 if detach or reset == "none" else 1)  # gM (detached) and gV
+    fused = (detach or reset == "none") and case.get("learned_sigma_b") is False
+    assert calls["marginal_backward"] == int(fused)
+    assert calls["reverse_recurrence"] == (0 if fused else 2 if detach or reset == "none" else 1)  # gM (detached) and gV
     ref = _marginal_run(False, monkeypatch, reset, detach, dtype, **case)
     assert calls["marginal_mean"] == 1 and calls["reverse_recurrence"] <= 2
     assert 0 < ref[0].mean() < 1
@@ -351,3 +363,25 @@ def test_factors_below_the_cut_count_as_zero():
     tiny, zero = grads(torch.where(far, floor, factor)), grads(torch.where(far, 0.0, factor))
     assert all(torch.equal(a, b) for a, b in zip(tiny, zero))
     assert not torch.equal(zero[0], grads(factor)[0])  # the factor is read
+
+
+@pytest.mark.parametrize("reset", ["subtract", "none"])
+def test_the_fused_marginal_backward_takes_the_drive_gradient(monkeypatch, calls, reset):
+    """The drive's ``θ`` (rebuilt from the scale output, as the auxiliary losses read it) sends a
+    gradient into the scale: the one-kernel backward adds it as the torch backward does."""
+    gen = torch.Generator().manual_seed(11)
+    t, b, n = 15, 3, 5
+    mu = (0.6 * torch.randn(t, b, n, generator=gen, dtype=torch.float64) + 0.4).requires_grad_()
+    var = (0.2 * torch.rand(t, b, n, generator=gen, dtype=torch.float64)).requires_grad_()
+    eps = torch.randn(t, b, n, generator=gen, dtype=torch.float64)
+    beta = torch.linspace(0.6, 0.95, n, dtype=torch.float64).requires_grad_()
+    p = StochasticLIFParameters(beta, 1.0, 0.1, 1e-3, reset, True, get_noise("gaussian"), ST(), membrane_noise="marginal")
+    out = []
+    for kernel in (True, False):
+        monkeypatch.setattr(neurons, "CPU_KERNELS", kernel)
+        spk, mem, _, drive = stochastic_lif_sequence(mu, var, p, eps=eps, return_drive=True)
+        objective = spk.sum() + (drive.theta * torch.linspace(-1, 1, n, dtype=torch.float64)).sum() + mem.square().sum()
+        out.append(torch.autograd.grad(objective, [mu, var, beta]))
+    assert calls["marginal_backward"] == 1
+    for g, r in zip(*out):
+        torch.testing.assert_close(g, r, **TOL[torch.float64])

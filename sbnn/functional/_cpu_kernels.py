@@ -431,6 +431,81 @@ def _mean_row(mu_t, s_t, e_t, beta, reset_amount, threshold, prev_mean, prev_spk
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def marginal_backward(
+    g_spk, g_mem, has_g_mem, g_scale, has_g_scale, factor, factor_code, log_norm, lo, exp_c, f_cut,
+    thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta, beta2, half_k2, carry_m, carry_v,
+    want_beta, want_threshold, subtract, g_m, g_v, g_beta, g_threshold,
+):
+    """The marginal model's backward with a detached reset, every term in one pass over time.
+
+    With ``a = factor/s``, ``h = κ²/(2s)`` (``∂s/∂V``) and the σ-adjoint
+    ``g_s = g_mem·ε − gS·(a·θ) (+ g_scale)``: the two adjoint recurrences
+    ``gM[t] = β·gM[t+1] + (g_mem[t] + gS[t]·a[t])`` and ``gV[t] = β²·gV[t+1] + g_s[t]·h[t]``
+    (each a fused multiply-add; at ``t = T − 1`` the adjoints ``carry_m``, ``carry_v`` from after
+    the sequence are added), and the sums over time
+    ``g_beta += gM[t]·M[t−1] + 2β·(gV[t]·V[t−1])`` and ``g_threshold += −gS[t]·a[t]`` (the
+    subtract reset: ``− S[t−1]·gM[t]`` too). The factor as in :func:`lif_backward` (given, or
+    ``st`` computed here; cut below ``f_cut``). The terms and their order are those of the torch
+    backward of ``neurons._MarginalSequence``.
+
+    Args:
+        g_spk: ``[T, N]``; g_mem, g_scale: ``[T, N]``, read only if ``has_g_mem``, ``has_g_scale``.
+        factor, factor_code, log_norm, lo, exp_c, f_cut: as in :func:`lif_backward`.
+        thetas, scales, eps, means, variances, spks: ``[T, N]`` from the forward pass.
+        mem0, var0, spk0, beta, beta2: ``[N]``; half_k2: ``κ²/2``.
+        carry_m, carry_v: ``[N]`` adjoints of the last mean and variance (overwritten).
+        want_beta, want_threshold, subtract: which sums to form; the subtract reset.
+        g_m, g_v: ``[T, N]`` outputs; g_beta, g_threshold: ``[N]``, accumulated into.
+    """
+    n_steps, n = thetas.shape
+    dtype = thetas.dtype
+    one = exp_c[3]
+    f_row, a_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
+    for k in range(n_steps):
+        t = n_steps - 1 - k
+        th_t, s_t, e_t, gs_t = thetas[t], scales[t], eps[t], g_spk[t]
+        if factor_code == FACTOR_GIVEN:
+            _cut_row(factor[t], f_cut, f_row)
+        else:
+            _st_factor_row(th_t, factor_code, log_norm, lo, exp_c, f_row)
+            _cut_row(f_row, f_cut, f_row)
+        for i in range(n):
+            a_row[i] = f_row[i] * (one / s_t[i])
+        gm_t, gv_t = g_m[t], g_v[t]
+        first = t == n_steps - 1
+        for i in range(n):
+            d_m = gs_t[i] * a_row[i]
+            if has_g_mem:
+                d_m = g_mem[t, i] + d_m
+            d_s = -(gs_t[i] * (a_row[i] * th_t[i]))
+            if has_g_mem:
+                d_s = g_mem[t, i] * e_t[i] + d_s
+            if has_g_scale:
+                d_s = d_s + g_scale[t, i]
+            d_v = d_s * (half_k2 * (one / s_t[i]))
+            if first:
+                carry_m[i] = d_m + carry_m[i]
+                carry_v[i] = d_v + carry_v[i]
+            else:
+                carry_m[i] = _fma(beta[i], carry_m[i], d_m)
+                carry_v[i] = _fma(beta2[i], carry_v[i], d_v)
+            gm_t[i] = carry_m[i]
+            gv_t[i] = carry_v[i]
+        if want_beta:
+            prev_m = mem0 if t == 0 else means[t - 1]
+            prev_v = var0 if t == 0 else variances[t - 1]
+            for i in range(n):
+                g_beta[i] += gm_t[i] * prev_m[i] + (beta[i] + beta[i]) * (gv_t[i] * prev_v[i])
+        if want_threshold:
+            for i in range(n):
+                g_threshold[i] += -(gs_t[i] * a_row[i])
+            if subtract:
+                prev_s = spk0 if t == 0 else spks[t - 1]
+                for i in range(n):
+                    g_threshold[i] -= prev_s[i] * gm_t[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def reverse_recurrence(d, coeff, per_step, carry, out):
     """The adjoint recurrence ``out[t] = d[t] + c[t + 1]·out[t + 1]``, ``out[T − 1] = d[T − 1] + carry``.
 

@@ -450,7 +450,9 @@ class _MarginalSequence(torch.autograd.Function):
     gradient).
 
     On CPU, without the zero reset, the variance and mean loops and the adjoint recurrences run
-    as Numba kernels (:data:`CPU_KERNELS`); every other backward term stays torch.
+    as Numba kernels (:data:`CPU_KERNELS`); with a detached reset, no ``σ_b`` and a per-unit
+    variance the whole backward is one kernel (:func:`_marginal_backward_kernel`), otherwise every
+    other backward term stays torch.
     """
 
     @staticmethod
@@ -515,6 +517,8 @@ class _MarginalSequence(torch.autograd.Function):
     def backward(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
         b, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
         reset, detach, leak = ctx.reset, ctx.detach_reset or ctx.reset == "none", ctx.leak
+        if ctx.on_kernels and detach and not leak and b is None and scales.shape == variances.shape == spks.shape:
+            return _marginal_backward_kernel(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last)
         reset_amount = _reset_amount(beta, threshold, leak)
         needs = ctx.needs_input_grad
         n_steps = spks.shape[0]
@@ -625,6 +629,33 @@ class _MarginalSequence(torch.autograd.Function):
             else:
                 g_spk0 = (-(beta * mem0 * g_m[0] + beta2 * var0 * g_v[0])).sum_to_size(spk0.shape)
         return (g_mu, g_var, g_b, None, g_beta, g_thr, g_mem0, g_var0, g_spk0, None, None, None, None, None, None)
+
+
+def _marginal_backward_kernel(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_last):
+    """:meth:`_MarginalSequence.backward` by the ``marginal_backward`` kernel: a detached reset,
+    no ``σ_b``, a per-unit variance (the MLP's and the recurrent stages' case). The ``st`` factor is
+    computed in the kernel, any other estimator's by torch, as in :func:`_lif_backward_kernel`."""
+    ops = _kernel_module
+    _, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    shape, step = spks.shape, spks.shape[1:]
+    code, factor = _factor_code(ctx.estimator, ctx.noise), None
+    if code == ops.FACTOR_GIVEN:
+        factor = ctx.estimator.factor(thetas, spks, eps, ctx.noise).to(thetas.dtype).expand(shape)
+    zeros = spks.new_zeros(step)
+    g_m, g_v, g_beta, g_thr = ops.marginal_backward(
+        g_spk, g_mem, None if g_scale is None else g_scale.expand(shape), factor, code, thetas, scales,
+        eps.expand(shape), means, variances, spks, mem0.expand(step), var0.expand(step), spk0.expand(step),
+        beta.expand(step), zeros if g_mean_last is None else g_mean_last.expand(step),
+        zeros if g_var_last is None else g_var_last.expand(step), ctx.noise.std_to_scale,
+        needs[4], needs[5], ctx.reset == "subtract",
+    )
+    g_var = g_v.sum_to_size(ctx.var_shape) if needs[1] else None
+    g_beta = g_beta.sum_to_size(beta.shape) if needs[4] else None
+    g_thr = g_thr.sum_to_size(threshold.shape) if needs[5] else None
+    g_mem0 = (beta * g_m[0]).sum_to_size(mem0.shape) if needs[6] else None
+    g_var0 = ((beta * beta) * g_v[0]).sum_to_size(var0.shape) if needs[7] else None
+    return (g_m if needs[0] else None, g_var, None, None, g_beta, g_thr, g_mem0, g_var0, None, None, None, None, None, None, None)
 
 
 def _shifted(first: Tensor, seq: Tensor) -> Tensor:
