@@ -62,11 +62,13 @@ __all__ = [
 
 #: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls
 #: for a table (``[in, 2·out]``) within :data:`SPARSE_CACHED_TABLE_BYTES`, forward + backward, one
-#: thread, over ``T·B = 3200`` rows, the active inputs found in the dense input: gather/dense 0.57
-#: and 0.64 at 3 %, 0.88 and 0.79 at 7 %, 1.02 and 0.96 at 10 % for 700→256 and 256→256; 256-wide
-#: hidden spikes whose input gradient stays dense 0.68 at 3 % and 0.82 at 10 %
-#: (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
-SPARSE_MAX_DENSITY = 0.09
+#: thread, over ``T·B = 3200`` rows, the active inputs found in the dense input. On a quiet machine
+#: gather/dense is 0.81 and 0.86 at 10 %, 0.91 and 0.91 at 12 %, 1.08 and 1.04 at 15 % for
+#: 700→256 and 256→256 (hidden spikes whose input gradient stays dense: 0.83–0.90 at 12 %); a
+#: second job on the 2 cores moved it to 1.02 and 0.96 at 10 %. 12 % sits below the quiet
+#: crossover, near the loaded one (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
+#: For one thread: :func:`density_limit` divides it by the thread count.
+SPARSE_MAX_DENSITY = 0.12
 #: The same for an input given as :class:`SpikeIndices` (the data path's ``input_format="indices"``):
 #: the gather skips finding the active inputs, the dense path has to rebuild the tensor; 700→256:
 #: 0.59 at 10 %, 0.80 at 15 %, 0.98 at 20 %.
@@ -151,7 +153,8 @@ def estimate_density(x: Tensor, stride: int = 8) -> float:
 
 
 def density_limit(
-    rows: int, table_bytes: int = 0, *, indices: bool = False, max_density: float | None = None
+    rows: int, table_bytes: int = 0, *, indices: bool = False, max_density: float | None = None,
+    threads: int | None = None,
 ) -> float:
     """The input density up to which the gather path pays, for ``rows`` input rows (``T·B``).
 
@@ -160,19 +163,26 @@ def density_limit(
     :data:`SPARSE_MAX_DENSITY_LARGE`), times ``min(1, rows / SPARSE_FULL_ROWS)``: the path's fixed
     costs (the table's transposing copies) grow with the table, its savings with the rows, so
     fewer rows lower the crossover (measured at 800 rows: about 8 % for 256-wide layers, 2-3 %
-    for a 2048 → 2048 hidden layer).
+    for a 2048 → 2048 hidden layer). For a dense input and a cached table the measured crossover
+    is divided by the thread count: the dense matmuls it competes with use every thread, finding
+    the indices and the scatter one (700 → 256: 13–15 % at one thread, 7 % at two, measured); the
+    other two crossovers moved little with a second thread (13 % for index input, 5.5 % for a
+    700 → 2048 table).
 
     Args:
         rows: input rows ``T·B``.
         table_bytes: size of the layer's weight table ``[in, 2·out]`` in bytes.
         indices: the input arrives as :class:`SpikeIndices`.
-        max_density: an override of the crossover (``None``: the measured one).
+        max_density: an override of the crossover (``None``: the measured one; used as given).
+        threads: intra-op threads of the matmuls (``None``: ``torch.get_num_threads()``).
     """
     if max_density is None:
         if table_bytes > SPARSE_CACHED_TABLE_BYTES:
             max_density = SPARSE_MAX_DENSITY_LARGE
+        elif indices:
+            max_density = SPARSE_MAX_DENSITY_INDICES
         else:
-            max_density = SPARSE_MAX_DENSITY_INDICES if indices else SPARSE_MAX_DENSITY
+            max_density = SPARSE_MAX_DENSITY / max(1, torch.get_num_threads() if threads is None else threads)
     return max_density * min(1.0, rows / SPARSE_FULL_ROWS)
 
 
