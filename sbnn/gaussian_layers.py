@@ -372,7 +372,7 @@ class GaussianLinear(GaussianLayer):
         total = x_sq.sum(-1, keepdim=True)
         return total - x_sq if (self.zero_diagonal and not self.self_variance) else total
 
-    def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
+    def time_weighted(self, x: Tensor, weights: Tensor, *, validate: bool = True) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input (see :meth:`sbnn.BernoulliLinear.time_weighted`).
 
         In ``sample`` mode: mean ``W̄·Σ_t w_t x_t + b Σ_t w_t``, variance ``σ_w² Σ_t w_t² Σ_i x_ti²``
@@ -381,11 +381,13 @@ class GaussianLinear(GaussianLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
+            validate: check ``x`` (a model passing its own hidden spikes skips it).
 
         Returns:
             ``[B, out]``.
         """
-        self._check(x)
+        if validate:
+            self._check(x)
         summed = torch.tensordot(weights, x, dims=1)
         if self._mode == "sample":
             src = x if self.variance_input_grad else x.detach()

@@ -508,7 +508,7 @@ class BernoulliLinear(BernoulliLayer):
         out = F.linear(x, weight) * self.scale
         return out if self.bias is None else out + self.bias
 
-    def time_weighted(self, x: Tensor, weights: Tensor) -> Tensor:
+    def time_weighted(self, x: Tensor, weights: Tensor, *, validate: bool = True) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input, ``h[t]`` this layer's pre-activation.
 
         In ``sample`` mode the per-step LRT samples are independent Gaussians, so their weighted
@@ -519,11 +519,13 @@ class BernoulliLinear(BernoulliLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
+            validate: check ``x`` (a model passing its own hidden spikes skips it).
 
         Returns:
             ``[B, out]``.
         """
-        self._check(x)
+        if validate:
+            self._check(x)
         if self._mode == "sample":
             summed, summed_sq = time_weighted_moments(weights, x)
             out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)), batch_dim=0)
