@@ -333,7 +333,7 @@ def test_the_vectorised_exp_is_within_a_few_ulp_of_numpy(dtype):
     lo = math.log(np.finfo(dtype).tiny) + 1.0
     x = np.concatenate([np.linspace(lo, 0.0, 20001), [lo, 0.0, -1e-30, -0.5 * math.log(2.0), -math.log(2.0), -1.5]]).astype(dtype)
     out = np.empty_like(x)
-    run(x, kernels.exp_constants(dtype), out)
+    run(x, kernels.factor_constants(dtype, 0.0, 0.0, 0.0), out)  # exp reads only its own constants
     ref = np.exp(x.astype(np.float64))
     ulp = np.finfo(dtype).eps
     assert np.max(np.abs(out / ref - 1.0)) <= 4 * ulp

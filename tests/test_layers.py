@@ -258,3 +258,16 @@ def test_set_fixed_weight_runs_the_given_weight_and_keeps_parameters_unchanged()
     assert layer.lam.grad is not None and layer.lam.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="λ's shape"):
         layer.set_fixed_weight(torch.zeros(4, 3))
+
+
+def test_time_weighted_moments_are_the_sums_and_their_gradients(gen):
+    from sbnn.functional.layers import time_weighted_moments
+
+    w = torch.rand(5, dtype=torch.float64, generator=gen).requires_grad_()
+    x = torch.randn(5, 3, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    s, q = time_weighted_moments(w, x)
+    torch.testing.assert_close(s, torch.einsum("t,tbi->bi", w, x))
+    torch.testing.assert_close(q, torch.einsum("t,tbi->bi", w * w, x * x))
+    assert torch.autograd.gradcheck(time_weighted_moments, (w, x))
+    with pytest.raises(ValueError, match=r"weights \[T\] and x \[T, \.\.\.\]"):
+        time_weighted_moments(w[:4], x)

@@ -96,24 +96,30 @@ EXP_CONSTANTS = {
     np.float64: (1.4426950408889634, 0.6931471803691238, 1.9082149292705877e-10),
 }
 EXP_DEGREE = 13
+#: where :func:`factor_constants` puts 1 (``1/0!``), ``log √(2π)``, the clamp ``lo`` and ``f_cut``
+_C_ONE, _C_LOG_NORM, _C_LO, _C_CUT = 3, EXP_DEGREE + 4, EXP_DEGREE + 5, EXP_DEGREE + 6
 
 
-def exp_constants(dtype) -> np.ndarray:
-    """The constant array of :func:`_exp_nonpositive` for a NumPy float ``dtype``."""
+def factor_constants(dtype, log_norm: float, lo: float, f_cut: float) -> np.ndarray:
+    """The backward kernels' factor constants for a NumPy float ``dtype``, one array.
+
+    :func:`_exp_nonpositive`'s (``log2 e``, ``ln 2`` high and low, ``1/k!``), then the Gaussian
+    ``log √(2π)``, ``safe_exp``'s clamp ``lo`` and the factor cut ``f_cut`` (module docstring).
+    """
     coefficients = [1.0 / math.factorial(k) for k in range(EXP_DEGREE + 1)]
-    return np.array([*EXP_CONSTANTS[dtype], *coefficients], dtype=dtype)
+    return np.array([*EXP_CONSTANTS[dtype], *coefficients, log_norm, lo, f_cut], dtype=dtype)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _exp_nonpositive(x, c):
-    """``exp(x)`` for ``log(tiny) < x ≤ 0`` (``c`` from :func:`exp_constants`), in operations LLVM vectorises.
+    """``exp(x)`` for ``log(tiny) < x ≤ 0`` (``c`` from :func:`factor_constants`), in operations LLVM vectorises.
 
     ``x = n ln 2 + r`` with ``n = round(x log2 e)``, ``|r| ≤ ln 2 / 2``; ``e^r`` by its Taylor
     polynomial (Horner), times ``2^n`` from the exponent bits. Within a few ulp of ``exp`` (the
     tests compare it with NumPy's); ``libm``'s ``exp`` is a call that no loop vectorises, and slow
     near underflow, where the densities of units far from threshold lie.
     """
-    n = np.floor(x * c[0] + c[3] / (c[3] + c[3]))  # round half up; c[3] = 1
+    n = np.floor(x * c[0] + c[_C_ONE] / (c[_C_ONE] + c[_C_ONE]))  # round half up
     r = (x - n * c[1]) - n * c[2]
     p = c[3 + EXP_DEGREE]
     for k in range(EXP_DEGREE - 1, -1, -1):
@@ -208,14 +214,25 @@ def _theta_row(m_t, s_t, e_t, threshold, one, th_t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _st_factor_row(th_t, code, log_norm, lo, c, f_t):
+def _factor_row(given_t, code, th_t, c, f_t):
+    """The estimator's factor of one step into ``f_t``: ``given_t`` (``FACTOR_GIVEN``) or the
+    ``st`` factor computed from ``θ``; factors below the cut count as 0 (module docstring)."""
+    if code == FACTOR_GIVEN:
+        _cut_row(given_t, c[_C_CUT], f_t)
+    else:
+        _st_factor_row(th_t, code, c, f_t)
+        _cut_row(f_t, c[_C_CUT], f_t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _st_factor_row(th_t, code, c, f_t):
     """The ``st`` factor ``p(θ)`` on a row, ``exp(max(log p(θ), lo))`` as ``noise.safe_exp`` clamps it.
 
-    Gaussian ``log p = (−½θ)·θ − log √(2π)`` (``log_norm = log √(2π)``, the order of
-    ``noise.Gaussian.log_pdf``); logistic ``p = σ(θ)σ(−θ) = e/(1 + e)²``, ``e = exp(−|θ|)``,
-    floored at ``exp(lo)``. ``c``: the constants of :func:`_exp_nonpositive` (``c[3] = 1``).
+    Gaussian ``log p = (−½θ)·θ − log √(2π)`` (the order of ``noise.Gaussian.log_pdf``); logistic
+    ``p = σ(θ)σ(−θ) = e/(1 + e)²``, ``e = exp(−|θ|)``, floored at ``exp(lo)``. ``c``: from
+    :func:`factor_constants`.
     """
-    one = c[3]
+    one, log_norm, lo = c[_C_ONE], c[_C_LOG_NORM], c[_C_LO]
     if code == FACTOR_ST_GAUSSIAN:
         neg_half = -(one / (one + one))  # −½ in the row's dtype
         for i in range(th_t.size):
@@ -229,7 +246,7 @@ def _st_factor_row(th_t, code, log_norm, lo, c, f_t):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def lif_backward(
-    g_spk, g_mem, has_g_mem, factor, factor_code, log_norm, lo, exp_c, f_cut, scale, from_var, floor, kappa, eps, mems, spks,
+    g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
     beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
     want_threshold,
 ):
@@ -248,8 +265,7 @@ def lif_backward(
     Args:
         g_spk, g_mem: ``[T, N]`` output adjoints (``g_mem`` is read only if ``has_g_mem``).
         factor: ``[T, N]`` the estimator's ``∂S/∂θ`` at ``θ``, read only if ``factor_code`` is
-            ``FACTOR_GIVEN``; ``log_norm``, ``lo``, ``exp_c``: the ``st`` factor's constants
-            (:func:`_st_factor_row`); factors below ``f_cut`` count as 0 (module docstring).
+            ``FACTOR_GIVEN``; fc: :func:`factor_constants` (the ``st`` factor's, the cut's).
         scale, eps, mems, spks: ``[T, N]`` from the forward pass (``scale`` the variance if
             ``from_var``; ``floor``, ``kappa`` as in :func:`lif_forward`).
         beta, threshold, mem0, spk0: ``[N]``.
@@ -273,11 +289,7 @@ def lif_backward(
             _scale_row(scale[t], floor, kappa, root, s_row)
         s_t = s_row if from_var else scale[t]
         _theta_row(mems[t], s_t, eps[t], threshold, one, th_row)
-        if factor_code == FACTOR_GIVEN:
-            _cut_row(factor[t], f_cut, f_row)
-        else:
-            _st_factor_row(th_row, factor_code, log_norm, lo, exp_c, f_row)
-            _cut_row(f_row, f_cut, f_row)
+        _factor_row(factor[t], factor_code, th_row, fc, f_row)
         _backward_row(
             g_spk[t], g_mem[t] if has_g_mem else g_mem[0], has_g_mem, f_row,
             s_t, eps[t], th_row, mems[t], spks[t], mem0 if t == 0 else mems[t - 1], spk0 if t == 0 else spks[t - 1],
@@ -432,7 +444,7 @@ def _mean_row(mu_t, s_t, e_t, beta, reset_amount, threshold, prev_mean, prev_spk
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def marginal_backward(
-    g_spk, g_mem, has_g_mem, g_scale, has_g_scale, factor, factor_code, log_norm, lo, exp_c, f_cut,
+    g_spk, g_mem, has_g_mem, g_scale, has_g_scale, factor, factor_code, fc,
     thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta, beta2, half_k2, carry_m, carry_v,
     want_beta, want_threshold, subtract, g_m, g_v, g_beta, g_threshold,
 ):
@@ -445,12 +457,12 @@ def marginal_backward(
     the sequence are added), and the sums over time
     ``g_beta += gM[t]·M[t−1] + 2β·(gV[t]·V[t−1])`` and ``g_threshold += −gS[t]·a[t]`` (the
     subtract reset: ``− S[t−1]·gM[t]`` too). The factor as in :func:`lif_backward` (given, or
-    ``st`` computed here; cut below ``f_cut``). The terms and their order are those of the torch
+    ``st`` computed here; cut). The terms and their order are those of the torch
     backward of ``neurons._MarginalSequence``.
 
     Args:
         g_spk: ``[T, N]``; g_mem, g_scale: ``[T, N]``, read only if ``has_g_mem``, ``has_g_scale``.
-        factor, factor_code, log_norm, lo, exp_c, f_cut: as in :func:`lif_backward`.
+        factor, factor_code, fc: as in :func:`lif_backward`.
         thetas, scales, eps, means, variances, spks: ``[T, N]`` from the forward pass.
         mem0, var0, spk0, beta, beta2: ``[N]``; half_k2: ``κ²/2``.
         carry_m, carry_v: ``[N]`` adjoints of the last mean and variance (overwritten).
@@ -459,16 +471,12 @@ def marginal_backward(
     """
     n_steps, n = thetas.shape
     dtype = thetas.dtype
-    one = exp_c[3]
+    one = fc[_C_ONE]
     f_row, a_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
     for k in range(n_steps):
         t = n_steps - 1 - k
         th_t, s_t, e_t, gs_t = thetas[t], scales[t], eps[t], g_spk[t]
-        if factor_code == FACTOR_GIVEN:
-            _cut_row(factor[t], f_cut, f_row)
-        else:
-            _st_factor_row(th_t, factor_code, log_norm, lo, exp_c, f_row)
-            _cut_row(f_row, f_cut, f_row)
+        _factor_row(factor[t], factor_code, th_t, fc, f_row)
         for i in range(n):
             a_row[i] = f_row[i] * (one / s_t[i])
         gm_t, gv_t = g_m[t], g_v[t]

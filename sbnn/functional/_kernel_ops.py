@@ -42,9 +42,11 @@ def _units(x: Tensor):
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-_EXP_FLOOR = {dtype: safe_exp_floor(dtype) for dtype in _NUMPY_FLOATS}
-_EXP_CONSTANTS = {dtype: kernels.exp_constants(np_dtype) for dtype, np_dtype in _NUMPY_FLOATS.items()}
-_FACTOR_CUT = {dtype: torch.finfo(dtype).tiny ** 0.5 for dtype in _NUMPY_FLOATS}
+#: the backward kernels' factor constants: exp's, log √(2π), safe_exp's clamp, the cut sqrt(tiny)
+_FACTOR_CONSTANTS = {
+    dtype: kernels.factor_constants(np_dtype, _LOG_SQRT_2PI, safe_exp_floor(dtype), torch.finfo(dtype).tiny ** 0.5)
+    for dtype, np_dtype in _NUMPY_FLOATS.items()
+}
 
 
 def _one(x: Tensor):
@@ -114,8 +116,7 @@ def lif_backward(
     kernels.lif_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
         mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
-        mems_ if factor is None else _rows(factor), factor_code, _scalar(_LOG_SQRT_2PI, mems), _scalar(_EXP_FLOOR[mems.dtype], mems),
-        _EXP_CONSTANTS[mems.dtype], _scalar(_FACTOR_CUT[mems.dtype], mems),
+        mems_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[mems.dtype],
         _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems), _rows(eps), mems_, _rows(spks),
         _units(beta), _units(threshold), _units(mem0), _units(spk0), reset, detach, _one(mems),
         g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
@@ -185,8 +186,7 @@ def marginal_backward(
     kernels.marginal_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(th_.shape, dtype=th_.dtype),
         th_ if g_mem is None else _rows(g_mem), g_mem is not None, th_ if g_scale is None else _rows(g_scale), g_scale is not None,
-        th_ if factor is None else _rows(factor), factor_code, _scalar(_LOG_SQRT_2PI, thetas),
-        _scalar(_EXP_FLOOR[thetas.dtype], thetas), _EXP_CONSTANTS[thetas.dtype], _scalar(_FACTOR_CUT[thetas.dtype], thetas),
+        th_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[thetas.dtype],
         th_, _rows(scales), _rows(eps), _rows(means), _rows(variances), _rows(spks), _units(mem0), _units(var0), _units(spk0),
         beta_, beta_ * beta_, _scalar(0.5 * kappa**2, thetas), _units(carry_m).copy(), _units(carry_v).copy(),
         want_beta, want_threshold, subtract, _rows(g_m), _rows(g_v), _units(g_beta), _units(g_threshold),

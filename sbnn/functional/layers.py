@@ -137,10 +137,10 @@ class _TimeWeightedMoments(torch.autograd.Function):
     def backward(ctx, g_sum: Tensor, g_sq: Tensor) -> tuple[Tensor | None, Tensor | None]:
         weights, x = ctx.saved_tensors
         flat = x.reshape(x.shape[0], -1)
-        g_sum, g_sq = g_sum.reshape(1, -1), g_sq.reshape(1, -1)
+        g_sum, g_sq = g_sum.reshape(-1), g_sq.reshape(-1)
         g_w = g_x = None
         if ctx.needs_input_grad[0]:
-            g_w = flat @ g_sum[0] + 2.0 * weights * (flat.square() @ g_sq[0])
+            g_w = flat @ g_sum + 2.0 * weights * (flat.square() @ g_sq)
         if ctx.needs_input_grad[1]:
             # w_t·g_Σ + 2·w_t²·x_t·g_Σ²: broadcast products (an outer-product matmul took 3×
             # as long), the second fused into one addcmul
