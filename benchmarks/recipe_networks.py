@@ -18,10 +18,13 @@ recipe                       built-in data                       reference netwo
                                                                  ``fc`` width
 ============================ =================================== =====================================
 
-Both networks get the same neuron settings, data, epochs and seeds, trained by full-precision
-surrogate gradients (``adam``; the recipe's network then keeps the library's ``λ``
-initialisation, see :func:`networks`) and by the SBNN method with the recipe's own ``lam_lr``,
-``kl_weight`` and ``mode`` fine-tune. The check passes when the recipe's network is within
+Both networks get the recipe's neuron, layer and calibration settings, data, epochs and seeds, so
+that they differ in structure alone (as the recurrent network and its feed-forward twin do),
+trained by full-precision surrogate gradients (``adam``; both networks then keep the library's
+``λ`` initialisation, see :func:`networks`) and by the SBNN method with the recipe's own
+``lam_lr``, ``kl_weight`` and ``mode`` fine-tune. ``--reference-defaults`` gives the reference the
+library's default layer and calibration settings instead: what the recipe's settings cost a
+one-layer network. The check passes when the recipe's network is within
 ``--margin`` (1 point) of the reference, or above it, averaged over the seeds.
 
 Usage (1 thread; about 1–2 minutes per run on a quiet core, 12 runs per recipe at 3 seeds)::
@@ -71,14 +74,16 @@ def recipe_config(name: str) -> dict[str, Any]:
 
 
 def networks(
-    name: str, input_size: int, num_classes: int, method: str = "sbnn"
+    name: str, input_size: int, num_classes: int, method: str = "sbnn", reference_defaults: bool = False
 ) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
     """Builders of (the recipe's network, the reference network) for data of ``input_size`` features.
 
-    For ``method="adam"`` the recipe's ``layer.lam_std`` is left out: it sets the spread of the
-    Bernoulli posterior's ``λ``, which full-precision training would take as its real weights
-    (``lam_std: 2`` gives them 4× the second moment of the ±1 weights the calibration sets ``α``
-    for), while the reference network is built with the library's ``λ`` initialisation.
+    The reference gets the recipe's ``neuron``, ``layer`` and ``calibration`` settings (with
+    ``reference_defaults``: the recipe's ``neuron`` settings and the library's defaults for the
+    others). For ``method="adam"`` the recipe's ``layer.lam_std`` is left out of both: it sets the
+    spread of the Bernoulli posterior's ``λ``, which full-precision training would take as its
+    real weights (``lam_std: 2`` gives them 4× the second moment of the ±1 weights the calibration
+    sets ``α`` for).
     """
     from sbnn.export import network_from_spec
     from sbnn.models import SpikingMLP
@@ -89,7 +94,7 @@ def networks(
         args["layer"] = {k: v for k, v in args["layer"].items() if k != "lam_std"}
     args["num_classes"] = num_classes
     where = f"recipes/{name}.yaml: network"
-    common = {k: args[k] for k in ("neuron", "calibration") if k in args}
+    common = {k: args[k] for k in (("neuron",) if reference_defaults else ("neuron", "layer", "calibration")) if k in args}
     if name == "shd":
         args["in_features"] = input_size
         reference = copy.deepcopy(spec)
@@ -114,16 +119,11 @@ def networks(
 
 
 def _settings(common: dict[str, Any]) -> dict[str, Any]:
-    from sbnn.models import CalibrationSettings, NeuronSettings
+    """The reference's ``neuron``/``layer``/``calibration`` keyword arguments from the recipe's dicts."""
+    from sbnn.models import CalibrationSettings, LayerSettings, NeuronSettings
 
-    out: dict[str, Any] = {}
-    if "neuron" in common:
-        out["neuron"] = NeuronSettings(**common["neuron"])
-    if "calibration" in common:
-        # the residual net's readout_std suits deep stacks; the one-layer reference keeps its own default
-        cal = {k: v for k, v in common["calibration"].items() if k != "readout_std"}
-        out["calibration"] = CalibrationSettings(**cal)
-    return out
+    kinds = {"neuron": NeuronSettings, "layer": LayerSettings, "calibration": CalibrationSettings}
+    return {key: kinds[key](**value) for key, value in common.items()}
 
 
 def datamodule(name: str):
@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--margin", type=float, default=1.0, help="points the recipe's network may trail the reference")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--reference-defaults", action="store_true",
+                   help="the reference keeps the library's default layer and calibration settings")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in args.recipes:
         dm = datamodule(recipe)
         for method in args.methods:
-            build, build_ref = networks(recipe, dm.input_size, dm.num_classes, method)
+            build, build_ref = networks(recipe, dm.input_size, dm.num_classes, method, args.reference_defaults)
             ours = [train_one(build, recipe, method, dm, s, args.epochs) for s in args.seeds]
             ref = [train_one(build_ref, recipe, method, dm, s, args.epochs) for s in args.seeds]
             a = 100 * sum(r[0] for r in ours) / len(ours)
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {recipe} | {method} | {a:.1f} | {b:.1f} | {a - b:+.1f} | {t_a:.0f}, {t_b:.0f} | {'pass' if ok else 'FAIL'} |", flush=True)
             rows.append({"recipe": recipe, "method": method, "seeds": args.seeds, "epochs": args.epochs,
                          "recipe_acc": [r[0] for r in ours], "reference_acc": [r[0] for r in ref],
-                         "recipe_seconds": [r[1] for r in ours], "reference_seconds": [r[1] for r in ref], "pass": ok})
+                         "recipe_seconds": [r[1] for r in ours], "reference_seconds": [r[1] for r in ref], "pass": ok,
+                         "reference_settings": "library defaults" if args.reference_defaults else "the recipe's"})
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=1))
     if failed:

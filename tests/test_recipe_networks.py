@@ -35,8 +35,11 @@ def test_each_recipe_builds_its_network_and_a_feed_forward_reference(script, rec
     inner = getattr(net, "network", net)
     assert type(inner) is ours and type(ref) is reference
     cfg = script.recipe_config(recipe)["model"]["init_args"]["network"]["init_args"]
-    # the recipe's own settings reach both networks
+    # the recipe's own settings reach both networks: they differ in structure alone
     assert inner.neuron_settings.beta == cfg["neuron"]["beta"] == ref.neuron_settings.beta
+    assert inner.layer_settings == ref.layer_settings
+    assert inner.layer_settings.lam_std == cfg["layer"]["lam_std"]
+    assert inner.calibration == ref.calibration
     if recipe == "shd":
         assert inner.recurrent is not None and ref.recurrent is None
         assert [m.out_features for m in inner.layers] == cfg["hidden"]
@@ -88,6 +91,33 @@ def test_full_precision_builds_the_recipe_network_with_the_library_lambda_init(s
     cfg = script.recipe_config(recipe)["model"]["init_args"]["network"]["init_args"]
     assert cfg["layer"]["lam_std"] == 2.0  # the SBNN posterior's init the recipe sets
     for method, want in (("sbnn", 2.0), ("adam", LayerSettings().lam_std)):
-        net = script.networks(recipe, n_in, 4, method)[0]()
-        inner = getattr(net, "network", net)
-        assert inner.layer_settings.lam_std == want, method
+        build, build_ref = script.networks(recipe, n_in, 4, method)
+        inner = getattr(build(), "network", build())
+        assert inner.layer_settings.lam_std == want == build_ref().layer_settings.lam_std, method
+
+
+@pytest.mark.parametrize("recipe, n_in", [("shd_resnet", 12), ("dvs_gesture_frames", 64)])
+def test_reference_defaults_gives_the_reference_the_library_settings(script, recipe, n_in):
+    from sbnn.models import CalibrationSettings, LayerSettings
+
+    cfg = script.recipe_config(recipe)["model"]["init_args"]["network"]["init_args"]
+    build, build_ref = script.networks(recipe, n_in, 4, "sbnn", reference_defaults=True)
+    ref = build_ref()
+    assert ref.layer_settings == LayerSettings() and ref.calibration == CalibrationSettings()
+    assert ref.neuron_settings.beta == cfg["neuron"]["beta"]
+    net = build()
+    assert getattr(net, "network", net).layer_settings.lam_std == cfg["layer"]["lam_std"]  # the recipe's network keeps its own
+    assert script.parse_args(["--reference-defaults"]).reference_defaults
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adam", "sbnn"])
+def test_the_residual_recipe_network_matches_a_one_layer_network_on_randman(script, method):
+    """30 epochs, 3 seeds, the recipe's settings in both networks: the depth-8 residual network is
+    within 1 point of (or above) one hidden layer of its width, as the recurrent network is of its
+    feed-forward twin (``tests/test_recurrent.py``)."""
+    dm = script.datamodule("shd_resnet")
+    build, build_ref = script.networks("shd_resnet", dm.input_size, dm.num_classes, method)
+    ours = [script.train_one(build, "shd_resnet", method, dm, seed, 30)[0] for seed in range(3)]
+    ref = [script.train_one(build_ref, "shd_resnet", method, dm, seed, 30)[0] for seed in range(3)]
+    assert sum(ours) / 3 >= sum(ref) / 3 - 0.01, (ours, ref)
