@@ -173,12 +173,15 @@ def _script():
     return module
 
 
-def _dvs_run(tmp_path) -> list[str]:
-    """A checkpoint of the DVS recipe (shrunk) and its config, on a generated frame folder."""
+def _dvs_run(tmp_path, binary: bool = True) -> list[str]:
+    """A checkpoint of the DVS recipe (shrunk) and its config, on a generated frame folder.
+
+    ``binary`` clamps the frames to spikes (the recipe keeps event counts), where NeuroBench's
+    effective ACs and the engine's synaptic operations count the same events."""
     root = write_dvs_frames(tmp_path / "DVSGC_frames_number_49_split_by_number", (1, 1, 2), classes=(0, 4, 7), n_frames=8)
     config = yaml.safe_load((ROOT / "recipes" / "dvs_gesture_frames.yaml").read_text())
     config["model"]["init_args"]["network"]["init_args"].update(channels=[4, 4], fc=[8])
-    config["data"]["init_args"].update(root=str(root), n_time_bins=4, cache_dir=str(tmp_path / "cache"))
+    config["data"]["init_args"].update(root=str(root), n_time_bins=4, cache_dir=str(tmp_path / "cache"), binary=binary)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     net = network_from_config(cfg)
@@ -189,20 +192,27 @@ def _dvs_run(tmp_path) -> list[str]:
     return [str(ckpt), "--config", str(cfg), "--data", "dvs_frames", "--batch-size", "4"]
 
 
-def _check_table(stdout: str) -> None:
+def _check_table(stdout: str, binary: bool = True) -> None:
     assert "dvs_frames: 6 test samples, T = 4, input (2, 32, 32)" in stdout and "membrane readout, route = direct" in stdout
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]] for line in stdout.splitlines() if line.startswith("| ")}
-    for name in ("activation sparsity", "effective ACs / sample", "dense synops / sample", "accuracy (test, `mode`)"):
+    for name in ("activation sparsity", "dense synops / sample", "accuracy (test, `mode`)"):
         assert rows[name][0] == rows[name][1], name
     assert 0.0 < float(rows["activation sparsity"][0]) < 1.0
+    acs, synops = (float(v) for v in rows["effective ACs / sample"])
+    if binary:
+        assert acs == synops and rows["effective MACs / sample"][1] == "0 (binary input)"
+    else:  # NeuroBench counts the first layer's count input as MACs; the engine each count as an event
+        assert float(rows["effective MACs / sample"][0]) > 0 and synops > acs
+        assert rows["effective MACs / sample"][1] == "(counts: events)"
 
 
-def test_script_on_dvs_frames(tmp_path, capsys):
+@pytest.mark.parametrize("binary", [True, False])
+def test_script_on_dvs_frames(tmp_path, capsys, binary):
     """The test split of a frame folder through DVSGestureFramesDataModule, both measures agreeing."""
-    args = _dvs_run(tmp_path)
+    args = _dvs_run(tmp_path, binary)
     script = _script()
     script.main(args)
-    _check_table(capsys.readouterr().out)
+    _check_table(capsys.readouterr().out, binary)
     assert any((tmp_path / "cache").rglob("test-*.npz"))  # read through the data module, with the config's cache_dir
     # a missing frame folder is named before any work; the NIR route refuses the subtract reset, naming the fix
     with pytest.raises(SystemExit, match="nowhere"):
