@@ -82,7 +82,10 @@ def _assert_same(kernel_out, torch_out, dtype, exact_mem=False):
             assert (g is None or torch.count_nonzero(g) == 0) and (r is None or torch.count_nonzero(r) == 0), name
             continue
         assert g.shape == r.shape, name
-        torch.testing.assert_close(g, r, **TOL[dtype], msg=name)
+        # atol relative to the gradient's scale: an element that sums terms of both signs keeps the
+        # rounding error of its largest terms, and the two loops round differently per CPU (SIMD width)
+        tol = dict(TOL[dtype], atol=TOL[dtype]["atol"] * max(1.0, float(r.abs().max())))
+        torch.testing.assert_close(g, r, **tol, msg=name)
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])

@@ -30,14 +30,18 @@ def _run(module, choice: str, fn, seed: int = 7):
 
 
 def _assert_paths_equal(module, fn, exact: bool = False):
+    """Outputs equal (bit for bit with ``exact``); parameter gradients within float rounding.
+
+    The gradients are real-valued sums whose order the two paths' kernels choose (and a BLAS
+    chooses per CPU), so only the outputs of ±1 weights on spikes are exact integers times α.
+    """
     out_dense, g_dense = _run(module, "never", fn)
     out_sparse, g_sparse = _run(module, "always", fn)
-    tol = dict(rtol=0, atol=0) if exact else {}
-    torch.testing.assert_close(out_sparse, out_dense, **tol)
+    torch.testing.assert_close(out_sparse, out_dense, **(dict(rtol=0, atol=0) if exact else {}))
     for a, b in zip(g_sparse, g_dense):
         assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(a, b, **tol)
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
