@@ -92,7 +92,8 @@ def test_full_precision_builds_the_recipe_network_with_the_library_lambda_init(s
     assert cfg["layer"]["lam_std"] == 2.0  # the SBNN posterior's init the recipe sets
     for method, want in (("sbnn", 2.0), ("adam", LayerSettings().lam_std)):
         build, build_ref = script.networks(recipe, n_in, 4, method)
-        inner = getattr(build(), "network", build())
+        net = build()
+        inner = getattr(net, "network", net)
         assert inner.layer_settings.lam_std == want == build_ref().layer_settings.lam_std, method
 
 
