@@ -9,6 +9,7 @@
   Gesture through ``tonic.datasets``, framed into time-major tensors (:mod:`sbnn.data.events`).
 - :class:`DVSGestureFramesDataModule`: DVS Gesture from a SpikingJelly frame folder
   (``{train,validation,test}/<class>/*.npz``), sum-pooled and re-binned.
+- :mod:`sbnn.data.augment`: random translations of training frames (the DVS modules' ``max_shift``).
 - :func:`check_event_array`, :func:`check_spike_sample`: refuse corrupt event data.
 - :func:`time_major_collate`: stacks sample-major ``[T, N]`` items into ``[T, B, N]`` batches.
 - :func:`spike_indices_collate`: the same, then the batch's spike indices (``input_format="indices"``,

@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sbnn.data._common import SplitLoaders, check_int, time_major_collate
 from sbnn.data._sampler import EpochSeededSampler
+from sbnn.data.augment import ShiftCollate, check_max_shift
 from sbnn.data.events import DataMissingError
 
-__all__ = ["DVSGestureFramesDataModule", "SPLITS", "random_shift", "read_frames_header"]
+__all__ = ["DVSGestureFramesDataModule", "SPLITS", "read_frames_header"]
 
 #: the split folders of a SpikingJelly frame folder, and this module's names for them
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -144,12 +145,7 @@ class DVSGestureFramesDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size = check_int("batch_size", batch_size)
         self.seed = check_int("seed", seed, minimum=0)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
-        self.max_shift = check_int("max_shift", max_shift, minimum=0)
-        if self.max_shift >= SENSOR[1] // self.downsample:
-            raise ValueError(
-                f"DVSGestureFramesDataModule: max_shift={max_shift} would move whole {SENSOR[1] // self.downsample}-pixel "
-                "frames out of view; use a few pixels (e.g. 2-4 at 32x32)"
-            )
+        self.max_shift = check_max_shift("DVSGestureFramesDataModule", max_shift, SENSOR[1] // self.downsample)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -294,7 +290,7 @@ class DVSGestureFramesDataModule(SplitLoaders, L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if split == "train" else None,
-            collate_fn=_ShiftCollate(self.max_shift) if split == "train" and self.max_shift else _float_collate,
+            collate_fn=ShiftCollate(_float_collate, self.max_shift) if split == "train" and self.max_shift else _float_collate,
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -304,31 +300,3 @@ class DVSGestureFramesDataModule(SplitLoaders, L.LightningDataModule):
 def _float_collate(batch):
     x, y = time_major_collate(batch)
     return x.float(), y
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each sample of ``x`` ``[T, B, P, H, W]`` translated by its own ``(dy, dx)`` in ``[-max_shift, max_shift]``.
-
-    ``out[:, b, :, i, j] = x[:, b, :, i − dy_b, j − dx_b]``, 0 where that lies outside the frame.
-    """
-    if max_shift == 0:
-        return x
-    steps, batch, planes, height, width = x.shape
-    s = max_shift
-    padded = torch.nn.functional.pad(x, (s, s, s, s))
-    shifts = torch.randint(-s, s + 1, (batch, 2), generator=generator)
-    out = torch.empty_like(x)
-    for b, (dy, dx) in enumerate(shifts.tolist()):
-        out[:, b] = padded[:, b, :, s - dy : s - dy + height, s - dx : s - dx + width]
-    return out
-
-
-class _ShiftCollate:
-    """:func:`_float_collate`, then :func:`random_shift` (a class: it pickles into loader workers)."""
-
-    def __init__(self, max_shift: int) -> None:
-        self.max_shift = max_shift
-
-    def __call__(self, batch):
-        x, y = _float_collate(batch)
-        return random_shift(x, self.max_shift), y

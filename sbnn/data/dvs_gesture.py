@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from sbnn.data.augment import ShiftCollate, check_max_shift
 from sbnn.data.checks import check_event_array
 from sbnn.data.events import EventDataModule, SampleName
 
@@ -50,6 +51,10 @@ class DVSGestureDataModule(EventDataModule):
         seed: seeds the validation split and the per-epoch shuffle.
         num_workers: DataLoader workers (``spawn`` start method; 0 loads in-process).
         download: download missing files through tonic (needs network access).
+        max_shift: training batches only: each recording is translated by ``(dy, dx)`` drawn
+            uniformly from ``[-max_shift, max_shift]`` pixels after down-sampling (the same shift
+            for all its frames; pixels moved in from outside are 0; :func:`sbnn.data.augment.random_shift`),
+            a new draw every time it is loaded. 0 (default): no augmentation.
 
     Shape:
         batches ``(x, y)``: x ``[T, B, 2, ceil(128 / k), ceil(128 / k)]`` float32, y ``[B]`` int64.
@@ -82,6 +87,7 @@ class DVSGestureDataModule(EventDataModule):
         seed: NonNegativeInt = 42,
         num_workers: NonNegativeInt = 0,
         download: bool = True,
+        max_shift: NonNegativeInt = 0,
     ) -> None:
         if time_window is not None and n_time_bins == 20:
             n_time_bins = None  # the default describes bin framing; a time window replaces it
@@ -89,7 +95,11 @@ class DVSGestureDataModule(EventDataModule):
             root, time_window, n_time_bins, duration, downsample, binary, cache, cache_dir,
             val_fraction, batch_size, seed, num_workers, download,
         )
+        self.max_shift = check_max_shift(type(self).__name__, max_shift, min(self.framer.frame_sensor_size[:2]))
         self.save_hyperparameters()  # the data settings travel with the checkpoints
+
+    def _augment(self, dense: Any) -> Any:
+        return ShiftCollate(dense, self.max_shift) if self.max_shift else dense
 
     def _tonic_class(self) -> type:
         from tonic.datasets import DVSGesture

@@ -425,6 +425,10 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
         self.n_train = len(self.train_set)
 
     # -- loaders ---------------------------------------------------------------------------------
+    def _augment(self, dense: Any) -> Any:
+        """The training split's dense collate; subclasses wrap ``dense`` to augment (none here)."""
+        return dense
+
     def _collate(self, dense: Any) -> Any:
         """``dense`` (time-major), or its output's spike indices with ``input_format='indices'``."""
         from sbnn.data.spike_index import IndexCollate
@@ -440,6 +444,7 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
                 f"{type(self).__name__}.{split}_dataloader() called before setup(); "
                 "call dm.setup() first (the Trainer does this for you)."
             )
+        dense = PadTensors(batch_first=False)
         workers = {}
         if self.num_workers > 0:
             # 'spawn': Numba's OpenMP threading layer and torch's thread pools are not fork-safe
@@ -448,7 +453,7 @@ class EventDataModule(SplitLoaders, L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if split == "train" else None,
-            collate_fn=self._collate(PadTensors(batch_first=False)),
+            collate_fn=self._collate(self._augment(dense) if split == "train" else dense),
             # workers' base seed from here, not from torch's global RNG (the model's noise)
             generator=torch.Generator().manual_seed(self.seed),
             **workers,

@@ -11,7 +11,7 @@ import torch
 
 from sbnn.data import DataMissingError, DVSGestureFramesDataModule
 from sbnn.data._fixtures import write_dvs_frames
-from sbnn.data.dvs_frames import random_shift
+from sbnn.data.augment import random_shift
 
 
 def _files(root: Path) -> set[Path]:
@@ -184,3 +184,5 @@ def test_max_shift_augments_training_batches_only(folder):
     assert float(xb.sum()) <= float(xa.sum())  # shifted, never created: only pixels moved out are lost
     with pytest.raises(ValueError, match="max_shift=32"):
         DVSGestureFramesDataModule(root=str(folder), max_shift=32)
+    with pytest.raises(ValueError, match="max_shift must be an integer >= 0"):
+        DVSGestureFramesDataModule(root=str(folder), max_shift=-1)

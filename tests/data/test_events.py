@@ -116,6 +116,34 @@ def test_dvs_gesture_batches_through_tonic(tmp_path):
     assert set(x.unique().tolist()) <= {0.0, 1.0} and x.sum() > 0
 
 
+def test_dvs_gesture_max_shift_moves_training_frames_only(tmp_path):
+    """max_shift translates each training recording as a whole; validation and test batches are the plain ones."""
+    write_dvs_gesture(tmp_path)
+    plain = DVSGestureDataModule(root=str(tmp_path), n_time_bins=4, binary=False, cache=False, batch_size=6)
+    shifted = DVSGestureDataModule(root=str(tmp_path), n_time_bins=4, binary=False, cache=False, batch_size=6, max_shift=2)
+    plain.setup()
+    shifted.setup()
+    for split in ("val", "test"):
+        a, b = (next(iter(getattr(dm, f"{split}_dataloader")())) for dm in (plain, shifted))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(3)
+    xa, ya = next(iter(plain.train_dataloader()))
+    torch.manual_seed(3)
+    xb, yb = next(iter(shifted.train_dataloader()))
+    # one (dy, dx) per recording from the global generator (the sampler has its own)
+    torch.manual_seed(3)
+    draws = torch.randint(-2, 3, (6, 2))
+    assert torch.equal(ya, yb) and xb.shape == xa.shape
+    for b, (dy, dx) in enumerate(draws.tolist()):
+        expected = torch.roll(xa[:, b], shifts=(dy, dx), dims=(-2, -1))
+        rows = slice(max(dy, 0), 32 + min(dy, 0))
+        cols = slice(max(dx, 0), 32 + min(dx, 0))
+        assert torch.equal(xb[:, b, :, rows, cols], expected[:, :, rows, cols])
+        assert xb[:, b].sum() == expected[:, :, rows, cols].sum()  # pixels moved in from outside are 0
+    with pytest.raises(ValueError, match="max_shift=32 would move whole 32-pixel frames"):
+        DVSGestureDataModule(root=str(tmp_path), max_shift=32)
+
+
 def test_dvs_gesture_frames_follow_the_events(tmp_path):
     """A recording whose events all sit at pixel (x=9, y=70), polarity 1, lands there after pooling by 4."""
     write_dvs_gesture(tmp_path)
