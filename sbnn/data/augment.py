@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbnn.data._common import check_int
+
 __all__ = ["ShiftCollate", "check_max_shift", "random_shift"]
 
 
@@ -36,8 +38,7 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = 
 
 def check_max_shift(owner: str, max_shift: int, frame_size: int) -> int:
     """``max_shift`` as an int, refused (``ValueError``) when negative or when it could move a whole frame out of view."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"{owner}: max_shift must be an integer >= 0 (pixels after down-sampling), got {max_shift!r}")
+    check_int("max_shift", max_shift, minimum=0)
     if max_shift >= frame_size:
         raise ValueError(
             f"{owner}: max_shift={max_shift} would move whole {frame_size}-pixel frames out of view; "

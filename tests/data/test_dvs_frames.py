@@ -184,5 +184,5 @@ def test_max_shift_augments_training_batches_only(folder):
     assert float(xb.sum()) <= float(xa.sum())  # shifted, never created: only pixels moved out are lost
     with pytest.raises(ValueError, match="max_shift=32"):
         DVSGestureFramesDataModule(root=str(folder), max_shift=32)
-    with pytest.raises(ValueError, match="max_shift must be an integer >= 0"):
+    with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
         DVSGestureFramesDataModule(root=str(folder), max_shift=-1)
