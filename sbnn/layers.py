@@ -36,10 +36,9 @@ from .functional.keyed import active_keyed_noise
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape, time_weighted_moments
 from .functional.sparse import (
     SpikeIndices,
-    all_ones,
+    binary_indices,
     gather_sum,
     lrt_linear_gather,
-    spike_indices,
     use_gather,
 )
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
@@ -466,9 +465,8 @@ class BernoulliLinear(BernoulliLayer):
             return None  # the data-dependent choice would break the graph: compiled code stays dense
         if self.gather == "auto" and not use_gather(x, self.gather_max_density, table_bytes=self.table_bytes()):
             return None
-        idx = spike_indices(x)
-        # counts or real values: the dense path (O(nnz), against the O(N·in) passes above)
-        return idx if all_ones(x, idx) else None
+        # counts or real values: the dense path
+        return binary_indices(x)
 
     def moments(self, x: Tensor | SpikeIndices, *, binary: bool = False, validate: bool = True) -> Moments:
         """As :meth:`BernoulliLayer.moments`, through the event-driven path where it pays (class docstring)."""

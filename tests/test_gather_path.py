@@ -188,8 +188,9 @@ def test_compiled_code_stays_dense_without_graph_breaks(gen):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_table_gradient_kernel_equals_transposed_gather(gen, dtype):
-    """The CPU scatter-add of the weight gradient against the transposed embedding_bag, and against x·g."""
-    from sbnn.functional.sparse import _scatter_applies, _table_grad, _transposed
+    """The CPU scatter-add of the weight gradient against the transposed embedding_bag, and against x·g;
+    the split form (the two LRT gradients, not joined) against the joined one."""
+    from sbnn.functional.sparse import _kernels_apply, _table_grad, _transposed
 
     x = _spikes(gen, (7, 3, 11), 0.25, dtype)
     x[:, 0] = 0  # rows without events
@@ -197,13 +198,68 @@ def test_table_gradient_kernel_equals_transposed_gather(gen, dtype):
     idx = spike_indices(x)
     grad = torch.randn(21, 6, generator=gen, dtype=torch.float64).to(dtype)
     with torch.no_grad():
-        assert _scatter_applies(grad)
+        assert _kernels_apply(grad)
         kernel = _table_grad(idx, grad, 11)
+        split = _table_grad(idx, grad[:, :4].contiguous(), 11, grad[:, 4:].contiguous())
     rows_t, offsets_t = _transposed(idx, 11)
     reference = torch.nn.functional.embedding_bag(rows_t, grad, offsets_t, mode="sum")
     torch.testing.assert_close(kernel, reference)
     torch.testing.assert_close(kernel, x.reshape(21, 11).t() @ grad)
+    torch.testing.assert_close(split, kernel, rtol=0, atol=0)  # the same sums in the same order
     assert kernel[4].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_moments_kernel_equals_the_embedding_bag_path(gen, monkeypatch, dtype, with_bias):
+    """The CPU kernel's two contiguous moments (and their gradients) against the portable path and the matmul."""
+    from sbnn.functional import sparse
+
+    x = _spikes(gen, (6, 4, 9), 0.3, dtype)
+    x[:, 1] = 0  # rows without events
+    table = torch.randn(9, 10, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    bias = torch.randn(5, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if with_bias else None
+    weights = torch.randn(2, 6, 4, 5, generator=gen, dtype=torch.float64).to(dtype)
+    params = (table,) if bias is None else (table, bias)
+
+    def run():
+        mean, var = sparse.gather_moments(x, table, bias)
+        grads = torch.autograd.grad((mean * weights[0] + var * weights[1]).sum(), params)
+        return mean, var, grads
+
+    mean, var, grads = run()
+    assert mean.is_contiguous() and var.is_contiguous() and mean.shape == var.shape == (6, 4, 5)
+    monkeypatch.setattr(sparse, "_kernels_apply", lambda t: False)
+    mean_ref, var_ref, grads_ref = run()
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(var, var_ref)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+    flat = x.reshape(24, 9)
+    dense_mean = flat @ table[:, :5] + (0 if bias is None else bias)
+    torch.testing.assert_close(mean.reshape(24, 5), dense_mean.detach())
+    torch.testing.assert_close(var.reshape(24, 5), (flat @ table[:, 5:]).detach())
+    assert var[:, 1].abs().max() == 0  # an empty row sums nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8, torch.bool, torch.int64])
+def test_binary_indices_tells_spikes_from_other_values(gen, dtype):
+    from sbnn.functional.sparse import binary_indices
+
+    x = _spikes(gen, (5, 3, 8), 0.3, torch.float64)
+    x[1] = 0
+    idx = binary_indices(x.to(dtype))
+    rows, cols = x.reshape(15, 8).nonzero().t()
+    assert idx.rows.tolist() == rows.tolist() and idx.cols.tolist() == cols.tolist()
+    if dtype != torch.bool:
+        counts = x.clone()
+        counts[4, 2, 7] = 2  # one count of two
+        assert binary_indices(counts.to(dtype)) is None
+    if dtype.is_floating_point:
+        real = x.clone()
+        real[0, 0, 0] = 0.5
+        assert binary_indices(real.to(dtype)) is None
+    assert binary_indices(torch.zeros(4, 0, dtype=dtype)).rows.numel() == 0
 
 
 def test_table_gradient_keeps_a_graph_for_double_backward(gen):

@@ -271,3 +271,27 @@ def test_time_weighted_moments_are_the_sums_and_their_gradients(gen):
     assert torch.autograd.gradcheck(time_weighted_moments, (w, x))
     with pytest.raises(ValueError, match=r"weights \[T\] and x \[T, \.\.\.\]"):
         time_weighted_moments(w[:4], x)
+    # gradcheck's double backward (create_graph) takes the torch formula
+    assert torch.autograd.gradgradcheck(time_weighted_moments, (w, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_time_weighted_input_gradient_kernel_equals_the_torch_formula(gen, monkeypatch, dtype):
+    """The CPU kernel's input gradient is the torch formula's, bit for bit (same roundings, one fma)."""
+    from sbnn.functional import layers as functional_layers
+
+    w = torch.rand(9, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    x = (torch.rand(9, 4, 6, generator=gen, dtype=torch.float64) < 0.3).to(dtype).requires_grad_()
+    g_s, g_q = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64).to(dtype)
+
+    def grads():
+        s, q = functional_layers.time_weighted_moments(w, x)
+        return torch.autograd.grad((s * g_s + q * g_q).sum(), (w, x))
+
+    with torch.no_grad():  # as in a first-order backward
+        assert functional_layers._time_weighted_kernel(w, x, g_s, g_q) is not None
+    kernel = grads()
+    monkeypatch.setattr(functional_layers, "_time_weighted_kernel", lambda *args: None)
+    reference = grads()
+    for a, b in zip(kernel, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sbnn.data._common import time_major_collate
-from sbnn.functional.sparse import SpikeIndices, all_ones, spike_indices
+from sbnn.functional.sparse import SpikeIndices, binary_indices
 
 __all__ = ["INPUT_FORMATS", "batch_spike_indices", "IndexCollate", "spike_indices_collate", "check_input_format"]
 
@@ -43,8 +43,8 @@ def check_input_format(owner: str, input_format: Any) -> str:
 def batch_spike_indices(x: Tensor) -> SpikeIndices:
     """The :class:`SpikeIndices` of a binary time-major batch ``x`` ``[T, B, N]``.
 
-    Equal to :func:`sbnn.functional.sparse.spike_indices` of ``x`` (rows ``t·B + b``), after a
-    check that the nonzero values are all 1 (``O(nnz)``).
+    Equal to :func:`sbnn.functional.sparse.spike_indices` of ``x`` (rows ``t·B + b``), with the
+    check that the nonzero values are all 1 (:func:`~sbnn.functional.sparse.binary_indices`).
 
     Raises:
         ValueError: ``x`` is not a 3-D floating tensor, or holds values other than 0 and 1.
@@ -52,8 +52,8 @@ def batch_spike_indices(x: Tensor) -> SpikeIndices:
     if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point():
         got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"input_format='indices' needs time-major [T, B, N] float batches, got a {got}")
-    idx = spike_indices(x)
-    if not all_ones(x, idx):
+    idx = binary_indices(x)
+    if idx is None:
         raise ValueError(
             "input_format='indices' needs binary spikes (values 0 and 1), but the batch holds other values (spike "
             "counts or real values); clamp the data to spikes (e.g. binary=True) or use input_format='dense'"

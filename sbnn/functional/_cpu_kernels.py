@@ -543,3 +543,23 @@ def _add_row(a, b, out):
 def _fma_row(a, b, c, out):
     for i in range(out.size):
         out[i] = _fma(a[i], b[i], c[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def time_weighted_grad(weights, x, g_sum, g_sq, out):
+    """``out[t] = x[t]·(2w_t²·g_q) + w_t·g_s``: the input gradient of ``(Σ_t w_t x_t, Σ_t w_t² x_t²)``.
+
+    The torch formula's three passes in one, with its roundings: ``w_t·g_s`` and ``(2w_t²)·g_q``
+    rounded, then one fused multiply-add (``addcmul``).
+
+    Args:
+        weights: ``[T]``; x: ``[T, M]``; g_sum, g_sq: ``[M]`` the gradients of the two sums;
+            out: ``[T, M]`` output.
+    """
+    two = weights.dtype.type(2)
+    for t in range(x.shape[0]):
+        w = weights[t]
+        w2 = two * (w * w)
+        x_t, out_t = x[t], out[t]
+        for i in range(out_t.size):
+            out_t[i] = _fma(x_t[i], w2 * g_sq[i], w * g_sum[i])

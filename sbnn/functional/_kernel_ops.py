@@ -217,3 +217,16 @@ def reverse_recurrence(d: Tensor, coeff: Tensor, carry: Tensor) -> Tensor:
 @reverse_recurrence.register_fake
 def _(d, coeff, carry):
     return _empty(d)
+
+
+@operator("time_weighted_grad", device_types="cpu")
+def time_weighted_grad(weights: Tensor, x: Tensor, g_sum: Tensor, g_sq: Tensor) -> Tensor:
+    """``∂/∂x_t (Σ_t w_t x_t, Σ_t w_t² x_t²)`` applied to ``(g_sum, g_sq)``: ``[T, ...]`` shaped as ``x``."""
+    out = _empty(x)
+    kernels.time_weighted_grad(_units(weights), _rows(x), _units(g_sum), _units(g_sq), _rows(out))
+    return out
+
+
+@time_weighted_grad.register_fake
+def _(weights, x, g_sum, g_sq):
+    return _empty(x)

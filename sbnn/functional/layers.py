@@ -142,11 +142,30 @@ class _TimeWeightedMoments(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_w = flat @ g_sum + 2.0 * weights * (flat.square() @ g_sq)
         if ctx.needs_input_grad[1]:
-            # w_t·g_Σ + 2·w_t²·x_t·g_Σ²: broadcast products (an outer-product matmul took 3×
-            # as long), the second fused into one addcmul
-            g_x = torch.addcmul(weights[:, None] * g_sum, flat, (2.0 * weights.square())[:, None] * g_sq)
-            g_x = g_x.reshape(x.shape)
+            kernels = _time_weighted_kernel(weights, x, g_sum, g_sq)
+            if kernels is not None:  # one pass instead of three, the same roundings
+                g_x = kernels.time_weighted_grad(weights, x, g_sum, g_sq)
+            else:
+                # w_t·g_Σ + 2·w_t²·x_t·g_Σ²: broadcast products (an outer-product matmul took 3×
+                # as long), the second fused into one addcmul
+                g_x = torch.addcmul(weights[:, None] * g_sum, flat, (2.0 * weights.square())[:, None] * g_sq)
+                g_x = g_x.reshape(x.shape)
         return g_w, g_x
+
+
+def _time_weighted_kernel(weights: Tensor, x: Tensor, *grads: Tensor):
+    """The kernel operators for the time-weighted input gradient, or ``None`` (torch's formula).
+
+    ``None`` off the CPU, for other dtypes, and for a double backward (``create_graph``: the
+    torch formula keeps the graph).
+    """
+    if torch.is_grad_enabled() or x.dim() < 2:
+        return None
+    from .neurons import _cpu_kernels_for  # the neuron nodes' check: CPU, float32/64, Numba present
+
+    if any(t.dtype != x.dtype or t.device != x.device for t in (weights, *grads)):
+        return None
+    return _cpu_kernels_for(x)
 
 
 def time_weighted_moments(weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:

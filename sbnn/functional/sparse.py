@@ -6,17 +6,20 @@ sum of the table rows of the active inputs:
 .. math::
     (x A)_n = \sum_{i:\,x_{ni} = 1} A_i
 
-At a few percent of active inputs this gather-sum costs a fraction of the dense matmul
-(``torch.nn.functional.embedding_bag`` with ``mode="sum"``), and so does its weight gradient
-``∂L/∂A_i = Σ_{n: x_{ni}=1} ∂L/∂(xA)_n``: on CPU a scatter-add of the output-gradient rows in
-index order (a Numba kernel, no sort), elsewhere the transposed gather.
+At a few percent of active inputs this gather-sum costs a fraction of the dense matmul, and so
+does its weight gradient ``∂L/∂A_i = Σ_{n: x_{ni}=1} ∂L/∂(xA)_n``. On CPU both are Numba kernels
+(:mod:`sbnn.functional._sparse_kernels`): the gather sums four table rows at a time, the weight
+gradient is a scatter-add of the output-gradient rows in index order (no sort), and the indices
+of a dense input are found, and its values checked, in one scan. Elsewhere
+``torch.nn.functional.embedding_bag`` (``mode="sum"``) and the transposed gather.
 
 **One gather for both LRT moments.** A layer whose pre-activation has mean linear in ``x`` and
 variance linear in ``x²`` reads both from one joint table of per-input rows ``[A_μ | A_v]``
 (width ``2H``): for ±1 weights with a Bernoulli posterior ``A_μ = α·mᵀ`` and
 ``A_v = α²(1 − m²)ᵀ`` (:func:`lrt_table`); a real-weight Gaussian posterior would use
 ``[Wᵀ | σ_w²·1]``. Since ``x² = x`` for spikes, one gather-sum gives ``(μ, v)``
-(:func:`gather_moments`). The table is an ordinary tensor built from the parameters, so autograd
+(:func:`gather_moments`), on CPU written as two contiguous tensors (what the neuron kernels read,
+with no copy of a strided half) whose gradients are scattered without being joined. The table is an ordinary tensor built from the parameters, so autograd
 carries the table gradient on to ``λ``, ``α`` and whatever else built it.
 
 **Input gradient.** Spikes between layers carry a straight-through gradient. It stays dense and
@@ -33,9 +36,9 @@ density of the input at hand.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,6 +54,7 @@ __all__ = [
     "density_limit",
     "SPARSE_FULL_ROWS",
     "spike_indices",
+    "binary_indices",
     "estimate_density",
     "use_gather",
     "all_ones",
@@ -62,13 +66,14 @@ __all__ = [
 
 #: Input density (fraction of ones) up to which the gather path is faster than the dense matmuls
 #: for a table (``[in, 2·out]``) within :data:`SPARSE_CACHED_TABLE_BYTES`, forward + backward, one
-#: thread, over ``T·B = 3200`` rows, the active inputs found in the dense input. On a quiet machine
-#: gather/dense is 0.81 and 0.86 at 10 %, 0.91 and 0.91 at 12 %, 1.08 and 1.04 at 15 % for
-#: 700→256 and 256→256 (hidden spikes whose input gradient stays dense: 0.83–0.90 at 12 %); a
-#: second job on the 2 cores moved it to 1.02 and 0.96 at 10 %. 12 % sits below the quiet
-#: crossover, near the loaded one (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``).
-#: For one thread: :func:`density_limit` divides it by the thread count.
-SPARSE_MAX_DENSITY = 0.12
+#: thread, over ``T·B = 3200`` rows, the active inputs found in the dense input. With the split
+#: gather kernel and the scanning kernel, on an AMD EPYC core, gather/dense is 0.45 (700→256) and
+#: 0.42 (256→256) at 10 %, 0.50 and 0.52 at 15 %, 0.68 and 0.67 at 20 % (hidden spikes whose input
+#: gradient stays dense: 0.62–0.67 at 10–15 %). On an earlier machine, with the slower
+#: ``embedding_bag`` path, the quiet crossover lay at 13–15 % (1.08 and 1.04 at 15 %): 15 % sits
+#: at or below both (``benchmarks/gather_crossover.py``, ``benchmarks/README.md``). For more
+#: threads :func:`density_limit` divides it by the square root of the thread count.
+SPARSE_MAX_DENSITY = 0.15
 #: The same for an input given as :class:`SpikeIndices` (the data path's ``input_format="indices"``):
 #: the gather skips finding the active inputs, the dense path has to rebuild the tensor; 700→256:
 #: 0.59 at 10 %, 0.80 at 15 %, 0.98 at 20 %.
@@ -115,29 +120,45 @@ class SpikeIndices(NamedTuple):
         return out.reshape(self.shape)
 
 
-#: dtypes whose CPU tensors :func:`spike_indices` scans with NumPy
-_NUMPY_SCANNED = (torch.float32, torch.float64, torch.float16, torch.uint8, torch.int32, torch.int64, torch.bool)
+#: dtypes whose CPU tensors :func:`spike_indices` scans with a Numba kernel
+_KERNEL_SCANNED = (torch.float32, torch.float64, torch.uint8, torch.int32, torch.int64, torch.bool)
+
+
+def _scan(x: Tensor) -> tuple[SpikeIndices, bool | None]:
+    """:func:`spike_indices` of ``x`` and whether its nonzeros are all 1 (``None``: not checked)."""
+    n = x.shape[-1]
+    flat = x.detach().reshape(math.prod(x.shape[:-1]), n)
+    if flat.device.type == "cpu" and flat.dtype in _KERNEL_SCANNED and not torch.compiler.is_compiling():
+        from ._sparse_kernels import binary_spike_indices  # numba compiles on first use
+
+        rows, cols, offsets, binary = binary_spike_indices(flat.contiguous().numpy())
+        return SpikeIndices(torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(offsets), tuple(x.shape)), binary
+    rows, cols = flat.nonzero().t().contiguous()  # contiguous: the scatter kernel reads them as arrays
+    counts = torch.bincount(rows, minlength=flat.shape[0])
+    offsets = torch.cumsum(counts, 0) - counts
+    return SpikeIndices(rows, cols, offsets, tuple(x.shape)), None
 
 
 def spike_indices(x: Tensor) -> SpikeIndices:
     """Indices of the nonzero entries of a spike tensor ``x`` ``[..., in]`` (values are not read).
 
     One pass over ``x`` plus ``O(nnz)`` work; the caller vouches that the nonzero values are ones
-    (see :func:`use_gather`). On the CPU the pass is NumPy's ``flatnonzero`` of the mask
-    ``x != 0``: its flat positions come in row-major order, as ``torch.nonzero``'s rows do, so the
-    result is the same, in 0.58× the time (``[100, 32, 700]`` at 3 %, one thread, paired).
+    (see :func:`binary_indices`). On the CPU a Numba kernel counts each row's nonzeros, then
+    writes their positions; elsewhere ``torch.nonzero``. Both give row-major order.
     """
-    n = x.shape[-1]
-    flat = x.detach().reshape(-1, n)
-    if flat.device.type == "cpu" and flat.dtype in _NUMPY_SCANNED and n > 0:
-        positions = torch.from_numpy(np.flatnonzero(flat.numpy() != 0)).to(torch.int64)
-        rows = positions // n
-        cols = positions - rows * n
-    else:
-        rows, cols = flat.nonzero().t().contiguous()  # contiguous: the scatter kernel reads them as arrays
-    counts = torch.bincount(rows, minlength=flat.shape[0])
-    offsets = torch.cumsum(counts, 0) - counts
-    return SpikeIndices(rows, cols, offsets, tuple(x.shape))
+    return _scan(x)[0]
+
+
+def binary_indices(x: Tensor) -> SpikeIndices | None:
+    """:func:`spike_indices` of ``x`` if every nonzero entry of ``x`` is 1, else ``None``.
+
+    On the CPU the check comes free with the kernel's scan; elsewhere it reads the ``nnz``
+    values at the indices (:func:`all_ones`).
+    """
+    idx, binary = _scan(x)
+    if binary is None:
+        binary = all_ones(x, idx)
+    return idx if binary else None
 
 
 def estimate_density(x: Tensor, stride: int = 8) -> float:
@@ -164,10 +185,12 @@ def density_limit(
     costs (the table's transposing copies) grow with the table, its savings with the rows, so
     fewer rows lower the crossover (measured at 800 rows: about 8 % for 256-wide layers, 2-3 %
     for a 2048 → 2048 hidden layer). For a dense input and a cached table the measured crossover
-    is divided by the thread count: the dense matmuls it competes with use every thread, finding
-    the indices and the scatter one (700 → 256: 13–15 % at one thread, 7 % at two, measured); the
-    other two crossovers moved little with a second thread (13 % for index input, 5.5 % for a
-    700 → 2048 table).
+    is divided by the square root of the thread count: the dense matmuls it competes with use
+    every thread, the scan and the gather kernels one. Measured with two threads: 700 → 256
+    0.52 at 10 % and 0.59 at 12 %, 256 → 256 0.78 and 0.95 (hidden spikes: 0.83–0.87 at 10 %), so
+    10.6 % (an earlier machine with the slower ``embedding_bag`` path: 7 %). The other two
+    crossovers moved little with a second thread (index input 700 → 256 0.62 at 10 %, 0.78 at
+    15 %; a 700 → 2048 table 0.63 at 10 %).
 
     Args:
         rows: input rows ``T·B``.
@@ -182,7 +205,7 @@ def density_limit(
         elif indices:
             max_density = SPARSE_MAX_DENSITY_INDICES
         else:
-            max_density = SPARSE_MAX_DENSITY / max(1, torch.get_num_threads() if threads is None else threads)
+            max_density = SPARSE_MAX_DENSITY / math.sqrt(max(1, torch.get_num_threads() if threads is None else threads))
     return max_density * min(1.0, rows / SPARSE_FULL_ROWS)
 
 
@@ -202,7 +225,7 @@ def use_gather(x: Tensor, max_density: float | None = None, *, table_bytes: int 
 def all_ones(x: Tensor, indices: SpikeIndices) -> bool:
     """Whether the entries of ``x`` at ``indices`` (its nonzero entries) are all 1: ``x`` is binary."""
     flat = x.detach().reshape(-1)
-    return bool((flat.take(indices.rows * x.shape[-1] + indices.cols) == 1).all())
+    return bool((flat[indices.rows * x.shape[-1] + indices.cols] == 1).all())
 
 
 def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
@@ -212,26 +235,38 @@ def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
     return idx.rows[order], torch.cumsum(counts, 0) - counts
 
 
-def _scatter_applies(grad: Tensor) -> bool:
-    """Whether the Numba scatter-add computes the table gradient: CPU floats, first-order backward."""
-    return (
-        grad.device.type == "cpu"
-        and grad.dtype in (torch.float32, torch.float64)
-        and not torch.is_grad_enabled()  # create_graph: the torch path keeps the graph
-        and not torch.compiler.is_compiling()
-    )
+def _kernels_apply(t: Tensor) -> bool:
+    """Whether the Numba kernels compute a gather or its table gradient on ``t``: CPU floats, eager."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
 
 
-def _table_grad(idx: SpikeIndices, grad: Tensor, n_in: int) -> Tensor:
-    """``∂L/∂A`` ``[in, K]`` of the gather-sum: the output-gradient rows ``grad`` ``[N, K]`` summed per active input."""
-    if _scatter_applies(grad):
-        from ._sparse_kernels import scatter_add_rows  # numba compiles on first use
+def _table_grad(idx: SpikeIndices, grad: Tensor, n_in: int, grad_b: Tensor | None = None) -> Tensor:
+    """``∂L/∂A`` ``[in, K]`` of the gather-sum: the rows of ``[grad | grad_b]`` ``[N, K]`` summed per active input."""
+    if _kernels_apply(grad) and not torch.is_grad_enabled():  # create_graph: the torch path keeps the graph
+        from ._sparse_kernels import scatter_add_rows_split  # numba compiles on first use
 
-        out = grad.new_zeros(n_in, grad.shape[1])
-        scatter_add_rows(idx.rows.contiguous().numpy(), idx.cols.contiguous().numpy(), grad.numpy(), out.numpy())
+        grad_b = grad.new_empty(grad.shape[0], 0) if grad_b is None else grad_b.contiguous()
+        out = grad.new_zeros(n_in, grad.shape[1] + grad_b.shape[1])
+        scatter_add_rows_split(idx.rows.contiguous().numpy(), idx.cols.contiguous().numpy(), grad.numpy(), grad_b.numpy(), out.numpy())
         return out
+    if grad_b is not None:
+        grad = torch.cat([grad, grad_b], dim=1)
     rows_t, offsets_t = _transposed(idx, n_in)
     return F.embedding_bag(rows_t, grad, offsets_t, mode="sum")
+
+
+def _input_grad(table: Tensor, x: Tensor | None, g_lin: Tensor, g_sq: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    """``∂L/∂x = g_lin A_linᵀ + 2x ⊙ (g_sq A_sqᵀ)``: the dense input gradient of ``[x | x²] A``.
+
+    Dense products: a sampled (gathered) product at the active inputs only was measured slower
+    than the matmul even at 1 % (its ``nnz × H`` gathers lose to BLAS).
+    """
+    n_linear = g_lin.shape[1]
+    grad_x = g_lin @ table[:, :n_linear].t()
+    if g_sq is not None:
+        # d(x²)/dx = 2x: the squared columns count at the active inputs only
+        grad_x = torch.addcmul(grad_x, x.reshape(grad_x.shape), g_sq @ table[:, n_linear:].t(), value=2.0)
+    return grad_x.reshape(shape)
 
 
 class _GatherSum(torch.autograd.Function):
@@ -259,14 +294,53 @@ class _GatherSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_table = _table_grad(idx, grad, table.shape[0])
         if ctx.needs_input_grad[1]:
-            # dense products: a sampled (gathered) product at the active inputs only was measured
-            # slower than the matmul even at 1 % (its nnz × H gathers lose to BLAS)
-            grad_x = grad[:, :n_linear] @ table[:, :n_linear].t()
-            if n_linear < table.shape[1]:
-                # d(x²)/dx = 2x: the squared columns count at the active inputs only
-                grad_x = torch.addcmul(grad_x, x.reshape(grad_x.shape), grad[:, n_linear:] @ table[:, n_linear:].t(), value=2.0)
-            grad_x = grad_x.reshape(idx.shape)
+            g_sq = grad[:, n_linear:] if n_linear < table.shape[1] else None
+            grad_x = _input_grad(table, x, grad[:, :n_linear], g_sq, idx.shape)
         return grad_table, grad_x, None, None
+
+
+class _GatherMoments(torch.autograd.Function):
+    """``(x A_μ + b, x² A_v)`` for binary ``x`` given as indices, from one joint table ``[A_μ | A_v]``.
+
+    On CPU one kernel pass writes both moments as separate C-contiguous tensors (what the neuron
+    kernels read) and the backward scatters both gradients without joining them; elsewhere one
+    ``embedding_bag`` and its two halves.
+    """
+
+    @staticmethod
+    def forward(table: Tensor, bias: Tensor | None, x: Tensor | None, idx: SpikeIndices) -> tuple[Tensor, Tensor]:
+        width = table.shape[1] // 2
+        n_rows = idx.offsets.numel()
+        if _kernels_apply(table) and (bias is None or bias.dtype == table.dtype):
+            from ._sparse_kernels import gather_rows_split  # numba compiles on first use
+
+            mean, var = table.new_empty(n_rows, width), table.new_empty(n_rows, width)
+            bias_np = (table.new_empty(0) if bias is None else bias.detach().contiguous()).numpy()
+            gather_rows_split(idx.cols.contiguous().numpy(), idx.offsets.contiguous().numpy(), table.detach().numpy(), bias_np, mean.numpy(), var.numpy())
+            return mean, var
+        mean, var = F.embedding_bag(idx.cols, table, idx.offsets, mode="sum").chunk(2, dim=-1)
+        return (mean if bias is None else mean + bias), var
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        table, bias, x, idx = inputs
+        ctx.shape = idx.shape
+        # the indices go through save_for_backward too, so that memory accounting sees them
+        ctx.save_for_backward(table, x if ctx.needs_input_grad[2] else None, idx.rows, idx.cols, idx.offsets)
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor | None, ...]:
+        table, x, rows, cols, offsets = ctx.saved_tensors
+        idx = SpikeIndices(rows, cols, offsets, ctx.shape)
+        g_mean = g_mean.contiguous()
+        grad_table = grad_bias = grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_table = _table_grad(idx, g_mean, table.shape[0], g_var)
+        if ctx.needs_input_grad[1]:
+            grad_bias = g_mean.sum(0)
+        if ctx.needs_input_grad[2]:
+            grad_x = _input_grad(table, x, g_mean, g_var, idx.shape)
+        return grad_table, grad_bias, grad_x, None
 
 
 def _as_indices(spikes: Tensor | SpikeIndices, indices: SpikeIndices | None) -> tuple[Tensor | None, SpikeIndices]:
@@ -306,26 +380,36 @@ def gather_sum(
 
 
 def gather_moments(
-    spikes: Tensor | SpikeIndices, table: Tensor, *, indices: SpikeIndices | None = None
+    spikes: Tensor | SpikeIndices,
+    table: Tensor,
+    bias: Tensor | None = None,
+    *,
+    indices: SpikeIndices | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""Both moments from one gather over a joint table ``[A_μ | A_v]``: ``(x A_μ, x² A_v)``.
+    r"""Both moments from one gather over a joint table ``[A_μ | A_v]``: ``(x A_μ + b, x² A_v)``.
 
     Args:
-        spikes: binary ``x`` ``[..., in]`` or its :class:`SpikeIndices`.
+        spikes: binary ``x`` ``[..., in]`` or its :class:`SpikeIndices`. A dense ``x`` that
+            requires grad gets the dense input gradient.
         table: ``[in, 2H]``, the mean rows then the variance rows (:func:`lrt_table` for a
             Bernoulli ±1 layer; ``[Wᵀ | σ_w²·1]`` for a Gaussian real-weight layer).
+        bias: optional ``[H]``, added to the mean.
         indices: :func:`spike_indices` of a dense ``spikes``, when the caller already has them.
 
     Returns:
-        ``(mean, var)``, each ``[..., H]``.
+        ``(mean, var)``, each ``[..., H]`` and contiguous.
     """
-    if table.dim() != 2 or table.shape[1] % 2:
-        raise ValueError(f"gather_moments: table must be [in, 2H] (mean rows | variance rows), got {tuple(table.shape)}")
+    x, idx = _as_indices(spikes, indices)
+    if table.dim() != 2 or table.shape[1] % 2 or table.shape[0] != idx.shape[-1]:
+        raise ValueError(
+            f"gather_moments: table must be [in={idx.shape[-1]}, 2H] (mean rows | variance rows), got {tuple(table.shape)}"
+        )
     width = table.shape[1] // 2
-    out = gather_sum(spikes, table, squared_from=width, indices=indices)
-    # chunk, not two slices: its backward is one cat (slices would each zero-fill a [N, 2H] buffer)
-    mean, var = out.chunk(2, dim=-1)
-    return mean, var
+    if bias is not None and tuple(bias.shape) != (width,):
+        raise ValueError(f"gather_moments: bias must be [H={width}], got {tuple(bias.shape)}")
+    mean, var = _GatherMoments.apply(table.contiguous(), bias, x, idx)
+    out_shape = (*idx.shape[:-1], width)
+    return mean.reshape(out_shape), var.reshape(out_shape)
 
 
 class _LRTTable(torch.autograd.Function):
@@ -393,5 +477,4 @@ def lrt_linear_gather(
     Returns:
         ``(μ, v)``, each ``[..., out]``.
     """
-    mu, var = gather_moments(spikes, lrt_table(lam, alpha), indices=indices)
-    return (mu if bias is None else mu + bias), var
+    return gather_moments(spikes, lrt_table(lam, alpha), bias, indices=indices)
