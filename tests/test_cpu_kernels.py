@@ -388,3 +388,64 @@ def test_the_fused_marginal_backward_takes_the_drive_gradient(monkeypatch, calls
     assert calls["marginal_backward"] == 1
     for g, r in zip(*out):
         torch.testing.assert_close(g, r, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("estimator", [ST(), IWST(0.5)], ids=lambda e: e.name)
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_the_parallel_kernels_give_the_serial_numbers(monkeypatch, reset, estimator, chunks):
+    """Units split into ranges run in parallel: spikes, membranes and every gradient bit for bit."""
+    from sbnn.functional import _kernel_ops
+
+    problem = _problem(torch.float32, True, shape=(12, 3, 37))  # 111 units: ranges of 64 + 47, or 48 + 48 + 15
+    serial = _run(True, monkeypatch, problem, reset, False, estimator)
+    used = []
+    for name in ("lif_forward_parallel", "lif_backward_parallel"):
+        original = getattr(kernels, name)
+
+        def spy(*args, _name=name, _original=original):
+            used.append((_name, args[-1]))
+            return _original(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+    monkeypatch.setattr(_kernel_ops, "parallel_chunks", lambda n_ranges, work: chunks)
+    parallel = _run(True, monkeypatch, problem, reset, False, estimator)
+    assert used == [("lif_forward_parallel", chunks), ("lif_backward_parallel", chunks)]
+    (spk, mem, grads), (ref_spk, ref_mem, ref_grads) = parallel, serial
+    assert torch.equal(spk, ref_spk) and torch.equal(mem, ref_mem)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None and r is None) or torch.equal(g, r)
+
+
+def test_parallel_ranges_cover_the_units_on_whole_vectors():
+    for n, n_chunks, align in [(111, 2, 16), (111, 3, 16), (8192, 2, 16), (5, 4, 16), (16, 3, 16), (100, 3, 1)]:
+        bounds = [kernels._chunk(c, n_chunks, n, align) for c in range(n_chunks)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all((lo % align == 0 or lo == n) and lo <= hi for lo, hi in bounds)  # empty ranges at the end
+    assert [kernels._chunk(c, 2, 100, 1) for c in range(2)] == [(0, 50), (50, 100)]
+
+
+def test_parallel_chunks_follow_torchs_thread_count(monkeypatch):
+    from sbnn.functional import _kernel_ops
+
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert _kernel_ops.parallel_chunks(8192, 10**6) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert _kernel_ops.parallel_chunks(8192, _kernel_ops.PARALLEL_MIN_WORK - 1) == 1  # too little work
+    assert _kernel_ops.parallel_chunks(16 * min(64, threads) - 1, 10**6) == 1  # ranges too short
+    assert _kernel_ops.parallel_chunks(8192, _kernel_ops.PARALLEL_MIN_WORK) == (min(64, threads) if threads > 1 else 1)
+
+
+def test_a_forked_child_runs_the_serial_kernels(monkeypatch):
+    from sbnn.functional import _kernel_ops
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(_kernel_ops.numba.config, "NUMBA_NUM_THREADS", 2)
+    monkeypatch.setattr(_kernel_ops, "_POOL_PID", None)
+    assert _kernel_ops.parallel_chunks(8192, 10**6) == 2
+    monkeypatch.setattr(_kernel_ops.os, "getpid", lambda: -1)  # as if forked after the pool started
+    assert _kernel_ops.parallel_chunks(8192, 10**6) == 1

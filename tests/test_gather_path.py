@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -287,3 +288,27 @@ def test_lrt_table_node_gradients(gen, alpha_shape):
     torch.testing.assert_close(table, torch.cat([m * a, v * a * a]).t())
     assert torch.autograd.gradcheck(lrt_table, (lam, alpha))
     assert torch.autograd.gradgradcheck(lrt_table, (lam, alpha))
+
+
+@pytest.mark.parametrize("n_chunks", [2, 3, 5])
+def test_parallel_sparse_kernels_give_the_serial_numbers(gen, n_chunks):
+    """Rows split into ranges (gather, scan): the same arrays, bit for bit."""
+    from sbnn.functional import _sparse_kernels as k
+
+    x = _spikes(gen, (9, 7, 23), 0.2, torch.float32)
+    x[:, 2] = 0  # rows without events
+    x[4, 1, 5] = 3.0  # a count: not binary
+    flat = x.reshape(63, 23).numpy()
+    serial, parallel = k.binary_spike_indices(flat), k.binary_spike_indices_parallel(flat, n_chunks)
+    for a, b in zip(serial[:3], parallel[:3]):
+        np.testing.assert_array_equal(a, b)
+    assert serial[3] is False and parallel[3] is False
+    assert k.binary_spike_indices_parallel((flat != 0).astype(np.float32), n_chunks)[3] is True
+    _, cols, offsets, _ = serial
+    table = torch.randn(23, 14, generator=gen).numpy()
+    bias = torch.randn(6, generator=gen).numpy()
+    outs = [(np.empty((63, 6), np.float32), np.empty((63, 8), np.float32)) for _ in range(2)]
+    k.gather_rows_split(cols, offsets, table, bias, *outs[0])
+    k.gather_rows_split_parallel(cols, offsets, table, bias, *outs[1], n_chunks)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)

@@ -18,6 +18,13 @@ Conventions shared by every kernel:
   so every ``addcmul`` here is :func:`_fma`. No ``fastmath``: LLVM contracts nothing else. Given
   the scale, the forward therefore reproduces the torch path's membranes bit for bit, and its
   spikes.
+* **Parallel twins.** ``lif_forward``, ``lif_backward`` and ``time_weighted_grad`` have
+  ``*_parallel`` versions (``parallel=True``, Numba's OpenMP layer) that split the independent
+  ranges (units; steps for ``time_weighted_grad``) into one range per thread, each running the
+  serial loop on its slice: the same numbers, bit for bit. The operators of
+  :mod:`sbnn.functional._kernel_ops` take them when torch runs more than one intra-op thread
+  and the call is large enough (``parallel_chunks``); one thread runs the serial kernels, which
+  never enter a parallel region (forked data-loader workers stay safe).
 * **Reset codes** ``RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2``.
 * **Scale from the variance** (``from_var``). The pathwise kernels can take the input variance
   ``v`` in place of the noise scale and form ``s = sqrt(v + f)·κ`` row by row, in the order of
@@ -47,7 +54,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
@@ -144,16 +151,41 @@ def lif_forward(mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, fl
             ``kappa`` in the arrays' dtype.
         mems, spks: ``[T, N]`` outputs.
     """
-    n_steps, n = mu.shape
-    s_row, root = np.empty(n, dtype=mu.dtype), np.empty(n, dtype=mu.dtype)
-    prev_mem, prev_spk = mem0, spk0
-    for t in range(n_steps):
+    _lif_forward_units(0, mu.shape[1], mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa, mems, spks)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def lif_forward_parallel(mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa, mems, spks, n_chunks):
+    """:func:`lif_forward` with the units split into ``n_chunks`` ranges run in parallel (the same numbers)."""
+    n = mu.shape[1]
+    for c in prange(n_chunks):
+        lo, hi = _chunk(c, n_chunks, n, 16)
+        _lif_forward_units(lo, hi, mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa, mems, spks)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _chunk(c, n_chunks, n, align):
+    """The range ``[lo, hi)`` of chunk ``c`` of ``n_chunks`` over ``n`` items, bounds on multiples
+    of ``align`` (16 for units of a row: whole vectors)."""
+    size = ((n + n_chunks - 1) // n_chunks + align - 1) // align * align
+    return min(c * size, n), min((c + 1) * size, n)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lif_forward_units(lo, hi, mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa, mems, spks):
+    """:func:`lif_forward` on the units ``[lo, hi)``: every unit's recurrence is its own."""
+    s_row, root = np.empty(hi - lo, dtype=mu.dtype), np.empty(hi - lo, dtype=mu.dtype)
+    beta, threshold = beta[lo:hi], threshold[lo:hi]
+    prev_mem, prev_spk = mem0[lo:hi], spk0[lo:hi]
+    for t in range(mu.shape[0]):
         if from_var:
-            _scale_row(scale[t], floor, kappa, root, s_row)
+            _scale_row(scale[t][lo:hi], floor, kappa, root, s_row)
+        mem_t, spk_t = mems[t][lo:hi], spks[t][lo:hi]
         _forward_row(
-            mu[t], s_row if from_var else scale[t], eps[t], prev_mem, prev_spk, beta, threshold, reset, mems[t], spks[t]
+            mu[t][lo:hi], s_row if from_var else scale[t][lo:hi], eps[t][lo:hi], prev_mem, prev_spk, beta, threshold,
+            reset, mem_t, spk_t,
         )
-        prev_mem, prev_spk = mems[t], spks[t]
+        prev_mem, prev_spk = mem_t, spk_t
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -277,28 +309,63 @@ def lif_backward(
         g_beta, g_threshold: ``[N]`` outputs, accumulated into (pass zeros) if ``want_beta``,
             ``want_threshold``.
     """
-    n_steps, n = mems.shape
+    _lif_backward_units(
+        0, mems.shape[1], g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems,
+        spks, beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
+        want_beta, want_threshold,
+    )
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def lif_backward_parallel(
+    g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
+    beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
+    want_threshold, n_chunks,
+):
+    """:func:`lif_backward` with the units split into ``n_chunks`` ranges run in parallel (the same numbers)."""
+    n = mems.shape[1]
+    for c in prange(n_chunks):
+        lo, hi = _chunk(c, n_chunks, n, 16)
+        _lif_backward_units(
+            lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems,
+            spks, beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
+            want_beta, want_threshold,
+        )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lif_backward_units(
+    lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
+    beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
+    want_threshold,
+):
+    """:func:`lif_backward` on the units ``[lo, hi)`` (their adjoints and sums over time are their own)."""
+    n_steps, n = mems.shape[0], hi - lo
     dtype = mems.dtype
     carry = np.zeros(n, dtype=dtype)  # gŪ[t + 1]
     coeff, gts = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)  # c[t], gθ/s[t]
     s_row, root, th_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
     f_row, gs_row = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
+    beta, threshold = beta[lo:hi], threshold[lo:hi]
+    g_beta, g_threshold = g_beta[lo:hi], g_threshold[lo:hi]
     for k in range(n_steps):
         t = n_steps - 1 - k
         if from_var:
-            _scale_row(scale[t], floor, kappa, root, s_row)
-        s_t = s_row if from_var else scale[t]
-        _theta_row(mems[t], s_t, eps[t], threshold, one, th_row)
-        _factor_row(factor[t], factor_code, th_row, fc, f_row)
+            _scale_row(scale[t][lo:hi], floor, kappa, root, s_row)
+        s_t = s_row if from_var else scale[t][lo:hi]
+        m_t = mems[t][lo:hi]
+        _theta_row(m_t, s_t, eps[t][lo:hi], threshold, one, th_row)
+        _factor_row(factor[t][lo:hi], factor_code, th_row, fc, f_row)
         _backward_row(
-            g_spk[t], g_mem[t] if has_g_mem else g_mem[0], has_g_mem, f_row,
-            s_t, eps[t], th_row, mems[t], spks[t], mem0 if t == 0 else mems[t - 1], spk0 if t == 0 else spks[t - 1],
-            beta, threshold, reset, detach, one, g_ubar[t],
-            gs_row if from_var or not want_scale else g_scale[t], want_scale,
+            g_spk[t][lo:hi], g_mem[t][lo:hi] if has_g_mem else g_mem[0][lo:hi], has_g_mem, f_row,
+            s_t, eps[t][lo:hi], th_row, m_t, spks[t][lo:hi],
+            mem0[lo:hi] if t == 0 else mems[t - 1][lo:hi], spk0[lo:hi] if t == 0 else spks[t - 1][lo:hi],
+            beta, threshold, reset, detach, one, g_ubar[t][lo:hi],
+            gs_row if from_var or not want_scale else g_scale[t][lo:hi], want_scale,
             g_beta, g_threshold, want_beta, want_threshold, carry, coeff, gts,
         )
         if from_var and want_scale:
-            _variance_grad_row(gs_row, root, kappa, g_scale[t])
+            _variance_grad_row(gs_row, root, kappa, g_scale[t][lo:hi])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -556,8 +623,21 @@ def time_weighted_grad(weights, x, g_sum, g_sq, out):
         weights: ``[T]``; x: ``[T, M]``; g_sum, g_sq: ``[M]`` the gradients of the two sums;
             out: ``[T, M]`` output.
     """
+    _time_weighted_steps(0, x.shape[0], weights, x, g_sum, g_sq, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def time_weighted_grad_parallel(weights, x, g_sum, g_sq, out, n_chunks):
+    """:func:`time_weighted_grad` with the steps split into ``n_chunks`` ranges run in parallel."""
+    for c in prange(n_chunks):
+        lo, hi = _chunk(c, n_chunks, x.shape[0], 1)
+        _time_weighted_steps(lo, hi, weights, x, g_sum, g_sq, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _time_weighted_steps(lo, hi, weights, x, g_sum, g_sq, out):
     two = weights.dtype.type(2)
-    for t in range(x.shape[0]):
+    for t in range(lo, hi):
         w = weights[t]
         w2 = two * (w * w)
         x_t, out_t = x[t], out[t]

@@ -12,8 +12,10 @@ than ``st``'s, the loss). On torch < 2.4 the functions are plain Python and
 the nodes take the torch loops while compiling.
 """
 
+import os
 from typing import Optional
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -48,6 +50,34 @@ _FACTOR_CONSTANTS = {
     for dtype, np_dtype in _NUMPY_FLOATS.items()
 }
 
+#: elements (steps × units, rows × columns) from which a kernel call splits its independent
+#: ranges (units, rows, columns) across torch's intra-op threads (the ``*_parallel`` kernels: one
+#: parallel region per call, the same numbers as the serial kernel). Below it a region's start-up
+#: (tens of microseconds) is not worth it.
+PARALLEL_MIN_WORK = 2**16
+
+
+def parallel_chunks(n_ranges: int, work: int) -> int:
+    """How many ranges of ``n_ranges`` independent items a kernel call runs in parallel.
+
+    ``torch.get_num_threads()`` (at most Numba's thread count) when ``work ≥ PARALLEL_MIN_WORK``
+    and every range has at least 16 items, else 1 (the serial kernel). Sets Numba's thread count
+    for the calling thread, so that the parallel kernels follow ``torch.set_num_threads``.
+    """
+    global _POOL_PID
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads < 2 or work < PARALLEL_MIN_WORK or n_ranges < 16 * threads:
+        return 1
+    if _POOL_PID is None:
+        _POOL_PID = os.getpid()
+    elif _POOL_PID != os.getpid():
+        return 1  # a forked child: the OpenMP thread pool it inherited from its parent is unsafe to use
+    numba.set_num_threads(threads)
+    return threads
+
+
+_POOL_PID = None  # the process that first ran a parallel kernel
+
 
 def _one(x: Tensor):
     """1 in the dtype of ``x`` as a NumPy scalar (the kernels' ``one``)."""
@@ -69,10 +99,15 @@ def lif_forward(
     With ``from_var``, ``scale`` is the input variance and the kernel forms ``sqrt(v + floor)·kappa``.
     """
     spks, mems = _empty(mu), _empty(mu)
-    kernels.lif_forward(
+    args = (
         _rows(mu), _rows(scale), _rows(eps), _units(beta), _units(threshold), _units(mem0), _units(spk0), reset,
         from_var, _scalar(floor, mu), _scalar(kappa, mu), _rows(mems), _rows(spks),
     )
+    chunks = parallel_chunks(args[0].shape[1], args[0].size)
+    if chunks > 1:
+        kernels.lif_forward_parallel(*args, chunks)
+    else:
+        kernels.lif_forward(*args)
     return spks, mems
 
 
@@ -113,7 +148,7 @@ def lif_backward(
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
     g_beta, g_threshold = mems.new_zeros(mems.shape[1:]), mems.new_zeros(mems.shape[1:])
     mems_, g_ubar_ = _rows(mems), _rows(g_ubar)
-    kernels.lif_backward(
+    args = (
         _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
         mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
         mems_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[mems.dtype],
@@ -122,6 +157,11 @@ def lif_backward(
         g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
         _units(g_beta), _units(g_threshold), want_beta, want_threshold,
     )
+    chunks = parallel_chunks(mems_.shape[1], mems_.size)
+    if chunks > 1:
+        kernels.lif_backward_parallel(*args, chunks)
+    else:
+        kernels.lif_backward(*args)
     return g_ubar, g_scale, g_beta, g_threshold
 
 
@@ -223,7 +263,12 @@ def _(d, coeff, carry):
 def time_weighted_grad(weights: Tensor, x: Tensor, g_sum: Tensor, g_sq: Tensor) -> Tensor:
     """``∂/∂x_t (Σ_t w_t x_t, Σ_t w_t² x_t²)`` applied to ``(g_sum, g_sq)``: ``[T, ...]`` shaped as ``x``."""
     out = _empty(x)
-    kernels.time_weighted_grad(_units(weights), _rows(x), _units(g_sum), _units(g_sq), _rows(out))
+    args = (_units(weights), _rows(x), _units(g_sum), _units(g_sq), _rows(out))
+    chunks = parallel_chunks(args[1].shape[0], args[1].size)
+    if chunks > 1:
+        kernels.time_weighted_grad_parallel(*args, chunks)
+    else:
+        kernels.time_weighted_grad(*args)
     return out
 
 

@@ -16,6 +16,10 @@
 * :func:`binary_spike_indices`: the active inputs of a dense ``[N, in]`` tensor as CSR (columns
   and per-row offsets), and whether every nonzero is exactly 1, in two passes over it.
 
+The gather and the scan have ``*_parallel`` twins that split the rows into ranges, one per
+thread, with the same numbers (:func:`sbnn.functional._kernel_ops.parallel_chunks` decides);
+the scatter stays serial (split by columns it measured slower: every thread re-reads all events).
+
 Private: :mod:`sbnn.functional.sparse` decides when they apply (CPU tensors of a floating dtype
 numba compiles, outside ``torch.compile``) and validates shapes and indices.
 """
@@ -23,9 +27,15 @@ numba compiles, outside ``torch.compile``) and validates shapes and indices.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-__all__ = ["gather_rows_split", "scatter_add_rows_split", "binary_spike_indices"]
+__all__ = [
+    "gather_rows_split",
+    "gather_rows_split_parallel",
+    "scatter_add_rows_split",
+    "binary_spike_indices",
+    "binary_spike_indices_parallel",
+]
 
 
 @njit(cache=True, nogil=True)
@@ -47,11 +57,29 @@ def gather_rows_split(
         out_a: ``[N, K_a]`` C-contiguous, overwritten.
         out_b: ``[N, K_b]`` C-contiguous, overwritten (``K_b`` may be 0).
     """
+    _gather_range(0, out_a.shape[0], cols, offsets, table, bias, out_a, out_b)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gather_rows_split_parallel(
+    cols: np.ndarray, offsets: np.ndarray, table: np.ndarray, bias: np.ndarray, out_a: np.ndarray, out_b: np.ndarray,
+    n_chunks: int,
+) -> None:
+    """:func:`gather_rows_split` with the output rows split into ``n_chunks`` ranges run in parallel."""
+    n_rows = out_a.shape[0]
+    size = (n_rows + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        _gather_range(min(c * size, n_rows), min((c + 1) * size, n_rows), cols, offsets, table, bias, out_a, out_b)
+
+
+@njit(cache=True, nogil=True)
+def _gather_range(lo, hi, cols, offsets, table, bias, out_a, out_b):
+    """:func:`gather_rows_split` on the output rows ``[lo, hi)``."""
     n_rows, width_a = out_a.shape
     width_b = out_b.shape[1]
     nnz = cols.shape[0]
     with_bias = bias.shape[0] > 0
-    for n in range(n_rows):
+    for n in range(lo, hi):
         start = offsets[n]
         end = offsets[n + 1] if n + 1 < n_rows else nnz
         acc_a, acc_b = out_a[n], out_b[n]
@@ -107,27 +135,65 @@ def binary_spike_indices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``binary`` tells whether every nonzero entry is exactly 1. The first pass counts each row's
     nonzeros (a branch-free, vectorised sum), the second writes their positions.
     """
-    n_rows, width = x.shape
-    offsets = np.empty(n_rows, np.int64)
+    n_rows = x.shape[0]
+    counts = np.empty(n_rows, np.int64)
+    _count_rows(0, n_rows, x, counts)
+    offsets, rows, cols = _allocate(counts)
+    return rows, cols, offsets, _fill_rows(0, n_rows, x, offsets, rows, cols)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def binary_spike_indices_parallel(x: np.ndarray, n_chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """:func:`binary_spike_indices` with both passes split into ``n_chunks`` row ranges run in parallel.
+
+    A separate kernel: the serial one never enters a parallel region (it runs in forked data-loader
+    workers, where a thread pool inherited from the parent is unsafe).
+    """
+    n_rows = x.shape[0]
+    size = (n_rows + n_chunks - 1) // n_chunks
+    counts = np.empty(n_rows, np.int64)
+    for c in prange(n_chunks):
+        _count_rows(min(c * size, n_rows), min((c + 1) * size, n_rows), x, counts)
+    offsets, rows, cols = _allocate(counts)
+    binary = np.empty(n_chunks, np.bool_)
+    for c in prange(n_chunks):
+        binary[c] = _fill_rows(min(c * size, n_rows), min((c + 1) * size, n_rows), x, offsets, rows, cols)
+    return rows, cols, offsets, bool(binary.all())
+
+
+@njit(cache=True, nogil=True)
+def _allocate(counts):
+    """``(offsets, rows, cols)``: each row's start from the counts, and the index arrays to fill."""
+    offsets = np.empty(counts.shape[0], np.int64)
     nnz = 0
-    for n in range(n_rows):
+    for n in range(counts.shape[0]):
         offsets[n] = nnz
+        nnz += counts[n]
+    return offsets, np.empty(nnz, np.int64), np.empty(nnz, np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _count_rows(lo, hi, x, counts):
+    for n in range(lo, hi):
         count = 0
         row = x[n]
-        for i in range(width):
+        for i in range(row.shape[0]):
             count += row[i] != 0
-        nnz += count
-    rows = np.empty(nnz, np.int64)
-    cols = np.empty(nnz, np.int64)
+        counts[n] = count
+
+
+@njit(cache=True, nogil=True)
+def _fill_rows(lo, hi, x, offsets, rows, cols):
+    """The positions of the nonzeros of rows ``[lo, hi)`` from their offsets; whether all are 1."""
     binary = True
-    j = 0
-    for n in range(n_rows):
+    for n in range(lo, hi):
         row = x[n]
-        for i in range(width):
+        j = offsets[n]
+        for i in range(row.shape[0]):
             value = row[i]
             if value != 0:
                 binary &= value == 1
                 rows[j] = n
                 cols[j] = i
                 j += 1
-    return rows, cols, offsets, binary
+    return binary

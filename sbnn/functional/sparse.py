@@ -129,9 +129,14 @@ def _scan(x: Tensor) -> tuple[SpikeIndices, bool | None]:
     n = x.shape[-1]
     flat = x.detach().reshape(math.prod(x.shape[:-1]), n)
     if flat.device.type == "cpu" and flat.dtype in _KERNEL_SCANNED and not torch.compiler.is_compiling():
-        from ._sparse_kernels import binary_spike_indices  # numba compiles on first use
+        from ._sparse_kernels import binary_spike_indices, binary_spike_indices_parallel  # numba compiles on first use
 
-        rows, cols, offsets, binary = binary_spike_indices(flat.contiguous().numpy())
+        flat_np = flat.contiguous().numpy()
+        chunks = _chunks(flat_np.shape[0], flat_np.size)
+        if chunks > 1:
+            rows, cols, offsets, binary = binary_spike_indices_parallel(flat_np, chunks)
+        else:
+            rows, cols, offsets, binary = binary_spike_indices(flat_np)
         return SpikeIndices(torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(offsets), tuple(x.shape)), binary
     rows, cols = flat.nonzero().t().contiguous()  # contiguous: the scatter kernel reads them as arrays
     counts = torch.bincount(rows, minlength=flat.shape[0])
@@ -235,6 +240,13 @@ def _transposed(idx: SpikeIndices, n_in: int) -> tuple[Tensor, Tensor]:
     return idx.rows[order], torch.cumsum(counts, 0) - counts
 
 
+def _chunks(n_ranges: int, work: int) -> int:
+    """How many ranges a sparse kernel call runs in parallel (:func:`sbnn.functional._kernel_ops.parallel_chunks`)."""
+    from ._kernel_ops import parallel_chunks
+
+    return parallel_chunks(n_ranges, work)
+
+
 def _kernels_apply(t: Tensor) -> bool:
     """Whether the Numba kernels compute a gather or its table gradient on ``t``: CPU floats, eager."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
@@ -247,6 +259,7 @@ def _table_grad(idx: SpikeIndices, grad: Tensor, n_in: int, grad_b: Tensor | Non
 
         grad_b = grad.new_empty(grad.shape[0], 0) if grad_b is None else grad_b.contiguous()
         out = grad.new_zeros(n_in, grad.shape[1] + grad_b.shape[1])
+        # serial: split by columns over two threads it measured slower (each thread re-reads every event)
         scatter_add_rows_split(idx.rows.contiguous().numpy(), idx.cols.contiguous().numpy(), grad.numpy(), grad_b.numpy(), out.numpy())
         return out
     if grad_b is not None:
@@ -312,11 +325,16 @@ class _GatherMoments(torch.autograd.Function):
         width = table.shape[1] // 2
         n_rows = idx.offsets.numel()
         if _kernels_apply(table) and (bias is None or bias.dtype == table.dtype):
-            from ._sparse_kernels import gather_rows_split  # numba compiles on first use
+            from ._sparse_kernels import gather_rows_split, gather_rows_split_parallel  # numba compiles on first use
 
             mean, var = table.new_empty(n_rows, width), table.new_empty(n_rows, width)
             bias_np = (table.new_empty(0) if bias is None else bias.detach().contiguous()).numpy()
-            gather_rows_split(idx.cols.contiguous().numpy(), idx.offsets.contiguous().numpy(), table.detach().numpy(), bias_np, mean.numpy(), var.numpy())
+            args = (idx.cols.contiguous().numpy(), idx.offsets.contiguous().numpy(), table.detach().numpy(), bias_np, mean.numpy(), var.numpy())
+            chunks = _chunks(n_rows, idx.cols.numel() * table.shape[1])
+            if chunks > 1:
+                gather_rows_split_parallel(*args, chunks)
+            else:
+                gather_rows_split(*args)
             return mean, var
         mean, var = F.embedding_bag(idx.cols, table, idx.offsets, mode="sum").chunk(2, dim=-1)
         return (mean if bias is None else mean + bias), var
