@@ -133,7 +133,7 @@ def test_a_scale_given_to_the_kernels_keeps_float32_membranes_bit_for_bit(monkey
         torch.testing.assert_close(g, r, **TOL[torch.float32])
 
 
-def test_the_kernels_compute_the_st_factor_of_gaussian_and_logistic_noise_only():
+def test_the_kernels_compute_the_st_factor_and_the_gaussian_iwst_agr_densities_only():
     pytest.importorskip("numba")
     from sbnn.functional import _kernel_ops
 
@@ -142,10 +142,42 @@ def test_the_kernels_compute_the_st_factor_of_gaussian_and_logistic_noise_only()
     class MyST(ST):
         pass
 
-    code = neurons._factor_code
-    assert code(ST(), get_noise("gaussian")) == _kernel_ops.FACTOR_ST_GAUSSIAN
-    assert code(ST(), get_noise("logistic")) == _kernel_ops.FACTOR_ST_LOGISTIC
-    assert code(MyST(), get_noise("gaussian")) == code(IWST(0.5), get_noise("gaussian")) == _kernel_ops.FACTOR_GIVEN
+    theta = torch.tensor([[-2.0, 0.5], [1.0, 40.0]], dtype=torch.float64)
+    spikes = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)  # θ = 40 without a spike: Φ(−40) underflows
+
+    def code(estimator, noise, th=theta):
+        return neurons._kernel_factor(estimator, get_noise(noise), lambda: th, spikes, torch.zeros_like(th))[0]
+
+    assert code(ST(), "gaussian") == _kernel_ops.FACTOR_ST_GAUSSIAN
+    assert code(ST(), "logistic") == _kernel_ops.FACTOR_ST_LOGISTIC
+    assert code(IWST(0.5), "gaussian") == _kernel_ops.FACTOR_IWST_GAUSSIAN
+    assert code(AGR(0.7), "gaussian", theta[:1]) == _kernel_ops.FACTOR_RATIO_GAUSSIAN
+    assert code(AGR(0.7), "gaussian") == _kernel_ops.FACTOR_GIVEN  # the log-space tail: torch's factor
+    assert code(MyST(), "gaussian") == code(IWST(0.5), "logistic") == code(Relaxed(0.5), "gaussian") == _kernel_ops.FACTOR_GIVEN
+
+
+@pytest.mark.parametrize("estimator", [IWST(0.5), IWST(0.3, w_max=2.0), AGR(0.7), AGR(2.0)], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_in_kernel_iwst_and_agr_factors_match_torchs(monkeypatch, estimator, dtype):
+    """The weighted Gaussian codes against the same estimator's factor given by torch (FACTOR_GIVEN)."""
+    problem = _problem(dtype, True, shape=(30, 4, 9))
+    got = _run(True, monkeypatch, problem, "subtract", True, estimator)
+    given = neurons._kernel_factor
+
+    def torch_factor(est, noise, theta, spks, eps, erfc_arg=None):
+        th = theta()
+        return _kernel_ops_module().FACTOR_GIVEN, est.factor(th, spks, eps, noise).to(th.dtype), ()
+
+    monkeypatch.setattr(neurons, "_kernel_factor", torch_factor)
+    ref = _run(True, monkeypatch, problem, "subtract", True, estimator)
+    monkeypatch.setattr(neurons, "_kernel_factor", given)
+    _assert_same(got, ref, dtype, exact_mem=True)
+
+
+def _kernel_ops_module():
+    from sbnn.functional import _kernel_ops
+
+    return _kernel_ops
 
 
 def test_hand_computed_trajectory_through_the_kernels(monkeypatch, calls):
@@ -206,7 +238,7 @@ def test_the_kernels_are_registered_torch_operators():
         step = mode.from_tensor(torch.zeros(2, 3))
         spks, mems = torch.ops.sbnn.lif_forward(mu, mu, mu, step, step, step, step, 0, True, 0.01, 1.0)
         g = torch.ops.sbnn.lif_backward(
-            None, None, None, 1, mu, mu, mu, mu, step, step, step, step, 0, True, True, 0.01, 1.0, False, True, True
+            None, None, None, 1, [], mu, mu, mu, mu, step, step, step, step, 0, True, True, 0.01, 1.0, False, True, True
         )
     assert spks.shape == mems.shape == (5, 2, 3)
     assert [x.shape for x in g] == [(5, 2, 3), (0,), (2, 3), (2, 3)]
@@ -359,7 +391,7 @@ def test_factors_below_the_cut_count_as_zero():
 
     def grads(f):
         return ops.lif_backward(
-            g_spk, g_mem, f, ops.FACTOR_GIVEN, scale, eps, mems, spks, beta, thr, mem0, spk0,
+            g_spk, g_mem, f, ops.FACTOR_GIVEN, [], scale, eps, mems, spks, beta, thr, mem0, spk0,
             0, False, False, 0.0, 1.0, True, True, True,
         )
 
@@ -449,3 +481,18 @@ def test_a_forked_child_runs_the_serial_kernels(monkeypatch):
     assert _kernel_ops.parallel_chunks(8192, 10**6) == 2
     monkeypatch.setattr(_kernel_ops.os, "getpid", lambda: -1)  # as if forked after the pool started
     assert _kernel_ops.parallel_chunks(8192, 10**6) == 1
+
+
+def test_the_theta_kernel_gives_erfcs_signed_argument():
+    """``lif_theta`` with the spikes and ``k``: ``−σθ·k`` (``σ = 2S − 1``), what ``gaussian_erfc_arg`` forms."""
+    from sbnn.functional import _kernel_ops as ops
+    from sbnn.functional.estimators import gaussian_erfc_arg
+
+    mu, var, eps, beta, thr, mem0, spk0, _, _ = (t.detach() for t in _problem(torch.float64, True))
+    mems = torch.randn_like(mu)
+    spks = (mems >= 1).to(mu.dtype)
+    thr = thr.expand(mem0.shape)
+    theta = ops.lif_theta(mems, var, eps, thr, True, 0.01, 1.0)
+    signed = ops.lif_theta(mems, var, eps, thr, True, 0.01, 1.0, spks, math.sqrt(0.5))
+    torch.testing.assert_close(signed, gaussian_erfc_arg(theta, spks), rtol=1e-15, atol=0)
+    assert torch.equal(signed.abs(), (theta * math.sqrt(0.5)).abs())

@@ -38,7 +38,13 @@ Conventions shared by every kernel:
 * **Factor codes** ``FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC = 0, 1, 2``: the
   backward reads the estimator's factor ``∂S/∂θ`` from an array (any estimator, computed by
   torch), or computes the ``st`` factor, the noise density ``p(θ)``, in the row it is used
-  (``exp`` of the log-density clamped as ``noise.safe_exp`` clamps it).
+  (``exp`` of the log-density clamped as ``noise.safe_exp`` clamps it). Two more codes take a
+  Gaussian density times a weight that torch forms with its vectorised ``erfc`` (Numba's is a
+  scalar call): ``FACTOR_IWST_GAUSSIAN = 3`` reads ``E = 2Φ(σθ)`` and forms the ``iwst`` factor
+  ``min(2q(S)/E, w_max)·φ(θ)``; ``FACTOR_RATIO_GAUSSIAN = 4`` reads ``R = Φ(στθ/c)/Φ(σθ)`` and
+  forms the ``agr`` factor ``R·φ(θ/c)/c``. Their per-call constants ``fp`` are
+  ``[2(1 − p), 2(2p − 1), w_max, 1/(2c²), log √(2π) + log c]``; the density is clamped as for
+  ``st``. They equal the torch factors (formed in log-space) to rounding.
 * **Factor cut.** The backward treats factors below ``f_cut = sqrt(finfo.tiny)`` (1e-19 in
   float32) as 0. Units far from threshold have factors at ``safe_exp``'s floor ``e·tiny``, and
   every product with it is a subnormal number, which the CPU computes many times slower unless
@@ -58,7 +64,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
-FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC = 0, 1, 2
+FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC, FACTOR_IWST_GAUSSIAN, FACTOR_RATIO_GAUSSIAN = 0, 1, 2, 3, 4
 
 
 @intrinsic
@@ -228,15 +234,21 @@ def _scale_row(v_t, floor, kappa, root, s_t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def lif_theta(mems, scale, eps, threshold, from_var, floor, kappa, one, theta):
+def lif_theta(mems, scale, eps, threshold, from_var, floor, kappa, one, spks, signed_k, theta):
     """``θ = (U − scale·ε − ϑ)·(1/scale)``, the standardised drive, into ``theta`` ``[T, N]``
-    (``scale`` the variance if ``from_var``)."""
+    (``scale`` the variance if ``from_var``). With ``signed_k ≠ 0``: ``θ·(k·(1 − 2S))``, the
+    argument ``−σθ·k`` of ``erfc`` for ``2Φ(σθ)`` (``k = √½``), from the spikes ``spks``."""
     n_steps, n = mems.shape
     s_row, root = np.empty(n, dtype=mems.dtype), np.empty(n, dtype=mems.dtype)
     for t in range(n_steps):
         if from_var:
             _scale_row(scale[t], floor, kappa, root, s_row)
-        _theta_row(mems[t], s_row if from_var else scale[t], eps[t], threshold, one, theta[t])
+        th_t = theta[t]
+        _theta_row(mems[t], s_row if from_var else scale[t], eps[t], threshold, one, th_t)
+        if signed_k != 0:
+            k_t = spks[t]
+            for i in range(n):
+                th_t[i] = th_t[i] * (signed_k * (one - (k_t[i] + k_t[i])))  # ±k: exact signs
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -246,14 +258,32 @@ def _theta_row(m_t, s_t, e_t, threshold, one, th_t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _factor_row(given_t, code, th_t, c, f_t):
-    """The estimator's factor of one step into ``f_t``: ``given_t`` (``FACTOR_GIVEN``) or the
-    ``st`` factor computed from ``θ``; factors below the cut count as 0 (module docstring)."""
+def _factor_row(given_t, code, th_t, k_t, c, fp, f_t):
+    """The estimator's factor of one step into ``f_t``: ``given_t`` (``FACTOR_GIVEN``), the ``st``
+    factor computed from ``θ``, or a Gaussian density times a weight read from ``given_t``
+    (module docstring); factors below the cut count as 0."""
     if code == FACTOR_GIVEN:
         _cut_row(given_t, c[_C_CUT], f_t)
+        return
+    if code == FACTOR_IWST_GAUSSIAN or code == FACTOR_RATIO_GAUSSIAN:
+        _weighted_gaussian_row(given_t, code, th_t, k_t, c, fp, f_t)
     else:
         _st_factor_row(th_t, code, c, f_t)
-        _cut_row(f_t, c[_C_CUT], f_t)
+    _cut_row(f_t, c[_C_CUT], f_t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _weighted_gaussian_row(given_t, code, th_t, k_t, c, fp, f_t):
+    """``w·exp(max(−a·θ² − b, lo))`` with ``w = min((q0 + q1·S)/E, w_max)`` (``iwst``) or ``w = R`` (``agr``)."""
+    lo, a, b = c[_C_LO], fp[3], fp[4]
+    if code == FACTOR_IWST_GAUSSIAN:
+        q0, q1, w_max = fp[0], fp[1], fp[2]
+        for i in range(th_t.size):
+            w = min((q0 + q1 * k_t[i]) / given_t[i], w_max)  # E = 0 (a certain flip's underflow): w_max
+            f_t[i] = w * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c)
+    else:
+        for i in range(th_t.size):
+            f_t[i] = given_t[i] * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -278,7 +308,7 @@ def _st_factor_row(th_t, code, c, f_t):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def lif_backward(
-    g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
+    g_spk, g_mem, has_g_mem, factor, factor_code, fc, fp, scale, from_var, floor, kappa, eps, mems, spks,
     beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
     want_threshold,
 ):
@@ -297,7 +327,9 @@ def lif_backward(
     Args:
         g_spk, g_mem: ``[T, N]`` output adjoints (``g_mem`` is read only if ``has_g_mem``).
         factor: ``[T, N]`` the estimator's ``∂S/∂θ`` at ``θ``, read only if ``factor_code`` is
-            ``FACTOR_GIVEN``; fc: :func:`factor_constants` (the ``st`` factor's, the cut's).
+            ``FACTOR_GIVEN`` (``E`` or ``R`` for the weighted Gaussian codes); fc:
+            :func:`factor_constants` (the ``st`` factor's, the cut's); fp: the weighted codes'
+            constants (module docstring; any ``[5]`` array otherwise).
         scale, eps, mems, spks: ``[T, N]`` from the forward pass (``scale`` the variance if
             ``from_var``; ``floor``, ``kappa`` as in :func:`lif_forward`).
         beta, threshold, mem0, spk0: ``[N]``.
@@ -310,7 +342,7 @@ def lif_backward(
             ``want_threshold``.
     """
     _lif_backward_units(
-        0, mems.shape[1], g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems,
+        0, mems.shape[1], g_spk, g_mem, has_g_mem, factor, factor_code, fc, fp, scale, from_var, floor, kappa, eps, mems,
         spks, beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
         want_beta, want_threshold,
     )
@@ -318,7 +350,7 @@ def lif_backward(
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def lif_backward_parallel(
-    g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
+    g_spk, g_mem, has_g_mem, factor, factor_code, fc, fp, scale, from_var, floor, kappa, eps, mems, spks,
     beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
     want_threshold, n_chunks,
 ):
@@ -327,7 +359,7 @@ def lif_backward_parallel(
     for c in prange(n_chunks):
         lo, hi = _chunk(c, n_chunks, n, 16)
         _lif_backward_units(
-            lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems,
+            lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, fp, scale, from_var, floor, kappa, eps, mems,
             spks, beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold,
             want_beta, want_threshold,
         )
@@ -335,7 +367,7 @@ def lif_backward_parallel(
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lif_backward_units(
-    lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, scale, from_var, floor, kappa, eps, mems, spks,
+    lo, hi, g_spk, g_mem, has_g_mem, factor, factor_code, fc, fp, scale, from_var, floor, kappa, eps, mems, spks,
     beta, threshold, mem0, spk0, reset, detach, one, g_ubar, g_scale, want_scale, g_beta, g_threshold, want_beta,
     want_threshold,
 ):
@@ -355,7 +387,7 @@ def _lif_backward_units(
         s_t = s_row if from_var else scale[t][lo:hi]
         m_t = mems[t][lo:hi]
         _theta_row(m_t, s_t, eps[t][lo:hi], threshold, one, th_row)
-        _factor_row(factor[t][lo:hi], factor_code, th_row, fc, f_row)
+        _factor_row(factor[t][lo:hi], factor_code, th_row, spks[t][lo:hi], fc, fp, f_row)
         _backward_row(
             g_spk[t][lo:hi], g_mem[t][lo:hi] if has_g_mem else g_mem[0][lo:hi], has_g_mem, f_row,
             s_t, eps[t][lo:hi], th_row, m_t, spks[t][lo:hi],
@@ -511,7 +543,7 @@ def _mean_row(mu_t, s_t, e_t, beta, reset_amount, threshold, prev_mean, prev_spk
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def marginal_backward(
-    g_spk, g_mem, has_g_mem, g_scale, has_g_scale, factor, factor_code, fc,
+    g_spk, g_mem, has_g_mem, g_scale, has_g_scale, factor, factor_code, fc, fp,
     thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta, beta2, half_k2, carry_m, carry_v,
     want_beta, want_threshold, subtract, g_m, g_v, g_beta, g_threshold,
 ):
@@ -529,7 +561,7 @@ def marginal_backward(
 
     Args:
         g_spk: ``[T, N]``; g_mem, g_scale: ``[T, N]``, read only if ``has_g_mem``, ``has_g_scale``.
-        factor, factor_code, fc: as in :func:`lif_backward`.
+        factor, factor_code, fc, fp: as in :func:`lif_backward`.
         thetas, scales, eps, means, variances, spks: ``[T, N]`` from the forward pass.
         mem0, var0, spk0, beta, beta2: ``[N]``; half_k2: ``κ²/2``.
         carry_m, carry_v: ``[N]`` adjoints of the last mean and variance (overwritten).
@@ -543,7 +575,7 @@ def marginal_backward(
     for k in range(n_steps):
         t = n_steps - 1 - k
         th_t, s_t, e_t, gs_t = thetas[t], scales[t], eps[t], g_spk[t]
-        _factor_row(factor[t], factor_code, th_t, fc, f_row)
+        _factor_row(factor[t], factor_code, th_t, spks[t], fc, fp, f_row)
         for i in range(n):
             a_row[i] = f_row[i] * (one / s_t[i])
         gm_t, gv_t = g_m[t], g_v[t]

@@ -13,7 +13,7 @@ the nodes take the torch loops while compiling.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numba
 import numpy as np
@@ -21,7 +21,13 @@ import torch
 from torch import Tensor
 
 from . import _cpu_kernels as kernels
-from ._cpu_kernels import FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC  # noqa: F401 (the nodes' codes)
+from ._cpu_kernels import (  # noqa: F401 (the nodes' codes)
+    FACTOR_GIVEN,
+    FACTOR_IWST_GAUSSIAN,
+    FACTOR_RATIO_GAUSSIAN,
+    FACTOR_ST_GAUSSIAN,
+    FACTOR_ST_LOGISTIC,
+)
 from ._operators import operator
 from .noise import _LOG_SQRT_2PI, safe_exp_floor
 
@@ -79,6 +85,11 @@ def parallel_chunks(n_ranges: int, work: int) -> int:
 _POOL_PID = None  # the process that first ran a parallel kernel
 
 
+def _factor_params(params: Sequence[float], like: Tensor):
+    """The weighted Gaussian codes' five constants in the dtype of ``like`` (zeros when unused)."""
+    return np.array(list(params) if len(params) else [0.0] * 5, dtype=_NUMPY_FLOATS[like.dtype])
+
+
 def _one(x: Tensor):
     """1 in the dtype of ``x`` as a NumPy scalar (the kernels' ``one``)."""
     return _NUMPY_FLOATS[x.dtype](1)
@@ -117,31 +128,38 @@ def _(mu, scale, eps, beta, threshold, mem0, spk0, reset, from_var, floor, kappa
 
 
 @operator("lif_theta", device_types="cpu")
-def lif_theta(mems: Tensor, scale: Tensor, eps: Tensor, threshold: Tensor, from_var: bool, floor: float, kappa: float) -> Tensor:
-    """``θ = (U − scale·ε − ϑ)·(1/scale)`` ``[T, ...]`` (``scale`` as in :func:`lif_forward`)."""
+def lif_theta(
+    mems: Tensor, scale: Tensor, eps: Tensor, threshold: Tensor, from_var: bool, floor: float, kappa: float,
+    spks: Optional[Tensor] = None, signed_k: float = 0.0,
+) -> Tensor:
+    """``θ = (U − scale·ε − ϑ)·(1/scale)`` ``[T, ...]`` (``scale`` as in :func:`lif_forward`); with
+    ``signed_k ≠ 0`` and the spikes, ``−σθ·signed_k`` (``σ = 2S − 1``), ``erfc``'s argument."""
     theta = _empty(mems)
+    mems_ = _rows(mems)
     kernels.lif_theta(
-        _rows(mems), _rows(scale), _rows(eps), _units(threshold), from_var, _scalar(floor, mems), _scalar(kappa, mems),
-        _one(mems), _rows(theta),
+        mems_, _rows(scale), _rows(eps), _units(threshold), from_var, _scalar(floor, mems), _scalar(kappa, mems),
+        _one(mems), mems_ if spks is None else _rows(spks), _scalar(signed_k if spks is not None else 0.0, mems),
+        _rows(theta),
     )
     return theta
 
 
 @lif_theta.register_fake
-def _(mems, scale, eps, threshold, from_var, floor, kappa):
+def _(mems, scale, eps, threshold, from_var, floor, kappa, spks=None, signed_k=0.0):
     return _empty(mems)
 
 
 @operator("lif_backward", device_types="cpu")
 def lif_backward(
-    g_spk: Optional[Tensor], g_mem: Optional[Tensor], factor: Optional[Tensor], factor_code: int, scale: Tensor,
-    eps: Tensor, mems: Tensor, spks: Tensor, beta: Tensor, threshold: Tensor, mem0: Tensor, spk0: Tensor,
-    reset: int, detach: bool, from_var: bool, floor: float, kappa: float,
-    want_scale: bool, want_beta: bool, want_threshold: bool,
+    g_spk: Optional[Tensor], g_mem: Optional[Tensor], factor: Optional[Tensor], factor_code: int,
+    factor_params: Sequence[float], scale: Tensor, eps: Tensor, mems: Tensor, spks: Tensor, beta: Tensor,
+    threshold: Tensor, mem0: Tensor, spk0: Tensor, reset: int, detach: bool, from_var: bool, floor: float,
+    kappa: float, want_scale: bool, want_beta: bool, want_threshold: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(gŪ, g_scale, g_beta, g_threshold)``: ``[T, ...]``, ``[T, ...]`` (``[0]`` unless ``want_scale``), one step, one step.
 
-    ``factor`` is read for ``FACTOR_GIVEN`` only; ``g_scale`` is the variance's gradient with
+    ``factor`` is read for ``FACTOR_GIVEN`` and the weighted Gaussian codes (with their five
+    ``factor_params``, empty otherwise); ``g_scale`` is the variance's gradient with
     ``from_var``. ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
     """
     g_ubar = _empty(mems)
@@ -152,7 +170,7 @@ def lif_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
         mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
         mems_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[mems.dtype],
-        _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems), _rows(eps), mems_, _rows(spks),
+        _factor_params(factor_params, mems), _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems), _rows(eps), mems_, _rows(spks),
         _units(beta), _units(threshold), _units(mem0), _units(spk0), reset, detach, _one(mems),
         g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
         _units(g_beta), _units(g_threshold), want_beta, want_threshold,
@@ -167,8 +185,8 @@ def lif_backward(
 
 @lif_backward.register_fake
 def _(
-    g_spk, g_mem, factor, factor_code, scale, eps, mems, spks, beta, threshold, mem0, spk0, reset, detach,
-    from_var, floor, kappa, want_scale, want_beta, want_threshold,
+    g_spk, g_mem, factor, factor_code, factor_params, scale, eps, mems, spks, beta, threshold, mem0, spk0, reset,
+    detach, from_var, floor, kappa, want_scale, want_beta, want_threshold,
 ):
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
     return _empty(mems), g_scale, mems.new_empty(mems.shape[1:]), mems.new_empty(mems.shape[1:])
@@ -212,7 +230,7 @@ def _(mu, scales, eps, beta, reset_amount, threshold, mem0, spk0, subtract):
 @operator("marginal_backward", device_types="cpu")
 def marginal_backward(
     g_spk: Optional[Tensor], g_mem: Optional[Tensor], g_scale: Optional[Tensor], factor: Optional[Tensor],
-    factor_code: int, thetas: Tensor, scales: Tensor, eps: Tensor, means: Tensor, variances: Tensor, spks: Tensor,
+    factor_code: int, factor_params: Sequence[float], thetas: Tensor, scales: Tensor, eps: Tensor, means: Tensor, variances: Tensor, spks: Tensor,
     mem0: Tensor, var0: Tensor, spk0: Tensor, beta: Tensor, carry_m: Tensor, carry_v: Tensor, kappa: float,
     want_beta: bool, want_threshold: bool, subtract: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -227,7 +245,7 @@ def marginal_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(th_.shape, dtype=th_.dtype),
         th_ if g_mem is None else _rows(g_mem), g_mem is not None, th_ if g_scale is None else _rows(g_scale), g_scale is not None,
         th_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[thetas.dtype],
-        th_, _rows(scales), _rows(eps), _rows(means), _rows(variances), _rows(spks), _units(mem0), _units(var0), _units(spk0),
+        _factor_params(factor_params, thetas), th_, _rows(scales), _rows(eps), _rows(means), _rows(variances), _rows(spks), _units(mem0), _units(var0), _units(spk0),
         beta_, beta_ * beta_, _scalar(0.5 * kappa**2, thetas), _units(carry_m).copy(), _units(carry_v).copy(),
         want_beta, want_threshold, subtract, _rows(g_m), _rows(g_v), _units(g_beta), _units(g_threshold),
     )
@@ -235,7 +253,7 @@ def marginal_backward(
 
 
 @marginal_backward.register_fake
-def _(g_spk, g_mem, g_scale, factor, factor_code, thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta,
+def _(g_spk, g_mem, g_scale, factor, factor_code, factor_params, thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta,
       carry_m, carry_v, kappa, want_beta, want_threshold, subtract):
     step = thetas.shape[1:]
     return _empty(thetas), _empty(thetas), thetas.new_empty(step), thetas.new_empty(step)

@@ -261,7 +261,7 @@ def _cdf(noise: NoiseFamily, x: Tensor) -> Tensor:
     return safe_exp(noise.log_cdf(x))
 
 
-def _gaussian_erfc_arg(theta: Tensor, spikes: Tensor, scale: float = 1.0) -> Tensor:
+def gaussian_erfc_arg(theta: Tensor, spikes: Tensor, scale: float = 1.0) -> Tensor:
     """``−σθ·scale/√2`` (``σ = 2S − 1``), so that ``erfc`` of it is ``2Φ(σθ·scale)``; two passes."""
     k = scale * _SQRT_HALF
     return torch.addcmul(theta * k, theta, spikes, value=-2.0 * k)
@@ -277,7 +277,7 @@ def _iwst_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, p: float, w_
     """
     if noise.name == "gaussian":
         q2 = spikes.mul(2.0 * (2.0 * p - 1.0)).add_(2.0 * (1.0 - p))  # 2·q_p(S)
-        log_w = q2.div_(_gaussian_erfc_arg(theta, spikes).erfc_()).clamp_max_(w_max).log_()
+        log_w = q2.div_(gaussian_erfc_arg(theta, spikes).erfc_()).clamp_max_(w_max).log_()
         log_f = torch.addcmul(log_w, theta, theta, value=-0.5).sub_(_LOG_SQRT_2PI)
         return log_f.clamp_min_(safe_exp_floor(log_f.dtype)).exp_()
     signed = theta * (2.0 * spikes - 1.0)
@@ -303,7 +303,7 @@ def _agr_gaussian_factor(theta: Tensor, spikes: Tensor, noise: NoiseFamily, tau:
     synchronisation. Equal to :func:`_agr_gaussian_factor_logspace`.
     """
     c = math.sqrt(1.0 + tau**2)
-    arg = _gaussian_erfc_arg(theta, spikes)
+    arg = gaussian_erfc_arg(theta, spikes)
     den = torch.special.erfc(arg)  # 2Φ(σθ); the factors 2 cancel in the ratio
     ratio = arg.mul_(tau / c).erfc_().div_(den)
     # log φ(θ/c) − log c + log ratio, the log-density fused into one addcmul

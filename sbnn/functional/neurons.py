@@ -43,14 +43,15 @@ Bernoulli(``F(θ)``) variable, so spike trains have a closed-form probability
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import _operators
-from .estimators import ST, Estimator
-from .noise import Gaussian, Logistic, NoiseFamily
+from .estimators import AGR, IWST, ST, Estimator, gaussian_erfc_arg
+from .noise import _LOG_SQRT_2PI, Gaussian, Logistic, NoiseFamily
 
 __all__ = [
     "StochasticLIFState",
@@ -282,24 +283,44 @@ def _lif_forward_kernel(ctx, mu, scale, eps, beta, threshold, mem0, spk0, reset,
     return spks, mems
 
 
-def _factor_code(estimator: Estimator, noise: NoiseFamily) -> int:
-    """The kernels' code for the ``st`` factor they compute themselves, else ``FACTOR_GIVEN`` (torch computes it)."""
+def _kernel_factor(
+    estimator: Estimator, noise: NoiseFamily, theta: Callable[[], Tensor], spks: Tensor, eps: Tensor,
+    erfc_arg: Callable[[], Tensor] | None = None,
+) -> tuple[int, Tensor | None, tuple[float, ...]]:
+    """``(code, factor, params)`` of the backward kernels' estimator factor.
+
+    ``st`` with Gaussian or logistic noise: the kernel computes ``p(θ)`` itself (no array).
+    ``iwst`` and ``agr`` with Gaussian noise: torch forms the CDF terms with its vectorised
+    ``erfc`` (``E = 2Φ(σθ)``, or the ratio ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by
+    the density (``_cpu_kernels``' weighted Gaussian codes): three or five passes over ``[T, ...]``
+    instead of twelve to fourteen. Every other estimator, ``agr`` where ``Φ(σθ)`` underflows (its
+    log-space tail) and compiled code: torch's whole factor. ``theta`` builds ``θ`` when needed,
+    ``erfc_arg`` (if given) ``erfc``'s argument ``−σθ/√2`` directly (one pass instead of three).
+    """
     ops = _kernel_module
-    if type(estimator) is ST:
-        if type(noise) is Gaussian:
-            return ops.FACTOR_ST_GAUSSIAN
-        if type(noise) is Logistic:
-            return ops.FACTOR_ST_LOGISTIC
-    return ops.FACTOR_GIVEN
+    if type(estimator) is ST and type(noise) in (Gaussian, Logistic):
+        return (ops.FACTOR_ST_GAUSSIAN if type(noise) is Gaussian else ops.FACTOR_ST_LOGISTIC), None, ()
+    if type(noise) is Gaussian and type(estimator) in (IWST, AGR) and not torch.compiler.is_compiling():
+        arg = gaussian_erfc_arg(theta(), spks) if erfc_arg is None else erfc_arg()
+        if type(estimator) is IWST:
+            p = estimator.p
+            return ops.FACTOR_IWST_GAUSSIAN, arg.erfc_(), (2.0 * (1.0 - p), 2.0 * (2.0 * p - 1.0), estimator.w_max, 0.5, _LOG_SQRT_2PI)
+        den = torch.special.erfc(arg)
+        if not bool(den.amin() < 2.0 * torch.finfo(den.dtype).tiny):  # amin: 1/20 of a compare and any (measured)
+            c = math.sqrt(1.0 + estimator.tau**2)
+            ratio = arg.mul_(estimator.tau / c).erfc_().div_(den)
+            return ops.FACTOR_RATIO_GAUSSIAN, ratio, (0.0, 0.0, 0.0, 0.5 / c**2, _LOG_SQRT_2PI + math.log(c))
+    th = theta()
+    return ops.FACTOR_GIVEN, estimator.factor(th, spks, eps, noise).to(th.dtype).expand(th.shape), ()
 
 
 def _lif_backward_kernel(ctx, g_spk, g_mem):
     """:meth:`_StochasticLIFSequence.backward` by the ``lif_backward`` kernel.
 
     For ``st`` with Gaussian or logistic noise the kernel computes the factor ``p(θ)`` in the row it
-    is used; for every other estimator ``θ`` is built by the ``lif_theta`` kernel and the factor by
-    torch for all steps at once (so every estimator works unchanged). Then one kernel runs the
-    adjoint recurrence and every per-element gradient.
+    is used; for every other estimator ``θ`` is built by the ``lif_theta`` kernel and the factor, or
+    its CDF terms (:func:`_kernel_factor`), by torch for all steps at once (so every estimator works
+    unchanged). Then one kernel runs the adjoint recurrence and every per-element gradient.
     """
     ops = _kernel_module
     scale, eps, beta, threshold, mem0, spk0, mems, spks = ctx.saved_tensors
@@ -308,12 +329,12 @@ def _lif_backward_kernel(ctx, g_spk, g_mem):
     shape, step = mems.shape, mems.shape[1:]
     scale_, eps_, beta_, thr_ = scale.expand(shape), eps.expand(shape), beta.expand(step), threshold.expand(step)
     from_var, floor, kappa = ctx.floor is not None, ctx.floor or 0.0, ctx.noise.std_to_scale
-    code, factor = _factor_code(ctx.estimator, ctx.noise), None
-    if code == ops.FACTOR_GIVEN:
-        theta = ops.lif_theta(mems, scale_, eps_, thr_, from_var, floor, kappa)
-        factor = ctx.estimator.factor(theta, spks, eps, ctx.noise).to(mems.dtype).expand(shape)
+    code, factor, params = _kernel_factor(
+        ctx.estimator, ctx.noise, lambda: ops.lif_theta(mems, scale_, eps_, thr_, from_var, floor, kappa), spks, eps,
+        lambda: ops.lif_theta(mems, scale_, eps_, thr_, from_var, floor, kappa, spks, math.sqrt(0.5)),
+    )
     g_ubar, g_scale, g_beta, g_thr = ops.lif_backward(
-        g_spk, g_mem, factor, code, scale_, eps_, mems, spks, beta_, thr_, mem0.expand(step), spk0.expand(step),
+        g_spk, g_mem, factor, code, params, scale_, eps_, mems, spks, beta_, thr_, mem0.expand(step), spk0.expand(step),
         _RESET_CODES[reset], detach, from_var, floor, kappa, needs[1], needs[3], needs[4],
     )
     g_scale = g_scale.sum_to_size(scale.shape) if needs[1] else None
@@ -639,12 +660,10 @@ def _marginal_backward_kernel(ctx, g_spk, g_mem, g_scale, g_mean_last, g_var_las
     _, eps, beta, threshold, mem0, var0, spk0, spks, scales, thetas, means, variances = ctx.saved_tensors
     needs = ctx.needs_input_grad
     shape, step = spks.shape, spks.shape[1:]
-    code, factor = _factor_code(ctx.estimator, ctx.noise), None
-    if code == ops.FACTOR_GIVEN:
-        factor = ctx.estimator.factor(thetas, spks, eps, ctx.noise).to(thetas.dtype).expand(shape)
+    code, factor, params = _kernel_factor(ctx.estimator, ctx.noise, lambda: thetas, spks, eps)
     zeros = spks.new_zeros(step)
     g_m, g_v, g_beta, g_thr = ops.marginal_backward(
-        g_spk, g_mem, None if g_scale is None else g_scale.expand(shape), factor, code, thetas, scales,
+        g_spk, g_mem, None if g_scale is None else g_scale.expand(shape), factor, code, params, thetas, scales,
         eps.expand(shape), means, variances, spks, mem0.expand(step), var0.expand(step), spk0.expand(step),
         beta.expand(step), zeros if g_mean_last is None else g_mean_last.expand(step),
         zeros if g_var_last is None else g_var_last.expand(step), ctx.noise.std_to_scale,

@@ -18,9 +18,10 @@ variance linear in ``x²`` reads both from one joint table of per-input rows ``[
 (width ``2H``): for ±1 weights with a Bernoulli posterior ``A_μ = α·mᵀ`` and
 ``A_v = α²(1 − m²)ᵀ`` (:func:`lrt_table`); a real-weight Gaussian posterior would use
 ``[Wᵀ | σ_w²·1]``. Since ``x² = x`` for spikes, one gather-sum gives ``(μ, v)``
-(:func:`gather_moments`), on CPU written as two contiguous tensors (what the neuron kernels read,
-with no copy of a strided half) whose gradients are scattered without being joined. The table is an ordinary tensor built from the parameters, so autograd
-carries the table gradient on to ``λ``, ``α`` and whatever else built it.
+(:func:`gather_moments`), on CPU written as two contiguous tensors (what the neuron kernels
+read, with no copy of a strided half) whose gradients are scattered without being joined. The
+table is an ordinary tensor built from the parameters, so autograd carries the table gradient on
+to ``λ``, ``α`` and whatever else built it.
 
 **Input gradient.** Spikes between layers carry a straight-through gradient. It stays dense and
 is that of the dense formula with ``x·x`` in the variance (what the dense path differentiates):
@@ -147,9 +148,9 @@ def _scan(x: Tensor) -> tuple[SpikeIndices, bool | None]:
 def spike_indices(x: Tensor) -> SpikeIndices:
     """Indices of the nonzero entries of a spike tensor ``x`` ``[..., in]`` (values are not read).
 
-    One pass over ``x`` plus ``O(nnz)`` work; the caller vouches that the nonzero values are ones
-    (see :func:`binary_indices`). On the CPU a Numba kernel counts each row's nonzeros, then
-    writes their positions; elsewhere ``torch.nonzero``. Both give row-major order.
+    The caller vouches that the nonzero values are ones (see :func:`binary_indices`). On the CPU
+    a Numba kernel counts each row's nonzeros (a vectorised pass), then writes their positions;
+    elsewhere ``torch.nonzero``. Both give row-major order.
     """
     return _scan(x)[0]
 
