@@ -57,7 +57,7 @@ _FACTOR_CONSTANTS = {
 }
 
 #: elements (steps × units, rows × columns) from which a kernel call splits its independent
-#: ranges (units, rows, columns) across torch's intra-op threads (the ``*_parallel`` kernels: one
+#: ranges (units, steps, rows) across torch's intra-op threads (the ``*_parallel`` kernels: one
 #: parallel region per call, the same numbers as the serial kernel). Below it a region's start-up
 #: (tens of microseconds) is not worth it.
 PARALLEL_MIN_WORK = 2**16
@@ -170,7 +170,8 @@ def lif_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(mems_.shape, dtype=mems_.dtype),
         mems_ if g_mem is None else _rows(g_mem), g_mem is not None,
         mems_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[mems.dtype],
-        _factor_params(factor_params, mems), _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems), _rows(eps), mems_, _rows(spks),
+        _factor_params(factor_params, mems), _rows(scale), from_var, _scalar(floor, mems), _scalar(kappa, mems),
+        _rows(eps), mems_, _rows(spks),
         _units(beta), _units(threshold), _units(mem0), _units(spk0), reset, detach, _one(mems),
         g_ubar_, _rows(g_scale) if want_scale else g_ubar_, want_scale,
         _units(g_beta), _units(g_threshold), want_beta, want_threshold,
