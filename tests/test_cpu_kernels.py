@@ -464,6 +464,7 @@ def test_parallel_chunks_follow_torchs_thread_count(monkeypatch):
     import numba
 
     threads = numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(_kernel_ops, "_LAYER_POOLED", True)  # OpenMP or TBB, whatever this machine has
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert _kernel_ops.parallel_chunks(8192, 10**6) == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
@@ -478,6 +479,7 @@ def test_a_forked_child_runs_the_serial_kernels(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(_kernel_ops.numba.config, "NUMBA_NUM_THREADS", 2)
     monkeypatch.setattr(_kernel_ops, "_POOL_PID", None)
+    monkeypatch.setattr(_kernel_ops, "_LAYER_POOLED", True)  # OpenMP or TBB, whatever this machine has
     assert _kernel_ops.parallel_chunks(8192, 10**6) == 2
     monkeypatch.setattr(_kernel_ops.os, "getpid", lambda: -1)  # as if forked after the pool started
     assert _kernel_ops.parallel_chunks(8192, 10**6) == 1
@@ -496,3 +498,18 @@ def test_the_theta_kernel_gives_erfcs_signed_argument():
     signed = ops.lif_theta(mems, var, eps, thr, True, 0.01, 1.0, spks, math.sqrt(0.5))
     torch.testing.assert_close(signed, gaussian_erfc_arg(theta, spks), rtol=1e-15, atol=0)
     assert torch.equal(signed.abs(), (theta * math.sqrt(0.5)).abs())
+
+
+def test_without_a_thread_pool_layer_the_kernels_stay_serial(monkeypatch):
+    """Numba's workqueue fallback made the parallel kernels slower than the serial ones."""
+    from sbnn.functional import _kernel_ops
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(_kernel_ops.numba.config, "NUMBA_NUM_THREADS", 2)
+    monkeypatch.setattr(_kernel_ops, "_POOL_PID", None)
+    monkeypatch.setattr(_kernel_ops, "_LAYER_POOLED", None)
+    monkeypatch.setattr(_kernel_ops.numba, "threading_layer", lambda: "workqueue")
+    assert _kernel_ops.parallel_chunks(8192, 10**6) == 1
+    monkeypatch.setattr(_kernel_ops, "_LAYER_POOLED", None)
+    monkeypatch.setattr(_kernel_ops.numba, "threading_layer", lambda: "omp")
+    assert _kernel_ops.parallel_chunks(8192, 10**6) == 2

@@ -675,3 +675,10 @@ def _time_weighted_steps(lo, hi, weights, x, g_sum, g_sq, out):
         x_t, out_t = x[t], out[t]
         for i in range(out_t.size):
             out_t[i] = _fma(x_t[i], w2 * g_sq[i], w * g_sum[i])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def start_threads(x):
+    """A trivial parallel loop: starts Numba's threading layer, so that it can be queried."""
+    for i in prange(x.shape[0]):
+        x[i] += 1
