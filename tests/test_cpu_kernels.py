@@ -161,16 +161,24 @@ def test_the_kernels_compute_the_st_factor_and_the_gaussian_iwst_agr_densities_o
 def test_the_in_kernel_iwst_and_agr_factors_match_torchs(monkeypatch, estimator, dtype):
     """The weighted Gaussian codes against the same estimator's factor given by torch (FACTOR_GIVEN)."""
     problem = _problem(dtype, True, shape=(30, 4, 9))
+    given, codes = neurons._kernel_factor, []
+
+    def recorded(*args):
+        out = given(*args)
+        codes.append(out[0])
+        return out
+
+    monkeypatch.setattr(neurons, "_kernel_factor", recorded)
     got = _run(True, monkeypatch, problem, "subtract", True, estimator)
-    given = neurons._kernel_factor
+    ops = _kernel_ops_module()
+    assert codes == [ops.FACTOR_IWST_GAUSSIAN if isinstance(estimator, IWST) else ops.FACTOR_RATIO_GAUSSIAN]
 
     def torch_factor(est, noise, theta, spks, eps, erfc_arg=None):
         th = theta()
-        return _kernel_ops_module().FACTOR_GIVEN, est.factor(th, spks, eps, noise).to(th.dtype), ()
+        return ops.FACTOR_GIVEN, est.factor(th, spks, eps, noise).to(th.dtype), ()
 
     monkeypatch.setattr(neurons, "_kernel_factor", torch_factor)
     ref = _run(True, monkeypatch, problem, "subtract", True, estimator)
-    monkeypatch.setattr(neurons, "_kernel_factor", given)
     _assert_same(got, ref, dtype, exact_mem=True)
 
 

@@ -249,8 +249,8 @@ def _(mu, scales, eps, beta, reset_amount, threshold, mem0, spk0, subtract):
 @operator("marginal_backward", device_types="cpu")
 def marginal_backward(
     g_spk: Optional[Tensor], g_mem: Optional[Tensor], g_scale: Optional[Tensor], factor: Optional[Tensor],
-    factor_code: int, factor_params: Sequence[float], thetas: Tensor, scales: Tensor, eps: Tensor, means: Tensor, variances: Tensor, spks: Tensor,
-    mem0: Tensor, var0: Tensor, spk0: Tensor, beta: Tensor, carry_m: Tensor, carry_v: Tensor, kappa: float,
+    factor_code: int, factor_params: Sequence[float], thetas: Tensor, scales: Tensor, eps: Tensor, means: Tensor,
+    variances: Tensor, spks: Tensor, mem0: Tensor, var0: Tensor, spk0: Tensor, beta: Tensor, carry_m: Tensor, carry_v: Tensor, kappa: float,
     want_beta: bool, want_threshold: bool, subtract: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(gM, gV, g_beta, g_threshold)`` of the marginal node with a detached reset: ``[T, ...]``,
@@ -264,7 +264,8 @@ def marginal_backward(
         _rows(g_spk) if g_spk is not None else np.zeros(th_.shape, dtype=th_.dtype),
         th_ if g_mem is None else _rows(g_mem), g_mem is not None, th_ if g_scale is None else _rows(g_scale), g_scale is not None,
         th_ if factor is None else _rows(factor), factor_code, _FACTOR_CONSTANTS[thetas.dtype],
-        _factor_params(factor_params, thetas), th_, _rows(scales), _rows(eps), _rows(means), _rows(variances), _rows(spks), _units(mem0), _units(var0), _units(spk0),
+        _factor_params(factor_params, thetas), th_, _rows(scales), _rows(eps), _rows(means), _rows(variances),
+        _rows(spks), _units(mem0), _units(var0), _units(spk0),
         beta_, beta_ * beta_, _scalar(0.5 * kappa**2, thetas), _units(carry_m).copy(), _units(carry_v).copy(),
         want_beta, want_threshold, subtract, _rows(g_m), _rows(g_v), _units(g_beta), _units(g_threshold),
     )
@@ -272,8 +273,8 @@ def marginal_backward(
 
 
 @marginal_backward.register_fake
-def _(g_spk, g_mem, g_scale, factor, factor_code, factor_params, thetas, scales, eps, means, variances, spks, mem0, var0, spk0, beta,
-      carry_m, carry_v, kappa, want_beta, want_threshold, subtract):
+def _(g_spk, g_mem, g_scale, factor, factor_code, factor_params, thetas, scales, eps, means, variances, spks, mem0,
+      var0, spk0, beta, carry_m, carry_v, kappa, want_beta, want_threshold, subtract):
     step = thetas.shape[1:]
     return _empty(thetas), _empty(thetas), thetas.new_empty(step), thetas.new_empty(step)
 

@@ -292,10 +292,11 @@ def _kernel_factor(
     ``st`` with Gaussian or logistic noise: the kernel computes ``p(θ)`` itself (no array).
     ``iwst`` and ``agr`` with Gaussian noise: torch forms the CDF terms with its vectorised
     ``erfc`` (``E = 2Φ(σθ)``, or the ratio ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by
-    the density (``_cpu_kernels``' weighted Gaussian codes): three or five passes over ``[T, ...]``
-    instead of twelve to fourteen. Every other estimator, ``agr`` where ``Φ(σθ)`` underflows (its
-    log-space tail) and compiled code: torch's whole factor. ``theta`` builds ``θ`` when needed,
-    ``erfc_arg`` (if given) ``erfc``'s argument ``−σθ/√2`` directly (one pass instead of three).
+    the density (``_cpu_kernels``' weighted Gaussian codes). Every other estimator, ``agr`` where
+    ``Φ(σθ)`` underflows (its log-space tail) and compiled code: torch's whole factor. ``theta``
+    builds ``θ`` when needed, ``erfc_arg`` (if given) ``erfc``'s argument ``−σθ/√2`` directly; with
+    it ``iwst`` takes one pass over ``[T, ...]`` and ``agr`` five, instead of twelve to fourteen
+    (two more each when the argument is formed from ``θ``).
     """
     ops = _kernel_module
     if type(estimator) is ST and type(noise) in (Gaussian, Logistic):
