@@ -34,11 +34,13 @@ from torch.nn.modules.utils import _pair
 from ._validation import check_choice, check_in_range, check_input, check_positive_int
 from .functional.keyed import active_keyed_noise
 from .functional.layers import lrt_conv2d, lrt_linear, scale_shape, time_weighted_moments
+from .functional._operators import HAS_CUSTOM_OP
 from .functional.sparse import (
     SpikeIndices,
     binary_indices,
     gather_sum,
     lrt_linear_gather,
+    lrt_table,
     use_gather,
 )
 from .posterior import BernoulliSign, kl_bernoulli_sign, sign_mean, sign_mode
@@ -405,7 +407,9 @@ class BernoulliLinear(BernoulliLayer):
     scatter-add of the output-gradient rows and the input gradient stays dense. The result equals the dense path's
     within float rounding (exactly, for ±1 weights in ``mode``/``fixed``). The input density is
     estimated on every call; an input whose nonzero values are not all 1 runs dense, and so do
-    CUDA tensors and code under ``torch.compile`` (the choice is data-dependent).
+    CUDA tensors. Under ``torch.compile`` (``sample`` mode, CPU) the same choice is made inside
+    one operator, ``torch.ops.sbnn.spike_moments``, since a data-dependent branch would break the
+    graph; the deterministic modes compile dense.
     ``gather`` (``"auto"``, ``"always"``, ``"never"``) overrides the choice for tests and
     benchmarks (:func:`gather_path`). ``moments`` also accepts a
     :class:`~sbnn.functional.sparse.SpikeIndices`, always gathered.
@@ -461,8 +465,6 @@ class BernoulliLinear(BernoulliLayer):
         check_choice(f"{type(self).__name__}.gather", self.gather, GATHER_CHOICES)
         if self.gather == "never" or x.numel() == 0:
             return None
-        if self.gather == "auto" and torch.compiler.is_compiling():
-            return None  # the data-dependent choice would break the graph: compiled code stays dense
         if self.gather == "auto" and not use_gather(x, self.gather_max_density, table_bytes=self.table_bytes()):
             return None
         # counts or real values: the dense path
@@ -479,10 +481,28 @@ class BernoulliLinear(BernoulliLayer):
             return self._gather_moments(None, x)
         if validate:
             self._check(x)
+        if binary and torch.compiler.is_compiling():
+            return self._compiled_moments(x)
         idx = self._spike_indices(x) if binary else None
         if idx is not None:
             return self._gather_moments(x, idx)
         return super().moments(x, binary=binary, validate=False)
+
+    def _compiled_moments(self, x: Tensor) -> Moments:
+        """:meth:`moments` of spikes while ``torch.compile`` traces: the density's choice is made
+        inside one operator (:func:`~sbnn.functional._sparse_operators.compiled_spike_moments`),
+        since a data-dependent branch would break the graph. ``sample`` mode on CPU floats; the
+        deterministic modes and other devices take the dense path."""
+        check_choice(f"{type(self).__name__}.gather", self.gather, GATHER_CHOICES)
+        if (
+            self._mode != "sample" or self.gather == "never" or not HAS_CUSTOM_OP or x.numel() == 0
+            or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != self.lam.dtype
+        ):
+            return super().moments(x, binary=True, validate=False)
+        from .functional._sparse_operators import compiled_spike_moments  # registers the operators on first use
+
+        max_density = 1.0 if self.gather == "always" else self.gather_max_density
+        return Moments(*compiled_spike_moments(x, lrt_table(self.lam, self.scale), self.bias, max_density))
 
     def _gather_moments(self, x: Tensor | None, idx: SpikeIndices) -> Moments:
         spikes = idx if x is None else x

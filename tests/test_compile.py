@@ -159,3 +159,63 @@ def test_task_compile_refuses_the_hooked_auxiliary_loss():
         SpikingClassificationTask(SpikingMLP(4, (3,), 2), aux_weight=0.1, compile=True)
     with pytest.raises(ValueError, match="compile must be true or false"):
         SpikingClassificationTask(SpikingMLP(4, (3,), 2), compile="yes")
+
+
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """Count the calls of ``module.name`` (looked up when a compiled operator runs)."""
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "choice, rate, gathers",
+    [("auto", 0.03, True), ("auto", 0.5, False), ("always", 0.5, True), ("never", 0.03, False)],
+)
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_compiled_spike_moments_choose_the_path_inside_one_operator(gen, monkeypatch, choice, rate, gathers, input_grad):
+    """Compiled code hands spikes to one operator that chooses the gather or the matmuls by the
+    input's density, as eager code does: the moments and every gradient (λ, α, bias and, for
+    hidden spikes, the input) equal the eager layer's, and the gather runs where it should."""
+    if not _operators.HAS_CUSTOM_OP:
+        pytest.skip("torch < 2.4 has no torch.library.custom_op: compiled code stays dense")
+    from sbnn.functional import _sparse_operators
+
+    dynamo.reset()
+    layer = sbnn.BernoulliLinear(40, 6)
+    layer.gather = choice
+    # T·B = 3200 rows: the measured crossover applies unscaled (3 % gathers, 50 % does not)
+    x = (torch.rand(100, 32, 40, generator=gen) < rate).float()
+    weights = torch.randn(2, 6, generator=gen)
+
+    def loss(x):
+        mu, var = layer.moments(x, binary=True)
+        return (mu * weights[0]).sum() + (var * weights[1]).sum()
+
+    results = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        layer.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(input_grad)
+        if fn is not loss:
+            gathered = _count_calls(monkeypatch, _sparse_operators, "_gather_moments_rows")
+            scattered = _count_calls(monkeypatch, _sparse_operators, "_table_grad")
+        value = fn(x_in)
+        value.backward()
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        results.append((value.detach(), grads, x_in.grad))
+    (loss_e, grads_e, gx_e), (loss_c, grads_c, gx_c) = results
+    # sums over 3200 rows in another order (table rows against the layer's matmuls): float32
+    # rounding relative to each tensor's largest entry
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-4)
+    for name, g in grads_e.items():
+        atol = 1e-5 * float(g.abs().max())
+        torch.testing.assert_close(grads_c[name], g, rtol=1e-4, atol=atol, msg=lambda m: f"{name}: {m}")
+    if input_grad:
+        torch.testing.assert_close(gx_c, gx_e, rtol=1e-5, atol=1e-5 * float(gx_e.abs().max()))
+    assert (len(gathered), len(scattered)) == ((1, 1) if gathers else (0, 0))
+    dynamo.reset()

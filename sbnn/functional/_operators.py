@@ -22,12 +22,15 @@ def operator(name: str, device_types: Optional[Sequence[str]] = None) -> Callabl
     same computation, without the dispatcher in eager mode (whose first call of a custom operator
     imports ``torch._dynamo``, about 2 s per process, measured). ``fn`` must not modify its inputs
     and must return new tensors; register its fake implementation with ``@fn.register_fake``
-    (a no-op on old torch, where the function is returned as it is).
+    (a no-op on old torch, where the function is returned as it is) and, for an operator that
+    compiled code differentiates, its backward with ``fn.register_autograd`` (the eager call
+    does not use it).
     """
 
     def wrap(fn: Callable) -> Callable:
         if not HAS_CUSTOM_OP:
             fn.register_fake = lambda fake: fake  # type: ignore[attr-defined]
+            fn.register_autograd = lambda backward, setup_context=None: None  # type: ignore[attr-defined]
             return fn
         op = torch.library.custom_op(f"sbnn::{name}", mutates_args=(), device_types=device_types)(fn)
 
@@ -36,6 +39,7 @@ def operator(name: str, device_types: Optional[Sequence[str]] = None) -> Callabl
             return op(*args, **kwargs) if torch.compiler.is_compiling() else fn(*args, **kwargs)
 
         call.register_fake = op.register_fake  # type: ignore[attr-defined]
+        call.register_autograd = op.register_autograd  # type: ignore[attr-defined]
         return call
 
     return wrap

@@ -313,6 +313,26 @@ class _GatherSum(torch.autograd.Function):
         return grad_table, grad_x, None, None
 
 
+def _gather_moments_rows(table: Tensor, bias: Tensor | None, idx: SpikeIndices) -> tuple[Tensor, Tensor]:
+    """``(x A_μ + b, x A_v)`` ``[N, H]`` each from the joint table ``[in, 2H]`` (no autograd)."""
+    width = table.shape[1] // 2
+    n_rows = idx.offsets.numel()
+    if _kernels_apply(table) and (bias is None or bias.dtype == table.dtype):
+        from ._sparse_kernels import gather_rows_split, gather_rows_split_parallel  # numba compiles on first use
+
+        mean, var = table.new_empty(n_rows, width), table.new_empty(n_rows, width)
+        bias_np = (table.new_empty(0) if bias is None else bias.detach().contiguous()).numpy()
+        args = (idx.cols.contiguous().numpy(), idx.offsets.contiguous().numpy(), table.detach().numpy(), bias_np, mean.numpy(), var.numpy())
+        chunks = _chunks(n_rows, idx.cols.numel() * table.shape[1])
+        if chunks > 1:
+            gather_rows_split_parallel(*args, chunks)
+        else:
+            gather_rows_split(*args)
+        return mean, var
+    mean, var = F.embedding_bag(idx.cols, table, idx.offsets, mode="sum").chunk(2, dim=-1)
+    return (mean if bias is None else mean + bias), var
+
+
 class _GatherMoments(torch.autograd.Function):
     """``(x A_μ + b, x² A_v)`` for binary ``x`` given as indices, from one joint table ``[A_μ | A_v]``.
 
@@ -323,22 +343,7 @@ class _GatherMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(table: Tensor, bias: Tensor | None, x: Tensor | None, idx: SpikeIndices) -> tuple[Tensor, Tensor]:
-        width = table.shape[1] // 2
-        n_rows = idx.offsets.numel()
-        if _kernels_apply(table) and (bias is None or bias.dtype == table.dtype):
-            from ._sparse_kernels import gather_rows_split, gather_rows_split_parallel  # numba compiles on first use
-
-            mean, var = table.new_empty(n_rows, width), table.new_empty(n_rows, width)
-            bias_np = (table.new_empty(0) if bias is None else bias.detach().contiguous()).numpy()
-            args = (idx.cols.contiguous().numpy(), idx.offsets.contiguous().numpy(), table.detach().numpy(), bias_np, mean.numpy(), var.numpy())
-            chunks = _chunks(n_rows, idx.cols.numel() * table.shape[1])
-            if chunks > 1:
-                gather_rows_split_parallel(*args, chunks)
-            else:
-                gather_rows_split(*args)
-            return mean, var
-        mean, var = F.embedding_bag(idx.cols, table, idx.offsets, mode="sum").chunk(2, dim=-1)
-        return (mean if bias is None else mean + bias), var
+        return _gather_moments_rows(table, bias, idx)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:

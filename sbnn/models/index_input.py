@@ -104,7 +104,9 @@ def gathers_from_indices(layer: nn.Module | None, x: SpikeIndices) -> bool:
     if choice in ("always", "never"):
         return choice == "always"
     if x.cols.device.type != "cpu" or torch.compiler.is_compiling():
-        return False  # the crossover was measured on the CPU; compiled code stays dense
+        # the crossover was measured on the CPU; compiled code rebuilds the dense tensor, and its
+        # first layer's operator chooses the path by the density (BernoulliLinear.moments)
+        return False
     rows = x.offsets.numel()
     table_bytes = layer.table_bytes() if callable(getattr(layer, "table_bytes", None)) else 0
     limit = density_limit(rows, table_bytes, indices=True, max_density=getattr(layer, "gather_max_density", None))

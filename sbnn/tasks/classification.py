@@ -101,9 +101,10 @@ class SpikingClassificationTask(SpikingTask):
             backward by AOTAutograd; :func:`sbnn.runtime.compile_training`: torch's own random
             draws, so the noise is eager mode's). The neuron's time loops stay one opaque operator
             each (:mod:`sbnn.functional.neurons`); the compiler fuses the elementwise work around them.
-            Measured on the CPU (``benchmarks/README.md``): it pays where the first layer runs
-            dense anyway (dense inputs: 0.87–0.92× the eager step); on sparse spikes eager's
-            event-driven first layer is faster (compiled code stays dense). The first step compiles (tens of seconds). Not with
+            The event-driven first layer chooses its path inside one operator
+            (:class:`sbnn.layers.BernoulliLinear`). Measured on the CPU (``benchmarks/README.md``):
+            0.85–0.96× the eager step, sparse or dense input. The first step compiles (tens of
+            seconds). Not with
             ``aux_weight > 0``: the auxiliary loss attaches its drive hooks for each step.
     """
 
