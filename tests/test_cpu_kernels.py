@@ -151,9 +151,34 @@ def test_the_kernels_compute_the_st_factor_and_the_gaussian_iwst_agr_densities_o
     assert code(ST(), "gaussian") == _kernel_ops.FACTOR_ST_GAUSSIAN
     assert code(ST(), "logistic") == _kernel_ops.FACTOR_ST_LOGISTIC
     assert code(IWST(0.5), "gaussian") == _kernel_ops.FACTOR_IWST_GAUSSIAN
-    assert code(AGR(0.7), "gaussian", theta[:1]) == _kernel_ops.FACTOR_RATIO_GAUSSIAN
-    assert code(AGR(0.7), "gaussian") == _kernel_ops.FACTOR_GIVEN  # the log-space tail: torch's factor
+    assert code(AGR(0.7), "gaussian") == _kernel_ops.FACTOR_AGR_ERFC_ARG  # resolved inside the operator
     assert code(MyST(), "gaussian") == code(IWST(0.5), "logistic") == code(Relaxed(0.5), "gaussian") == _kernel_ops.FACTOR_GIVEN
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_agr_terms_take_the_ratio_or_the_log_space_factor_where_phi_underflows(dtype):
+    """``agr``'s Gaussian terms from ``erfc``'s argument: the ratio ``Φ(στθ/c)/Φ(σθ)`` for the
+    kernel, or, when any ``Φ(σθ)`` underflows, torch's whole (log-space) factor."""
+    pytest.importorskip("numba")
+    from sbnn.functional import _kernel_ops
+    from sbnn.functional.estimators import _agr_gaussian_factor, gaussian_erfc_arg
+
+    tau, c = 0.7, math.sqrt(1.0 + 0.7**2)
+    spikes = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=dtype)
+    for theta in (torch.tensor([[-2.0, 0.5], [1.0, 3.0]], dtype=dtype), torch.tensor([[-2.0, 0.5], [1.0, 40.0]], dtype=dtype)):
+        arg = gaussian_erfc_arg(theta, spikes)
+        code, factor, params = _kernel_ops.agr_gaussian_terms(arg.clone(), spikes, tau, lambda: theta)
+        if theta.max() < 40:
+            sign = 2.0 * spikes - 1.0
+            norm = torch.distributions.Normal(0.0, 1.0)
+            expected = norm.cdf(sign * theta * (tau / c)) / norm.cdf(sign * theta)
+            assert code == _kernel_ops.FACTOR_RATIO_GAUSSIAN
+            torch.testing.assert_close(factor, expected.to(dtype), rtol=1e-5, atol=0)
+            assert params[3:] == pytest.approx((0.5 / c**2, 0.5 * math.log(2 * math.pi) + math.log(c)))
+        else:  # θ = 40 without a spike: Φ(−40) underflows in both dtypes
+            assert code == _kernel_ops.FACTOR_GIVEN and params == ()
+            torch.testing.assert_close(factor, _agr_gaussian_factor(theta, spikes, get_noise("gaussian"), tau))
+            assert bool(torch.isfinite(factor).all())
 
 
 @pytest.mark.parametrize("estimator", [IWST(0.5), IWST(0.3, w_max=2.0), AGR(0.7), AGR(2.0)], ids=repr)
@@ -161,17 +186,24 @@ def test_the_kernels_compute_the_st_factor_and_the_gaussian_iwst_agr_densities_o
 def test_the_in_kernel_iwst_and_agr_factors_match_torchs(monkeypatch, estimator, dtype):
     """The weighted Gaussian codes against the same estimator's factor given by torch (FACTOR_GIVEN)."""
     problem = _problem(dtype, True, shape=(30, 4, 9))
-    given, codes = neurons._kernel_factor, []
+    ops = _kernel_ops_module()
+    given, agr_terms, codes = neurons._kernel_factor, ops.agr_gaussian_terms, []
 
     def recorded(*args):
         out = given(*args)
         codes.append(out[0])
         return out
 
+    def recorded_agr(*args):
+        out = agr_terms(*args)
+        codes.append(out[0])
+        return out
+
     monkeypatch.setattr(neurons, "_kernel_factor", recorded)
+    monkeypatch.setattr(ops, "agr_gaussian_terms", recorded_agr)
     got = _run(True, monkeypatch, problem, "subtract", True, estimator)
-    ops = _kernel_ops_module()
-    assert codes == [ops.FACTOR_IWST_GAUSSIAN if isinstance(estimator, IWST) else ops.FACTOR_RATIO_GAUSSIAN]
+    expected = [ops.FACTOR_IWST_GAUSSIAN] if isinstance(estimator, IWST) else [ops.FACTOR_AGR_ERFC_ARG, ops.FACTOR_RATIO_GAUSSIAN]
+    assert codes == expected
 
     def torch_factor(est, noise, theta, spks, eps, erfc_arg=None):
         th = theta()

@@ -12,8 +12,9 @@ than ``st``'s, the loss). On torch < 2.4 the functions are plain Python and
 the nodes take the torch loops while compiling.
 """
 
+import math
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numba
 import numpy as np
@@ -29,7 +30,34 @@ from ._cpu_kernels import (  # noqa: F401 (the nodes' codes)
     FACTOR_ST_LOGISTIC,
 )
 from ._operators import operator
-from .noise import _LOG_SQRT_2PI, safe_exp_floor
+from .noise import _LOG_SQRT_2PI, Gaussian, safe_exp_floor
+
+#: A factor code resolved here, not in the kernels: ``factor`` holds ``erfc``'s argument
+#: ``−σθ/√2`` and the one factor parameter is ``agr``'s ``τ``; :func:`agr_gaussian_terms` turns
+#: it into ``FACTOR_RATIO_GAUSSIAN`` and the ratio, or into torch's whole factor where ``Φ(σθ)``
+#: underflows. Inside the operators, so that compiled code takes the same data-dependent choice.
+FACTOR_AGR_ERFC_ARG = -1
+
+
+def agr_gaussian_terms(
+    arg: Tensor, spks: Tensor, tau: float, theta: Callable[[], Tensor]
+) -> tuple[int, Tensor, tuple[float, ...]]:
+    """``(code, factor, params)`` of the Gaussian ``agr`` factor from ``erfc``'s argument ``arg``.
+
+    ``R = Φ(στθ/c)/Φ(σθ) = erfc(τ·arg/c)/erfc(arg)`` (``c = √(1 + τ²)``) for the kernel's
+    ``FACTOR_RATIO_GAUSSIAN``, by torch's vectorised ``erfc`` (two passes); where ``Φ(σθ)``
+    underflows anywhere (``σθ < −13`` in float32, ``< −37`` in float64) the whole factor by
+    :func:`~sbnn.functional.estimators._agr_gaussian_factor` (its log-space formula on those
+    elements), from ``theta()``.
+    """
+    den = torch.special.erfc(arg)
+    if bool(den.amin() < 2.0 * torch.finfo(den.dtype).tiny):  # amin: 1/20 of a compare and any (measured)
+        from .estimators import _agr_gaussian_factor
+
+        return FACTOR_GIVEN, _agr_gaussian_factor(theta(), spks, Gaussian(), tau), ()
+    c = math.sqrt(1.0 + tau**2)
+    ratio = torch.mul(arg, tau / c).erfc_().div_(den)
+    return FACTOR_RATIO_GAUSSIAN, ratio, (0.0, 0.0, 0.0, 0.5 / c**2, _LOG_SQRT_2PI + math.log(c))
 
 
 def _empty(x: Tensor) -> Tensor:
@@ -177,9 +205,14 @@ def lif_backward(
     """``(gŪ, g_scale, g_beta, g_threshold)``: ``[T, ...]``, ``[T, ...]`` (``[0]`` unless ``want_scale``), one step, one step.
 
     ``factor`` is read for ``FACTOR_GIVEN`` and the weighted Gaussian codes (with their five
-    ``factor_params``, empty otherwise); ``g_scale`` is the variance's gradient with
-    ``from_var``. ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
+    ``factor_params``, empty otherwise) and ``FACTOR_AGR_ERFC_ARG`` (resolved here by
+    :func:`agr_gaussian_terms`); ``g_scale`` is the variance's gradient with ``from_var``.
+    ``g_beta`` and ``g_threshold`` are zeros unless ``want_beta``, ``want_threshold``.
     """
+    if factor_code == FACTOR_AGR_ERFC_ARG:
+        factor_code, factor, factor_params = agr_gaussian_terms(
+            factor, spks, factor_params[0], lambda: lif_theta(mems, scale, eps, threshold, from_var, floor, kappa)
+        )
     g_ubar = _empty(mems)
     g_scale = _empty(mems) if want_scale else mems.new_empty(0)
     g_beta, g_threshold = mems.new_zeros(mems.shape[1:]), mems.new_zeros(mems.shape[1:])
@@ -255,7 +288,9 @@ def marginal_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(gM, gV, g_beta, g_threshold)`` of the marginal node with a detached reset: ``[T, ...]``,
     ``[T, ...]``, one step, one step (zeros unless wanted). Sequences shaped as ``thetas``,
-    constants and carries as one step."""
+    constants and carries as one step. ``factor_code`` as in :func:`lif_backward`."""
+    if factor_code == FACTOR_AGR_ERFC_ARG:
+        factor_code, factor, factor_params = agr_gaussian_terms(factor, spks, factor_params[0], lambda: thetas)
     g_m, g_v = _empty(thetas), _empty(thetas)
     g_beta, g_threshold = thetas.new_zeros(thetas.shape[1:]), thetas.new_zeros(thetas.shape[1:])
     th_ = _rows(thetas)

@@ -292,8 +292,10 @@ def _kernel_factor(
     ``st`` with Gaussian or logistic noise: the kernel computes ``p(θ)`` itself (no array).
     ``iwst`` and ``agr`` with Gaussian noise: torch forms the CDF terms with its vectorised
     ``erfc`` (``E = 2Φ(σθ)``, or the ratio ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by
-    the density (``_cpu_kernels``' weighted Gaussian codes). Every other estimator, ``agr`` where
-    ``Φ(σθ)`` underflows (its log-space tail) and compiled code: torch's whole factor. ``theta``
+    the density (``_cpu_kernels``' weighted Gaussian codes); ``agr`` hands the operator ``erfc``'s
+    argument (``FACTOR_AGR_ERFC_ARG``), which forms the ratio, or, where ``Φ(σθ)`` underflows,
+    torch's whole factor (its log-space tail): a data-dependent choice, made inside the operator
+    so that compiled code makes it too. Every other estimator: torch's whole factor. ``theta``
     builds ``θ`` when needed, ``erfc_arg`` (if given) ``erfc``'s argument ``−σθ/√2`` directly; with
     it ``iwst`` takes one pass over ``[T, ...]`` and ``agr`` five, instead of twelve to fourteen
     (two more each when the argument is formed from ``θ``).
@@ -301,16 +303,12 @@ def _kernel_factor(
     ops = _kernel_module
     if type(estimator) is ST and type(noise) in (Gaussian, Logistic):
         return (ops.FACTOR_ST_GAUSSIAN if type(noise) is Gaussian else ops.FACTOR_ST_LOGISTIC), None, ()
-    if type(noise) is Gaussian and type(estimator) in (IWST, AGR) and not torch.compiler.is_compiling():
+    if type(noise) is Gaussian and type(estimator) in (IWST, AGR):
         arg = gaussian_erfc_arg(theta(), spks) if erfc_arg is None else erfc_arg()
         if type(estimator) is IWST:
             p = estimator.p
             return ops.FACTOR_IWST_GAUSSIAN, arg.erfc_(), (2.0 * (1.0 - p), 2.0 * (2.0 * p - 1.0), estimator.w_max, 0.5, _LOG_SQRT_2PI)
-        den = torch.special.erfc(arg)
-        if not bool(den.amin() < 2.0 * torch.finfo(den.dtype).tiny):  # amin: 1/20 of a compare and any (measured)
-            c = math.sqrt(1.0 + estimator.tau**2)
-            ratio = arg.mul_(estimator.tau / c).erfc_().div_(den)
-            return ops.FACTOR_RATIO_GAUSSIAN, ratio, (0.0, 0.0, 0.0, 0.5 / c**2, _LOG_SQRT_2PI + math.log(c))
+        return ops.FACTOR_AGR_ERFC_ARG, arg, (estimator.tau,)
     th = theta()
     return ops.FACTOR_GIVEN, estimator.factor(th, spks, eps, noise).to(th.dtype).expand(th.shape), ()
 
