@@ -690,6 +690,12 @@ def main() -> None:
           f"T {args.T}, batch {args.batch}, Adam lr {args.lr}; {args.warmup} warm-up steps each, then "
           f"{args.repeats} rounds x {args.steps} steps per variant, alternated")
 
+    if args.compile:
+        # every compiled variant compiles the same `loss` code object, once per setting: past
+        # Dynamo's default of 8 compiled entries per code object the later ones would run eager
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.cache_size_limit = 256
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
