@@ -372,7 +372,7 @@ class GaussianLinear(GaussianLayer):
         total = x_sq.sum(-1, keepdim=True)
         return total - x_sq if (self.zero_diagonal and not self.self_variance) else total
 
-    def time_weighted(self, x: Tensor, weights: Tensor, *, validate: bool = True) -> Tensor:
+    def time_weighted(self, x: Tensor, weights: Tensor, *, binary: bool = False, validate: bool = True) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input (see :meth:`sbnn.BernoulliLinear.time_weighted`).
 
         In ``sample`` mode: mean ``W̄·Σ_t w_t x_t + b Σ_t w_t``, variance ``σ_w² Σ_t w_t² Σ_i x_ti²``
@@ -381,6 +381,7 @@ class GaussianLinear(GaussianLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
+            binary: ``x`` holds 0/1 spikes: ``x² = x`` where no gradient flows through it.
             validate: check ``x`` (a model passing its own hidden spikes skips it).
 
         Returns:
@@ -391,7 +392,8 @@ class GaussianLinear(GaussianLayer):
         summed = torch.tensordot(weights, x, dims=1)
         if self._mode == "sample":
             src = x if self.variance_input_grad else x.detach()
-            var = torch.tensordot(weights.square(), self._sum_sq(src * src), dims=1) * self.sigma.square().reshape(())
+            src_sq = src if (binary and not src.requires_grad) else src * src
+            var = torch.tensordot(weights.square(), self._sum_sq(src_sq), dims=1) * self.sigma.square().reshape(())
             mu = F.linear(summed, self.mean_weight())
             out = sample_moments(Moments(mu, var.expand_as(mu)), batch_dim=0)
         else:

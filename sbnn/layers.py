@@ -526,7 +526,7 @@ class BernoulliLinear(BernoulliLayer):
         out = F.linear(x, weight) * self.scale
         return out if self.bias is None else out + self.bias
 
-    def time_weighted(self, x: Tensor, weights: Tensor, *, validate: bool = True) -> Tensor:
+    def time_weighted(self, x: Tensor, weights: Tensor, *, binary: bool = False, validate: bool = True) -> Tensor:
         """``Σ_t weights[t]·h[t]`` for a time-major input, ``h[t]`` this layer's pre-activation.
 
         In ``sample`` mode the per-step LRT samples are independent Gaussians, so their weighted
@@ -537,6 +537,7 @@ class BernoulliLinear(BernoulliLayer):
         Args:
             x: ``[T, B, in]``.
             weights: ``[T]``.
+            binary: ``x`` holds 0/1 spikes (``x² = x``: :func:`~sbnn.functional.layers.time_weighted_moments`).
             validate: check ``x`` (a model passing its own hidden spikes skips it).
 
         Returns:
@@ -545,7 +546,7 @@ class BernoulliLinear(BernoulliLayer):
         if validate:
             self._check(x)
         if self._mode == "sample":
-            summed, summed_sq = time_weighted_moments(weights, x)
+            summed, summed_sq = time_weighted_moments(weights, x, binary=binary)
             out = sample_moments(Moments(*lrt_linear(summed, self.lam, self.scale, None, summed_sq)), batch_dim=0)
         else:
             out = F.linear(torch.tensordot(weights, x, dims=1), self.binary_weight()) * self.scale

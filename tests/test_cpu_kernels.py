@@ -152,6 +152,11 @@ def test_the_kernels_compute_the_st_factor_and_the_gaussian_iwst_agr_densities_o
     assert code(ST(), "logistic") == _kernel_ops.FACTOR_ST_LOGISTIC
     assert code(IWST(0.5), "gaussian") == _kernel_ops.FACTOR_IWST_GAUSSIAN
     assert code(AGR(0.7), "gaussian") == _kernel_ops.FACTOR_AGR_ERFC_ARG  # resolved inside the operator
+    # float32: the kernel forms erfc itself, from θ and the spikes (no array from torch)
+    theta32, spikes32 = theta.float(), spikes.float()
+    for est, expected in ((IWST(0.5), _kernel_ops.FACTOR_IWST_ERFC), (AGR(0.7), _kernel_ops.FACTOR_AGR_ERFC)):
+        got = neurons._kernel_factor(est, get_noise("gaussian"), lambda: theta32, spikes32, torch.zeros_like(theta32))
+        assert got[0] == expected and got[1] is None
     assert code(MyST(), "gaussian") == code(IWST(0.5), "logistic") == code(Relaxed(0.5), "gaussian") == _kernel_ops.FACTOR_GIVEN
 
 
@@ -202,7 +207,12 @@ def test_the_in_kernel_iwst_and_agr_factors_match_torchs(monkeypatch, estimator,
     monkeypatch.setattr(neurons, "_kernel_factor", recorded)
     monkeypatch.setattr(ops, "agr_gaussian_terms", recorded_agr)
     got = _run(True, monkeypatch, problem, "subtract", True, estimator)
-    expected = [ops.FACTOR_IWST_GAUSSIAN] if isinstance(estimator, IWST) else [ops.FACTOR_AGR_ERFC_ARG, ops.FACTOR_RATIO_GAUSSIAN]
+    if dtype == torch.float32:  # erfc formed in the kernel
+        expected = [ops.FACTOR_IWST_ERFC] if isinstance(estimator, IWST) else [ops.FACTOR_AGR_ERFC]
+    else:
+        expected = (
+            [ops.FACTOR_IWST_GAUSSIAN] if isinstance(estimator, IWST) else [ops.FACTOR_AGR_ERFC_ARG, ops.FACTOR_RATIO_GAUSSIAN]
+        )
     assert codes == expected
 
     def torch_factor(est, noise, theta, spks, eps, erfc_arg=None):
@@ -212,6 +222,55 @@ def test_the_in_kernel_iwst_and_agr_factors_match_torchs(monkeypatch, estimator,
     monkeypatch.setattr(neurons, "_kernel_factor", torch_factor)
     ref = _run(True, monkeypatch, problem, "subtract", True, estimator)
     _assert_same(got, ref, dtype, exact_mem=True)
+
+
+def _weighted_factor_row(code, theta, spikes, params):
+    """The backward kernels' factor row for ``code`` on float32 ``θ`` and spikes ``[N]``."""
+    ops = _kernel_ops_module()
+    theta = theta.numpy()
+    out = np.empty_like(theta)
+    constants, params = ops._FACTOR_CONSTANTS[torch.float32], np.array(params, dtype=np.float32)
+    kernels._factor_row(theta, code, theta, spikes.numpy(), constants, params, out)
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 3.0])
+def test_the_in_kernel_agr_factor_is_exact_to_float32_rounding_far_in_the_tail(tau):
+    """``FACTOR_AGR_ERFC`` against the float64 log-space factor for ``θ`` up to ±60, where ``Φ(σθ)``
+    underflows even in float64: the ratio's Gaussian factors cancel, so no element is lost."""
+    from sbnn.functional.estimators import _agr_gaussian_factor_logspace
+
+    ops = _kernel_ops_module()
+    theta = torch.linspace(-60.0, 60.0, 24001)
+    for s in (0.0, 1.0):
+        spikes = torch.full_like(theta, s)
+        got = _weighted_factor_row(ops.FACTOR_AGR_ERFC, theta, spikes, ops.agr_factor_params(tau)).double()
+        ref = _agr_gaussian_factor_logspace(theta.double(), spikes.double(), get_noise("gaussian"), tau)
+        kept = ref >= torch.finfo(torch.float32).tiny ** 0.5  # the kernels' factor cut
+        assert torch.isfinite(got).all() and (got[~kept] == 0).all()
+        rel = ((got[kept] - ref[kept]).abs() / ref[kept]).max().item()
+        # where σθ > 0 the density is formed directly: its exponent, up to 44 above the cut, rounds
+        # in float32 (6e-8 relative), which moves the factor by up to 44·1.2e-7 (measured 5.3e-6)
+        assert rel < 1e-5, rel
+        assert kept[(theta * (2 * s - 1)) < -20].any()  # the tail Φ(σθ) < 1e-88 is among them
+
+
+def test_the_in_kernel_erfc_is_within_5e_7_of_float64():
+    from numba import njit
+
+    @njit
+    def run(x, c, out):
+        for i in range(x.size):
+            out[i] = kernels._erfc(x[i], c)
+
+    c = _kernel_ops_module()._FACTOR_CONSTANTS[torch.float32]
+    x = np.concatenate([np.linspace(-12.0, 12.0, 240001), [0.0, -0.0, 1e-30]]).astype(np.float32)
+    out = np.empty_like(x)
+    run(x, c, out)
+    ref = torch.special.erfc(torch.from_numpy(x).double()).numpy()
+    normal = ref > 1e-36  # below, erfc is clamped at t·exp(lo) (iwst takes w_max there)
+    assert np.max(np.abs(out[normal] / ref[normal] - 1.0)) < 5e-7  # measured 4.4e-7
+    assert (out[~normal] < 1e-35).all() and out[-3] == 1.0
 
 
 def _kernel_ops_module():
@@ -408,7 +467,7 @@ def test_the_vectorised_exp_is_within_a_few_ulp_of_numpy(dtype):
     lo = math.log(np.finfo(dtype).tiny) + 1.0
     x = np.concatenate([np.linspace(lo, 0.0, 20001), [lo, 0.0, -1e-30, -0.5 * math.log(2.0), -math.log(2.0), -1.5]]).astype(dtype)
     out = np.empty_like(x)
-    run(x, kernels.factor_constants(dtype, 0.0, 0.0, 0.0), out)  # exp reads only its own constants
+    run(x, kernels.factor_constants(dtype, 0.0, 0.0, 0.0), out)  # exp reads only its own constants (and 1)
     ref = np.exp(x.astype(np.float64))
     ulp = np.finfo(dtype).eps
     assert np.max(np.abs(out / ref - 1.0)) <= 4 * ulp
@@ -460,6 +519,40 @@ def test_the_fused_marginal_backward_takes_the_drive_gradient(monkeypatch, calls
     assert calls["marginal_backward"] == 1
     for g, r in zip(*out):
         torch.testing.assert_close(g, r, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("estimator", [IWST(0.4), AGR(0.7)], ids=repr)
+def test_the_marginal_backward_forms_iwst_and_agr_in_float32_as_torch_does(monkeypatch, calls, estimator):
+    """The marginal node's kernel with the in-kernel ``erfc`` codes against torch's whole factor."""
+    gen = torch.Generator().manual_seed(12)
+    t, b, n = 25, 4, 9
+    mu = (0.6 * torch.randn(t, b, n, generator=gen) + 0.4).requires_grad_()
+    var = (0.2 * torch.rand(t, b, n, generator=gen)).requires_grad_()
+    eps = torch.randn(t, b, n, generator=gen)
+    beta = torch.linspace(0.6, 0.95, n).requires_grad_()
+    p = StochasticLIFParameters(
+        beta, 1.0, 0.1, 1e-3, "subtract", True, get_noise("gaussian"), estimator, membrane_noise="marginal"
+    )
+    ops, given, codes = _kernel_ops_module(), neurons._kernel_factor, []
+
+    def recorded(*args, **kwargs):
+        out = given(*args, **kwargs)
+        codes.append(out[0])
+        return out
+
+    def torch_factor(est, noise, theta, spks, eps, erfc_arg=None):
+        th = theta()
+        return ops.FACTOR_GIVEN, est.factor(th, spks, eps, noise).to(th.dtype), ()
+
+    out = []
+    for factor in (recorded, torch_factor):
+        monkeypatch.setattr(neurons, "_kernel_factor", factor)
+        spk, mem, _ = stochastic_lif_sequence(mu, var, p, eps=eps)
+        out.append(torch.autograd.grad((spk * torch.linspace(-1, 1, n)).sum() + mem.square().sum(), [mu, var, beta]))
+    assert calls["marginal_backward"] == 2
+    assert codes == [ops.FACTOR_IWST_ERFC if isinstance(estimator, IWST) else ops.FACTOR_AGR_ERFC]
+    for g, r in zip(*out):
+        torch.testing.assert_close(g, r, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

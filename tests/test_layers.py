@@ -213,6 +213,24 @@ def test_validation_can_be_switched_off():
         sbnn.set_validation(True)
 
 
+def test_time_weighted_moments_of_spikes_equal_the_general_ones_bit_for_bit():
+    """``binary=True`` forms ``Σ w² x`` from ``x`` itself: the same numbers and gradients for 0/1 ``x``."""
+    from sbnn.functional.layers import time_weighted_moments
+
+    x = (torch.rand(9, 3, 6) < 0.4).float().requires_grad_()
+    w = torch.linspace(1.0, 0.2, 9, requires_grad=True)
+    g_s, g_q = torch.randn(3, 6), torch.randn(3, 6)
+    results = []
+    for binary in (False, True):
+        s, q = time_weighted_moments(w, x, binary=binary)
+        results.append((s, q, *torch.autograd.grad((s * g_s + q * g_q).sum(), (w, x))))
+    for general, spikes in zip(*results):
+        assert torch.equal(general, spikes)
+    # and not a flag that changes nothing: a non-binary input tells the two apart
+    x2 = x.detach() * 2.0
+    assert not torch.equal(time_weighted_moments(w, x2)[1], time_weighted_moments(w, x2, binary=True)[1])
+
+
 def test_time_weighted_readout_matches_per_step_layer():
     """Σ_t w_t h[t]: exact in deterministic modes, same Gaussian law as per-step LRT samples."""
     layer = _linear()

@@ -92,6 +92,29 @@ def test_kl_finite_for_extreme_parameters():
     assert kl[1].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_kl_float32_within_an_ulp_of_u_of_the_float64_value():
+    """One logsigmoid (``log q− = log q+ − 2λ``): each element within half an ulp of ``2λ`` (plus
+    rounding) of the float64 value, across the range where the two log-probabilities part ways."""
+    lam = torch.linspace(-40.0, 40.0, 4001)
+    for prior in (0.0, -1.5, 7.0):
+        got = kl_bernoulli_sign(lam, prior).double()
+        ref = kl_bernoulli_sign(lam.double(), torch.tensor(prior, dtype=torch.float64))
+        ulp_u = torch.finfo(torch.float32).eps * (2.0 * lam.double().abs()).clamp_min(1.0)
+        assert ((got - ref).abs() <= ulp_u + 2e-6 * ref.abs()).all()
+        assert (got >= -ulp_u).all()  # a KL ≥ 0, up to the same rounding
+
+
+def test_kl_gradient_factor_and_the_no_graph_value_agree(gen):
+    lam = (4.0 * torch.randn(50, dtype=torch.float64, generator=gen)).requires_grad_()
+    prior = torch.tensor(0.4, dtype=torch.float64)
+    with_graph = kl_bernoulli_sign(lam, prior)
+    with torch.no_grad():
+        without = kl_bernoulli_sign(lam, prior)
+    assert torch.equal(with_graph.detach(), without)
+    (g,) = torch.autograd.grad(with_graph.sum(), lam)
+    torch.testing.assert_close(g, (sign_variance(lam) * (lam - prior)).detach(), rtol=1e-12, atol=0)
+
+
 def test_expand_and_pickle():
     q = BernoulliSign(lam=torch.tensor([0.2]))
     e = q.expand((3, 1))

@@ -42,9 +42,13 @@ Conventions shared by every kernel:
   Gaussian density times a weight that torch forms with its vectorised ``erfc`` (Numba's is a
   scalar call): ``FACTOR_IWST_GAUSSIAN = 3`` reads ``E = 2Φ(σθ)`` and forms the ``iwst`` factor
   ``min(2q(S)/E, w_max)·φ(θ)``; ``FACTOR_RATIO_GAUSSIAN = 4`` reads ``R = Φ(στθ/c)/Φ(σθ)`` and
-  forms the ``agr`` factor ``R·φ(θ/c)/c``. Their per-call constants ``fp`` are
-  ``[2(1 − p), 2(2p − 1), w_max, 1/(2c²), log √(2π) + log c]``; the density is clamped as for
-  ``st``. They equal the torch factors (formed in log-space) to rounding.
+  forms the ``agr`` factor ``R·φ(θ/c)/c``. In float32 two more form ``erfc`` in the kernel too,
+  from ``θ`` and the spikes (``FACTOR_IWST_ERFC = 5``, ``FACTOR_AGR_ERFC = 6``; a Chebyshev-fitted
+  ``erfc``, relative error below 5e-7), with the Gaussian factors of the tail cancelled in closed
+  form (:func:`_weighted_gaussian_row`): torch's ``erfc`` passes, the argument's pass and
+  ``agr``'s log-space fallback are gone. Their per-call constants ``fp`` are
+  ``[2(1 − p), 2(2p − 1), w_max, 1/(2c²), log √(2π) + log c]`` (``agr``: ``τ/c`` first); the
+  density is clamped as for ``st``. They equal the torch factors (formed in log-space) to rounding.
 * **Factor cut.** The backward treats factors below ``f_cut = sqrt(finfo.tiny)`` (1e-19 in
   float32) as 0. Units far from threshold have factors at ``safe_exp``'s floor ``e·tiny``, and
   every product with it is a subnormal number, which the CPU computes many times slower unless
@@ -65,6 +69,7 @@ from numba.extending import intrinsic
 
 RESET_SUBTRACT, RESET_ZERO, RESET_NONE = 0, 1, 2
 FACTOR_GIVEN, FACTOR_ST_GAUSSIAN, FACTOR_ST_LOGISTIC, FACTOR_IWST_GAUSSIAN, FACTOR_RATIO_GAUSSIAN = 0, 1, 2, 3, 4
+FACTOR_IWST_ERFC, FACTOR_AGR_ERFC = 5, 6
 
 
 @intrinsic
@@ -102,25 +107,68 @@ def _pow2(typingctx, n):
 
 
 #: ``exp`` constants per dtype for :func:`_exp_nonpositive`: ``log2 e``, ``ln 2`` split in a high
-#: part exact in the dtype and the rest (Cody–Waite), then the Taylor coefficients ``1/k!``,
-#: ``k = 0..13`` (remainder ``(ln 2/2)^14/14! < 1e-17`` relative).
+#: part exact in the dtype and the rest (Cody–Waite). Its Taylor polynomial's degree is the
+#: dtype's (:func:`_exp_taylor`): 13 for float64 (remainder ``(ln 2/2)^14/14! < 1e-17``
+#: relative), 7 for float32 (``(ln 2/2)^8/8! < 1e-8``, under its half ulp ``6e-8``).
 EXP_CONSTANTS = {
     np.float32: (1.4426950408889634, 0.693145751953125, 1.428606765330187e-06),
     np.float64: (1.4426950408889634, 0.6931471803691238, 1.9082149292705877e-10),
 }
 EXP_DEGREE = 13
-#: where :func:`factor_constants` puts 1 (``1/0!``), ``log √(2π)``, the clamp ``lo`` and ``f_cut``
-_C_ONE, _C_LOG_NORM, _C_LO, _C_CUT = 3, EXP_DEGREE + 4, EXP_DEGREE + 5, EXP_DEGREE + 6
+EXP_DEGREE_FLOAT32 = 7
+#: where :func:`factor_constants` puts 1, ``log √(2π)``, the clamp ``lo`` and ``f_cut``
+_C_ONE, _C_LOG_NORM, _C_LO, _C_CUT = 3, 4, 5, 6
+#: ``erfc(z) = t·exp(−z² + P(t))``, ``t = 1/(1 + z/2)``, ``z ≥ 0``: the Chebyshev-fitted ``P``
+#: (Press et al., *Numerical Recipes*, ``erfcc``; relative error below 1.2e-7 for every ``z ≥ 0``),
+#: coefficients from ``t⁰`` up; then ``√½``. Enough for float32 only: float64 takes torch's ``erfc``.
+ERFC_COEFFICIENTS = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)
+_C_ERFC = _C_CUT + 1
+_C_SQRT_HALF = _C_ERFC + len(ERFC_COEFFICIENTS)
 
 
 def factor_constants(dtype, log_norm: float, lo: float, f_cut: float) -> np.ndarray:
     """The backward kernels' factor constants for a NumPy float ``dtype``, one array.
 
-    :func:`_exp_nonpositive`'s (``log2 e``, ``ln 2`` high and low, ``1/k!``), then the Gaussian
-    ``log √(2π)``, ``safe_exp``'s clamp ``lo`` and the factor cut ``f_cut`` (module docstring).
+    :func:`_exp_nonpositive`'s (``log2 e``, ``ln 2`` high and low), 1, the Gaussian
+    ``log √(2π)``, ``safe_exp``'s clamp ``lo``, the factor cut ``f_cut`` (module docstring), and
+    :func:`_erfc_terms`' coefficients and ``√½``.
     """
-    coefficients = [1.0 / math.factorial(k) for k in range(EXP_DEGREE + 1)]
-    return np.array([*EXP_CONSTANTS[dtype], *coefficients, log_norm, lo, f_cut], dtype=dtype)
+    return np.array([*EXP_CONSTANTS[dtype], 1.0, log_norm, lo, f_cut, *ERFC_COEFFICIENTS, math.sqrt(0.5)], dtype=dtype)
+
+
+@intrinsic
+def _exp_taylor(typingctx, r):
+    """``Σ_k r^k/k!`` of the dtype's degree (:data:`EXP_DEGREE_FLOAT32` for float32,
+    :data:`EXP_DEGREE` for float64), the coefficients constants of the code.
+
+    An intrinsic so that the degree is fixed when the dtype is: a branch on the dtype inside the
+    kernels is a run-time test, and with it (or with the polynomial as a loop from an array of
+    coefficients beside :func:`_erfc_terms`') LLVM did not vectorise the loops over elements
+    (measured up to 25× slower).
+    """
+    if not isinstance(r, types.Float):
+        return None
+    sig = r(r)
+    degree = EXP_DEGREE_FLOAT32 if r.bitwidth == 32 else EXP_DEGREE
+
+    def codegen(context, builder, signature, args):
+        float_type = context.get_value_type(signature.return_type)
+        r = args[0]
+        # Estrin's scheme: pairs c_2i + c_2i+1·r, then pairs of those with r², r⁴, ...: a
+        # dependency chain of depth log2(degree) instead of Horner's degree (the loops over
+        # elements are bound by this latency)
+        terms = [ir.Constant(float_type, 1.0 / math.factorial(k)) for k in range(degree + 1)]
+        power = r
+        while len(terms) > 1:
+            pairs = [builder.fadd(terms[i], builder.fmul(terms[i + 1], power)) for i in range(0, len(terms) - 1, 2)]
+            terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+            power = builder.fmul(power, power)
+        return terms[0]
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -128,16 +176,58 @@ def _exp_nonpositive(x, c):
     """``exp(x)`` for ``log(tiny) < x ≤ 0`` (``c`` from :func:`factor_constants`), in operations LLVM vectorises.
 
     ``x = n ln 2 + r`` with ``n = round(x log2 e)``, ``|r| ≤ ln 2 / 2``; ``e^r`` by its Taylor
-    polynomial (Horner), times ``2^n`` from the exponent bits. Within a few ulp of ``exp`` (the
-    tests compare it with NumPy's); ``libm``'s ``exp`` is a call that no loop vectorises, and slow
-    near underflow, where the densities of units far from threshold lie.
+    polynomial (:func:`_exp_taylor`), times ``2^n`` from the exponent bits. Within a few ulp of
+    ``exp`` (the tests compare it with NumPy's); ``libm``'s ``exp`` is a call that no loop
+    vectorises, and slow near underflow, where the densities of units far from threshold lie.
     """
-    n = np.floor(x * c[0] + c[_C_ONE] / (c[_C_ONE] + c[_C_ONE]))  # round half up
-    r = (x - n * c[1]) - n * c[2]
-    p = c[3 + EXP_DEGREE]
-    for k in range(EXP_DEGREE - 1, -1, -1):
-        p = p * r + c[3 + k]
-    return p * _pow2(n)
+    return _exp_split(x, x - x, c)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _exp_split(x_hi, x_lo, c):
+    """``exp(x_hi + x_lo)`` (the sum in :func:`_exp_nonpositive`'s range), ``x_lo`` kept out of the
+    rounded sum: ``r = ((x_hi − n·ln2_hi) + x_lo) − n·ln2_lo``, whose first difference is exact
+    when ``x_hi`` is large. So ``exp(−z² + P)`` keeps the low part of ``z²`` (an ulp of ``z²`` is
+    ``8e-6`` near ``z = 9`` in float32)."""
+    n = np.floor((x_hi + x_lo) * c[0] + c[_C_ONE] / (c[_C_ONE] + c[_C_ONE]))  # round half up
+    r = ((x_hi - n * c[1]) + x_lo) - n * c[2]
+    return _exp_taylor(r) * _pow2(n)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _erfc_terms(z, c):
+    """``(t, P)`` with ``erfc(z) = t·exp(−z² + P)`` for ``z ≥ 0`` (:data:`ERFC_COEFFICIENTS`).
+
+    Apart, so that a ratio of two ``erfc`` can cancel their Gaussian factors exactly
+    (:func:`_weighted_gaussian_row`) where each would underflow.
+    """
+    one = c[_C_ONE]
+    t = one / (one + z * (one / (one + one)))
+    p = c[_C_ERFC + 9]  # written out: as a loop beside _exp_taylor's it kept the loops scalar
+    p = p * t + c[_C_ERFC + 8]
+    p = p * t + c[_C_ERFC + 7]
+    p = p * t + c[_C_ERFC + 6]
+    p = p * t + c[_C_ERFC + 5]
+    p = p * t + c[_C_ERFC + 4]
+    p = p * t + c[_C_ERFC + 3]
+    p = p * t + c[_C_ERFC + 2]
+    p = p * t + c[_C_ERFC + 1]
+    p = p * t + c[_C_ERFC + 0]
+    return t, p
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _erfc(x, c):
+    """``erfc(x)`` in operations LLVM vectorises (float32 accuracy: :data:`ERFC_COEFFICIENTS`);
+    ``erfc(x) = 2 − erfc(−x)`` below 0, and no smaller than ``t·exp(lo)`` (``safe_exp``'s clamp)."""
+    z = abs(x)
+    t, p = _erfc_terms(z, c)
+    z2 = z * z
+    z2_lo = _fma(z, z, -z2)  # z² = z2 + z2_lo exactly
+    lo = c[_C_LO]
+    clamped = p - z2 < lo
+    y = t * _exp_split(lo if clamped else -z2, (lo - lo) if clamped else p - z2_lo, c)
+    return y if x >= 0 else (c[_C_ONE] + c[_C_ONE]) - y
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -261,49 +351,98 @@ def _theta_row(m_t, s_t, e_t, threshold, one, th_t):
 def _factor_row(given_t, code, th_t, k_t, c, fp, f_t):
     """The estimator's factor of one step into ``f_t``: ``given_t`` (``FACTOR_GIVEN``), the ``st``
     factor computed from ``θ``, or a Gaussian density times a weight read from ``given_t``
-    (module docstring); factors below the cut count as 0."""
+    (module docstring); factors below the cut count as 0 (in the loop that forms them)."""
     if code == FACTOR_GIVEN:
         _cut_row(given_t, c[_C_CUT], f_t)
-        return
-    if code == FACTOR_IWST_GAUSSIAN or code == FACTOR_RATIO_GAUSSIAN:
+    elif code >= FACTOR_IWST_GAUSSIAN:
         _weighted_gaussian_row(given_t, code, th_t, k_t, c, fp, f_t)
     else:
         _st_factor_row(th_t, code, c, f_t)
-    _cut_row(f_t, c[_C_CUT], f_t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _cut(f, f_cut, zero):
+    """``f`` where ``|f| ≥ f_cut``, else 0 (module docstring: factor cut)."""
+    return f if abs(f) >= f_cut else zero
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _weighted_gaussian_row(given_t, code, th_t, k_t, c, fp, f_t):
-    """``w·exp(max(−a·θ² − b, lo))`` with ``w = min((q0 + q1·S)/E, w_max)`` (``iwst``) or ``w = R`` (``agr``)."""
-    lo, a, b = c[_C_LO], fp[3], fp[4]
-    if code == FACTOR_IWST_GAUSSIAN:
+    """``w·exp(max(−a·θ² − b, lo))``, ``w = min((q0 + q1·S)/E, w_max)`` (``iwst``) or ``R`` (``agr``), cut.
+
+    ``E`` and ``R`` are read from ``given_t`` (``FACTOR_IWST_GAUSSIAN``, ``FACTOR_RATIO_GAUSSIAN``)
+    or formed here from ``x = −σθ/√2`` (``FACTOR_IWST_ERFC``, ``FACTOR_AGR_ERFC``, float32):
+    ``E = erfc(x)``, ``R = erfc(κx)/erfc(x)`` with ``κ = fp[0] = τ/c``, each ``erfc(z)``, ``z ≥ 0``,
+    as ``t·exp(−z² + P)`` (:func:`_erfc_terms`) and ``2 − erfc(−x)`` below 0. For ``x ≥ 0`` the
+    Gaussian factors cancel in closed form, since ``x² = θ²/2`` (``a = ½``, ``b = log √(2π)`` for
+    ``iwst``) and ``1 − κ² = 1/c²`` (``a = 1/(2c²)`` for ``agr``): ``(q/E)·φ(θ) = (q/t)·exp(−P − b)``
+    and ``R·φ(θ/c)/c = (t_κ/t)·exp(P_κ − P − b)``, so no term underflows however far ``θ`` lies
+    in the tail (``agr`` needs no log-space fallback here).
+    """
+    lo, a, b, f_cut = c[_C_LO], fp[3], fp[4], c[_C_CUT]
+    zero = f_cut - f_cut
+    one = c[_C_ONE]
+    k = c[_C_SQRT_HALF]
+    # every loop without a branch inside (selects only): LLVM vectorises none that has one
+    if code == FACTOR_IWST_GAUSSIAN or code == FACTOR_IWST_ERFC:
         q0, q1, w_max = fp[0], fp[1], fp[2]
+        if code == FACTOR_IWST_ERFC:
+            two = one + one
+            for i in range(th_t.size):
+                x = th_t[i] * (k * (one - (k_t[i] + k_t[i])))
+                z = abs(x)
+                q = q0 + q1 * k_t[i]
+                t, p = _erfc_terms(z, c)
+                tail = x >= 0  # E = t·exp(−z² + P) small: q/E·φ = (q/t)·exp(−P − b), its z² cancelled
+                e = _exp_nonpositive(-p - b if tail else max(p - z * z, lo), c)
+                density = _exp_nonpositive(max(-(z * z) - b, lo), c)  # φ(θ), z² = θ²/2
+                f = min((q / t) * e, w_max * density) if tail else min(q / (two - t * e), w_max) * density
+                f_t[i] = _cut(f, f_cut, zero)
+        else:
+            for i in range(th_t.size):
+                w = min((q0 + q1 * k_t[i]) / given_t[i], w_max)  # E = 0 (a certain flip's underflow): w_max
+                f_t[i] = _cut(w * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c), f_cut, zero)
+    elif code == FACTOR_RATIO_GAUSSIAN:
         for i in range(th_t.size):
-            w = min((q0 + q1 * k_t[i]) / given_t[i], w_max)  # E = 0 (a certain flip's underflow): w_max
-            f_t[i] = w * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c)
+            f_t[i] = _cut(given_t[i] * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c), f_cut, zero)
     else:
+        kappa, two = fp[0], one + one
         for i in range(th_t.size):
-            f_t[i] = given_t[i] * _exp_nonpositive(max(-(a * th_t[i]) * th_t[i] - b, lo), c)
+            x = th_t[i] * (k * (one - (k_t[i] + k_t[i])))
+            z = abs(x)
+            zn = kappa * z
+            t_n, p_n = _erfc_terms(zn, c)
+            t_d, p_d = _erfc_terms(z, c)
+            tail = x >= 0  # both erfc small: their Gaussian factors cancel with the density's
+            # tail: (t_n/t_d)·exp(P_n − P_d − b), whose exponent lies in [−1.27 − b, 1.27 − b]
+            # (P ∈ [−1.27, 0]), where the reduction-based exp needs no clamp; else both erfc in
+            # [1, 2]: (2 − y_n)/(2 − y_d) times the density. Three exps serve both.
+            e1 = _exp_nonpositive(p_n - p_d - b if tail else max(p_n - zn * zn, lo), c)
+            y_d = t_d * _exp_nonpositive(zero if tail else max(p_d - z * z, lo), c)
+            density = _exp_nonpositive(zero if tail else max(-(a * th_t[i]) * th_t[i] - b, lo), c)
+            body = ((two - t_n * e1) / (two - y_d)) * density
+            f_t[i] = _cut((t_n / t_d) * e1 if tail else body, f_cut, zero)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _st_factor_row(th_t, code, c, f_t):
-    """The ``st`` factor ``p(θ)`` on a row, ``exp(max(log p(θ), lo))`` as ``noise.safe_exp`` clamps it.
+    """The ``st`` factor ``p(θ)`` on a row, ``exp(max(log p(θ), lo))`` as ``noise.safe_exp`` clamps it, cut.
 
     Gaussian ``log p = (−½θ)·θ − log √(2π)`` (the order of ``noise.Gaussian.log_pdf``); logistic
     ``p = σ(θ)σ(−θ) = e/(1 + e)²``, ``e = exp(−|θ|)``, floored at ``exp(lo)``. ``c``: from
     :func:`factor_constants`.
     """
-    one, log_norm, lo = c[_C_ONE], c[_C_LOG_NORM], c[_C_LO]
+    one, log_norm, lo, f_cut = c[_C_ONE], c[_C_LOG_NORM], c[_C_LO], c[_C_CUT]
+    zero = one - one
     if code == FACTOR_ST_GAUSSIAN:
         neg_half = -(one / (one + one))  # −½ in the row's dtype
         for i in range(th_t.size):
-            f_t[i] = _exp_nonpositive(max(neg_half * th_t[i] * th_t[i] - log_norm, lo), c)
+            f_t[i] = _cut(_exp_nonpositive(max(neg_half * th_t[i] * th_t[i] - log_norm, lo), c), f_cut, zero)
     else:
         floor = _exp_nonpositive(lo, c)
         for i in range(th_t.size):
             e = _exp_nonpositive(max(-abs(th_t[i]), lo), c)
-            f_t[i] = max(e / ((one + e) * (one + e)), floor)
+            f_t[i] = _cut(max(e / ((one + e) * (one + e)), floor), f_cut, zero)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -402,10 +541,10 @@ def _lif_backward_units(
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _cut_row(f_t, f_cut, out):
-    """``out = f`` where ``|f| ≥ f_cut``, else 0 (module docstring: factor cut)."""
+    """:func:`_cut` on a row."""
     zero = f_cut - f_cut
     for i in range(f_t.size):
-        out[i] = f_t[i] if abs(f_t[i]) >= f_cut else zero
+        out[i] = _cut(f_t[i], f_cut, zero)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -23,7 +23,9 @@ from torch import Tensor
 
 from . import _cpu_kernels as kernels
 from ._cpu_kernels import (  # noqa: F401 (the nodes' codes)
+    FACTOR_AGR_ERFC,
     FACTOR_GIVEN,
+    FACTOR_IWST_ERFC,
     FACTOR_IWST_GAUSSIAN,
     FACTOR_RATIO_GAUSSIAN,
     FACTOR_ST_GAUSSIAN,
@@ -32,7 +34,8 @@ from ._cpu_kernels import (  # noqa: F401 (the nodes' codes)
 from ._operators import operator
 from .noise import _LOG_SQRT_2PI, Gaussian, safe_exp_floor
 
-#: A factor code resolved here, not in the kernels: ``factor`` holds ``erfc``'s argument
+#: A factor code resolved here, not in the kernels (float64; float32 takes the kernels'
+#: ``FACTOR_AGR_ERFC``, which needs no tail): ``factor`` holds ``erfc``'s argument
 #: ``−σθ/√2`` and the one factor parameter is ``agr``'s ``τ``; :func:`agr_gaussian_terms` turns
 #: it into ``FACTOR_RATIO_GAUSSIAN`` and the ratio, or into torch's whole factor where ``Φ(σθ)``
 #: underflows. Inside the operators, so that compiled code takes the same data-dependent choice.
@@ -57,7 +60,16 @@ def agr_gaussian_terms(
         return FACTOR_GIVEN, _agr_gaussian_factor(theta(), spks, Gaussian(), tau), ()
     c = math.sqrt(1.0 + tau**2)
     ratio = torch.mul(arg, tau / c).erfc_().div_(den)
-    return FACTOR_RATIO_GAUSSIAN, ratio, (0.0, 0.0, 0.0, 0.5 / c**2, _LOG_SQRT_2PI + math.log(c))
+    return FACTOR_RATIO_GAUSSIAN, ratio, agr_factor_params(tau)
+
+
+def agr_factor_params(tau: float) -> tuple[float, ...]:
+    """The ``agr`` codes' five kernel constants ``(τ/c, 0, 0, 1/(2c²), log √(2π) + log c)``, ``c = √(1 + τ²)``.
+
+    ``FACTOR_RATIO_GAUSSIAN`` reads the last two, ``FACTOR_AGR_ERFC`` ``τ/c`` too.
+    """
+    c = math.sqrt(1.0 + tau**2)
+    return (tau / c, 0.0, 0.0, 0.5 / c**2, _LOG_SQRT_2PI + math.log(c))
 
 
 def _empty(x: Tensor) -> Tensor:

@@ -127,20 +127,22 @@ class _TimeWeightedMoments(torch.autograd.Function):
     """``(Σ_t w_t x_t, Σ_t w_t² x_t²)`` as one node (see :func:`time_weighted_moments`)."""
 
     @staticmethod
-    def forward(ctx, weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, weights: Tensor, x: Tensor, binary: bool) -> tuple[Tensor, Tensor]:
         flat = x.reshape(x.shape[0], -1)
         ctx.save_for_backward(weights, x)
+        ctx.binary = binary
         summed = weights @ flat
-        return summed.reshape(x.shape[1:]), (weights.square() @ flat.square()).reshape(x.shape[1:])
+        squares = flat if binary else flat.square()  # 0/1 spikes: x² = x, bit for bit
+        return summed.reshape(x.shape[1:]), (weights.square() @ squares).reshape(x.shape[1:])
 
     @staticmethod
-    def backward(ctx, g_sum: Tensor, g_sq: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx, g_sum: Tensor, g_sq: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weights, x = ctx.saved_tensors
         flat = x.reshape(x.shape[0], -1)
         g_sum, g_sq = g_sum.reshape(-1), g_sq.reshape(-1)
         g_w = g_x = None
         if ctx.needs_input_grad[0]:
-            g_w = flat @ g_sum + 2.0 * weights * (flat.square() @ g_sq)
+            g_w = flat @ g_sum + 2.0 * weights * ((flat if ctx.binary else flat.square()) @ g_sq)
         if ctx.needs_input_grad[1]:
             kernels = _time_weighted_kernel(weights, x, g_sum, g_sq)
             if kernels is not None:  # one pass instead of three, the same roundings
@@ -150,7 +152,7 @@ class _TimeWeightedMoments(torch.autograd.Function):
                 # as long), the second fused into one addcmul
                 g_x = torch.addcmul(weights[:, None] * g_sum, flat, (2.0 * weights.square())[:, None] * g_sq)
                 g_x = g_x.reshape(x.shape)
-        return g_w, g_x
+        return g_w, g_x, None
 
 
 def _time_weighted_kernel(weights: Tensor, x: Tensor, *grads: Tensor):
@@ -168,7 +170,7 @@ def _time_weighted_kernel(weights: Tensor, x: Tensor, *grads: Tensor):
     return _cpu_kernels_for(x)
 
 
-def time_weighted_moments(weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+def time_weighted_moments(weights: Tensor, x: Tensor, *, binary: bool = False) -> tuple[Tensor, Tensor]:
     r"""Time-weighted sums of a time-major input and of its square, for a linear layer's LRT moments.
 
     .. math::
@@ -182,10 +184,12 @@ def time_weighted_moments(weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         weights: ``[T]``.
         x: ``[T, ...]``.
+        binary: ``x`` holds 0/1 spikes: ``q`` is formed from ``x`` itself (``x² = x``, the same
+            numbers without a squared copy of ``x``); the gradient to ``x`` is still that of ``x²``.
 
     Returns:
         ``(s, q)``, each ``x.shape[1:]``.
     """
     if weights.dim() != 1 or x.dim() < 1 or weights.shape[0] != x.shape[0]:
         raise ValueError(f"time_weighted_moments: weights [T] and x [T, ...] needed, got {tuple(weights.shape)} and {tuple(x.shape)}")
-    return _TimeWeightedMoments.apply(weights, x)
+    return _TimeWeightedMoments.apply(weights, x, binary)

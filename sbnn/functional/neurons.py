@@ -290,24 +290,32 @@ def _kernel_factor(
     """``(code, factor, params)`` of the backward kernels' estimator factor.
 
     ``st`` with Gaussian or logistic noise: the kernel computes ``p(θ)`` itself (no array).
-    ``iwst`` and ``agr`` with Gaussian noise: torch forms the CDF terms with its vectorised
-    ``erfc`` (``E = 2Φ(σθ)``, or the ratio ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by
-    the density (``_cpu_kernels``' weighted Gaussian codes); ``agr`` hands the operator ``erfc``'s
-    argument (``FACTOR_AGR_ERFC_ARG``), which forms the ratio, or, where ``Φ(σθ)`` underflows,
-    torch's whole factor (its log-space tail): a data-dependent choice, made inside the operator
-    so that compiled code makes it too. Every other estimator: torch's whole factor. ``theta``
-    builds ``θ`` when needed, ``erfc_arg`` (if given) ``erfc``'s argument ``−σθ/√2`` directly; with
-    it ``iwst`` takes one pass over ``[T, ...]`` and ``agr`` five, instead of twelve to fourteen
-    (two more each when the argument is formed from ``θ``).
+    ``iwst`` and ``agr`` with Gaussian noise in float32: the kernel forms ``erfc`` itself from
+    ``θ`` and the spikes (``FACTOR_IWST_ERFC``, ``FACTOR_AGR_ERFC``; relative error below 5e-7,
+    and ``agr``'s ratio cancels its Gaussian factors exactly, so it needs no log-space tail). In
+    float64, torch forms the CDF terms with its vectorised ``erfc`` (``E = 2Φ(σθ)``, or the ratio
+    ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by the density (``_cpu_kernels``' weighted
+    Gaussian codes); ``agr`` hands the operator ``erfc``'s argument (``FACTOR_AGR_ERFC_ARG``), which
+    forms the ratio, or, where ``Φ(σθ)`` underflows, torch's whole factor (its log-space tail): a
+    data-dependent choice, made inside the operator so that compiled code makes it too. Every
+    other estimator: torch's whole factor. ``theta`` builds ``θ`` when needed, ``erfc_arg`` (if
+    given) ``erfc``'s argument ``−σθ/√2`` directly.
     """
     ops = _kernel_module
     if type(estimator) is ST and type(noise) in (Gaussian, Logistic):
         return (ops.FACTOR_ST_GAUSSIAN if type(noise) is Gaussian else ops.FACTOR_ST_LOGISTIC), None, ()
     if type(noise) is Gaussian and type(estimator) in (IWST, AGR):
-        arg = gaussian_erfc_arg(theta(), spks) if erfc_arg is None else erfc_arg()
+        in_kernel = spks.dtype == torch.float32
         if type(estimator) is IWST:
             p = estimator.p
-            return ops.FACTOR_IWST_GAUSSIAN, arg.erfc_(), (2.0 * (1.0 - p), 2.0 * (2.0 * p - 1.0), estimator.w_max, 0.5, _LOG_SQRT_2PI)
+            params = (2.0 * (1.0 - p), 2.0 * (2.0 * p - 1.0), estimator.w_max, 0.5, _LOG_SQRT_2PI)
+            if in_kernel:
+                return ops.FACTOR_IWST_ERFC, None, params
+            arg = gaussian_erfc_arg(theta(), spks) if erfc_arg is None else erfc_arg()
+            return ops.FACTOR_IWST_GAUSSIAN, arg.erfc_(), params
+        if in_kernel:
+            return ops.FACTOR_AGR_ERFC, None, ops.agr_factor_params(estimator.tau)
+        arg = gaussian_erfc_arg(theta(), spks) if erfc_arg is None else erfc_arg()
         return ops.FACTOR_AGR_ERFC_ARG, arg, (estimator.tau,)
     th = theta()
     return ops.FACTOR_GIVEN, estimator.factor(th, spks, eps, noise).to(th.dtype).expand(th.shape), ()
@@ -693,12 +701,14 @@ def _compact(x: Tensor) -> Tensor:
 
 
 def _fused_marginal_sequence(
-    mu: Tensor, var: Tensor | None, p: StochasticLIFParameters, state: StochasticLIFState, eps: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, StochasticLIFState]:
+    mu: Tensor, var: Tensor | None, p: StochasticLIFParameters, state: StochasticLIFState, eps: Tensor,
+    with_theta: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, StochasticLIFState]:
     """:class:`_MarginalSequence` with the reference's signature: ``(spk, mem, theta, scale, state)``.
 
     ``theta`` is rebuilt from the node's differentiable outputs, so it carries the graph a
-    drive hook (an auxiliary loss) needs.
+    drive hook (an auxiliary loss) needs; ``None`` unless ``with_theta`` (four passes over
+    ``[T, ...]`` a training step without such a hook does not pay).
     """
     beta, threshold = _as_tensor(p.beta, mu), _as_tensor(p.threshold, mu)
     floor = p.sigma0**2 + p.eps_min**2
@@ -711,7 +721,7 @@ def _fused_marginal_sequence(
         mu, var, b, eps, beta, threshold, state.mem, var0, state.spk, floor,
         p.reset_mechanism, p.detach_reset, p.estimator, p.noise, p.reset_leak,
     )
-    theta = (mem - scale * eps - threshold) / scale
+    theta = (mem - scale * eps - threshold) / scale if with_theta else None
     # the state's variance keeps the reference's shape (an expanded view of the small one)
     return spk, mem, theta, scale.expand_as(spk), StochasticLIFState(mean, spk[-1], variance.expand_as(mean))
 
@@ -823,7 +833,7 @@ def stochastic_lif_sequence(
     if eps is None:
         eps = p.noise.sample(mu.shape, like=mu, generator=generator, batch_dim=1) if stochastic else torch.zeros_like(mu)
     if p.membrane_noise == "marginal":
-        spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps)
+        spk, mem, theta, scale, final = _fused_marginal_sequence(mu, var, p, state, eps, with_theta=return_drive)
     else:
         if p.reset_leak:
             raise ValueError(

@@ -328,7 +328,7 @@ class Readout:
             mean = self.output.moments(torch.tensordot(weights, x, dims=1), validate=False).mean
             bias = self.output.bias
             return mean if bias is None else mean + bias * (weights.sum() - 1.0)
-        return self.output.time_weighted(x, weights, validate=False)
+        return self.output.time_weighted(x, weights, binary=binary, validate=False)
 
     def calibrate(self, x: Tensor, settings: CalibrationSettings) -> list[float]:
         """Set the readout's scale; returns the output neurons' firing rate (spike-count readout only)."""
