@@ -234,43 +234,40 @@ def _weighted_factor_row(code, theta, spikes, params):
     return torch.from_numpy(out)
 
 
-@pytest.mark.parametrize("tau", [0.3, 1.0, 3.0])
-def test_the_in_kernel_agr_factor_is_exact_to_float32_rounding_far_in_the_tail(tau):
-    """``FACTOR_AGR_ERFC`` against the float64 log-space factor for ``θ`` up to ±60, where ``Φ(σθ)``
-    underflows even in float64: the ratio's Gaussian factors cancel, so no element is lost."""
-    from sbnn.functional.estimators import _agr_gaussian_factor_logspace
+def _iwst_params(estimator):
+    p = estimator.p
+    return (2.0 * (1.0 - p), 2.0 * (2.0 * p - 1.0), estimator.w_max, 0.5, 0.5 * math.log(2.0 * math.pi))
+
+
+@pytest.mark.parametrize("estimator", [AGR(0.3), AGR(1.0), AGR(3.0), IWST(0.5), IWST(0.2, w_max=1e4)], ids=repr)
+def test_the_in_kernel_erfc_factors_are_exact_to_float32_rounding_far_in_the_tail(estimator):
+    """``FACTOR_AGR_ERFC`` and ``FACTOR_IWST_ERFC`` against the float64 log-space factors for ``θ``
+    up to ±60, where ``Φ(σθ)`` underflows even in float64: the Gaussian factors of the weight and
+    of the density cancel, so no element is lost."""
+    from sbnn.functional.estimators import _agr_gaussian_factor_logspace, _iwst_factor_logspace
 
     ops = _kernel_ops_module()
+    noise = get_noise("gaussian")
     theta = torch.linspace(-60.0, 60.0, 24001)
     for s in (0.0, 1.0):
         spikes = torch.full_like(theta, s)
-        got = _weighted_factor_row(ops.FACTOR_AGR_ERFC, theta, spikes, ops.agr_factor_params(tau)).double()
-        ref = _agr_gaussian_factor_logspace(theta.double(), spikes.double(), get_noise("gaussian"), tau)
+        if isinstance(estimator, AGR):
+            got = _weighted_factor_row(ops.FACTOR_AGR_ERFC, theta, spikes, ops.agr_factor_params(estimator.tau))
+            ref = _agr_gaussian_factor_logspace(theta.double(), spikes.double(), noise, estimator.tau)
+        else:
+            got = _weighted_factor_row(ops.FACTOR_IWST_ERFC, theta, spikes, _iwst_params(estimator))
+            ref = _iwst_factor_logspace(theta.double(), spikes.double(), noise, estimator.p, estimator.w_max)
+        got = got.double()
         kept = ref >= torch.finfo(torch.float32).tiny ** 0.5  # the kernels' factor cut
         assert torch.isfinite(got).all() and (got[~kept] == 0).all()
         rel = ((got[kept] - ref[kept]).abs() / ref[kept]).max().item()
         # where σθ > 0 the density is formed directly: its exponent, up to 44 above the cut, rounds
         # in float32 (6e-8 relative), which moves the factor by up to 44·1.2e-7 (measured 5.3e-6)
         assert rel < 1e-5, rel
-        assert kept[(theta * (2 * s - 1)) < -20].any()  # the tail Φ(σθ) < 1e-88 is among them
-
-
-def test_the_in_kernel_erfc_is_within_5e_7_of_float64():
-    from numba import njit
-
-    @njit
-    def run(x, c, out):
-        for i in range(x.size):
-            out[i] = kernels._erfc(x[i], c)
-
-    c = _kernel_ops_module()._FACTOR_CONSTANTS[torch.float32]
-    x = np.concatenate([np.linspace(-12.0, 12.0, 240001), [0.0, -0.0, 1e-30]]).astype(np.float32)
-    out = np.empty_like(x)
-    run(x, c, out)
-    ref = torch.special.erfc(torch.from_numpy(x).double()).numpy()
-    normal = ref > 1e-36  # below, erfc is clamped at t·exp(lo) (iwst takes w_max there)
-    assert np.max(np.abs(out[normal] / ref[normal] - 1.0)) < 5e-7  # measured 4.4e-7
-    assert (out[~normal] < 1e-35).all() and out[-3] == 1.0
+        # the closed-form branch (σθ ≤ 0) is among them: for agr deep in the tail (Φ(σθ) < 1e-88);
+        # iwst's weight reaches w_max within a few σ, where w_max·φ(θ) soon falls below the cut
+        deep = -20.0 if isinstance(estimator, AGR) else -2.0
+        assert kept[(theta * (2 * s - 1)) < deep].any()
 
 
 def _kernel_ops_module():

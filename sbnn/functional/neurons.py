@@ -291,7 +291,7 @@ def _kernel_factor(
 
     ``st`` with Gaussian or logistic noise: the kernel computes ``p(θ)`` itself (no array).
     ``iwst`` and ``agr`` with Gaussian noise in float32: the kernel forms ``erfc`` itself from
-    ``θ`` and the spikes (``FACTOR_IWST_ERFC``, ``FACTOR_AGR_ERFC``; relative error below 5e-7,
+    ``θ`` and the spikes (``FACTOR_IWST_ERFC``, ``FACTOR_AGR_ERFC``; within 6e-6 of float64,
     and ``agr``'s ratio cancels its Gaussian factors exactly, so it needs no log-space tail). In
     float64, torch forms the CDF terms with its vectorised ``erfc`` (``E = 2Φ(σθ)``, or the ratio
     ``R = Φ(στθ/c)/Φ(σθ)``) and the kernel multiplies by the density (``_cpu_kernels``' weighted

@@ -103,8 +103,8 @@ class SpikingClassificationTask(SpikingTask):
             each (:mod:`sbnn.functional.neurons`); the compiler fuses the elementwise work around them.
             The event-driven first layer chooses its path inside one operator
             (:class:`sbnn.layers.BernoulliLinear`). Measured on the CPU (``benchmarks/README.md``):
-            0.83–0.99× the eager step (``st``, ``iwst``, ``agr``, marginal membrane; 3 %, 10 %
-            and dense input, one and two threads). The first step compiles (tens of seconds). Not with
+            0.83–1.02× the eager step (``st``, ``iwst``, ``agr``, marginal membrane; 3 %, 10 %
+            and dense input, one and two threads; 1.02× in one of 26 settings). The first step compiles (tens of seconds). Not with
             ``aux_weight > 0``: the auxiliary loss attaches its drive hooks for each step.
     """
 
